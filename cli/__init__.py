@@ -1,0 +1,1 @@
+"""The ``layerserve`` command line: one entry point, subcommands from each package."""

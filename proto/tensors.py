@@ -1,0 +1,190 @@
+"""Tensors on the wire: the one datatype table and the numpy <-> protocol codec.
+
+Every other module asks this one what ``FP32`` means; nothing else spells a
+datatype string. Decoding validates sizes with Python integers *before* touching
+the payload, so a request that declares a huge shape is refused without
+allocating anything of that size; raw contents are wrapped with
+``np.frombuffer`` (zero-copy, read-only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import grpc_service_pb2 as pb
+
+# Open Inference Protocol datatype -> numpy dtype (little-endian, as the wire is).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_BY_NUMPY: dict[np.dtype, str] = {dtype: name for name, dtype in DATATYPES.items()}
+
+# Which InferTensorContents field carries each datatype when typed contents are used.
+# FP16 has none: the protocol sends it raw only.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+# ONNX Runtime's type strings ("tensor(float)") -> protocol datatypes.
+ORT_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+}
+
+
+class TensorCodecError(ValueError):
+    """A tensor's declaration and its payload disagree (a client mistake)."""
+
+
+def datatype_of(dtype: np.dtype | type) -> str:
+    """The protocol datatype string for a numpy dtype; TensorCodecError if it has none."""
+    key = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    try:
+        return _BY_NUMPY[key]
+    except KeyError:
+        raise TensorCodecError(f"numpy dtype {np.dtype(dtype)} has no Open Inference Protocol datatype") from None
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype for a protocol datatype string; TensorCodecError for unknown ones."""
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        known = ", ".join(DATATYPES)
+        raise TensorCodecError(f"unsupported datatype {datatype!r} (supported: {known})") from None
+
+
+def format_spec(datatype: str, shape: Sequence[int]) -> str:
+    """``FP32 [-1,128,2,2]``: how tensors are named in every message we write."""
+    return f"{datatype} [{','.join(str(int(d)) for d in shape)}]"
+
+
+def element_count(shape: Sequence[int], what: str = "tensor") -> int:
+    """Number of elements of a concrete shape, refusing negative dimensions."""
+    for dim in shape:
+        if dim < 0:
+            raise TensorCodecError(f"{what} has a negative dimension in shape {list(shape)}")
+    return math.prod(int(d) for d in shape)
+
+
+def decode_raw(datatype: str, shape: Sequence[int], raw: bytes, what: str = "tensor") -> np.ndarray:
+    """View raw little-endian bytes as an array of ``shape`` (zero-copy, read-only).
+
+    Raises TensorCodecError when the byte length disagrees with shape x itemsize;
+    the check uses Python integers, so a huge declared shape allocates nothing.
+    """
+    dtype = numpy_dtype(datatype)
+    count = element_count(shape, what)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise TensorCodecError(
+            f"{what} declares {format_spec(datatype, shape)} = {expected} bytes, "
+            f"but its raw contents hold {len(raw)} bytes"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(tuple(int(d) for d in shape))
+
+
+def decode_contents(
+    datatype: str, shape: Sequence[int], contents: pb.InferTensorContents, what: str = "tensor"
+) -> np.ndarray:
+    """Build an array from typed contents, checking the element count first."""
+    dtype = numpy_dtype(datatype)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise TensorCodecError(f"{what}: datatype {datatype} can only be sent as raw contents")
+    count = element_count(shape, what)
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise TensorCodecError(
+            f"{what} declares {format_spec(datatype, shape)} = {count} elements, "
+            f"but {field} holds {len(values)}"
+        )
+    for other in CONTENTS_FIELD.values():
+        if other != field and len(getattr(contents, other)) > 0:
+            raise TensorCodecError(f"{what} is {datatype} but carries {other}; expected {field}")
+    return np.asarray(values, dtype=dtype).reshape(tuple(int(d) for d in shape))
+
+
+def decode_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, what: str | None = None
+) -> np.ndarray:
+    """Decode one request input, from its raw contents when given, else its typed contents."""
+    label = what or f"input {tensor.name!r}"
+    if raw is not None:
+        if tensor.HasField("contents") and tensor.contents.ByteSize() > 0:
+            raise TensorCodecError(f"{label} carries both raw and typed contents; send one")
+        return decode_raw(tensor.datatype, tensor.shape, raw, label)
+    return decode_contents(tensor.datatype, tensor.shape, tensor.contents, label)
+
+
+def decode_output(response: pb.ModelInferResponse, index: int) -> np.ndarray:
+    """Decode output ``index`` of a response, raw or typed."""
+    tensor = response.outputs[index]
+    what = f"output {tensor.name!r}"
+    if len(response.raw_output_contents) > index:
+        return decode_raw(tensor.datatype, tensor.shape, response.raw_output_contents[index], what)
+    return decode_contents(tensor.datatype, tensor.shape, tensor.contents, what)
+
+
+def outputs_by_name(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    """Every output of a response, decoded, keyed by tensor name (in response order)."""
+    return {tensor.name: decode_output(response, i) for i, tensor in enumerate(response.outputs)}
+
+
+def add_raw_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
+    """Append ``array`` to a request as a raw input (the fast path)."""
+    array = np.ascontiguousarray(array)
+    tensor = request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+    del tensor  # fields set through add()
+    request.raw_input_contents.append(array.tobytes())
+
+
+def add_typed_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
+    """Append ``array`` as typed contents (slower; for clients that cannot send raw bytes)."""
+    datatype = datatype_of(array.dtype)
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise TensorCodecError(f"datatype {datatype} can only be sent as raw contents")
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+    getattr(tensor.contents, field).extend(array.ravel().tolist())
+
+
+def add_raw_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
+    """Append ``array`` to a response as a raw output."""
+    array = np.ascontiguousarray(array)
+    response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
+    response.raw_output_contents.append(array.tobytes())
