@@ -1,0 +1,1 @@
+"""Peer servers we measure against, each run from its own virtual environment."""
