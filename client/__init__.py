@@ -1,1 +1,24 @@
-"""layerserve.client."""
+"""layerserve.client: a typed, numpy-in, numpy-out client of a layerserve server.
+
+``LayerClient`` speaks the Open Inference Protocol and the layer extension;
+``Placement`` routes block ranges to servers; ``fit`` holds the adapters that
+force a tensor into another block's input shape; ``experiment`` and ``report``
+answer "why not feed the image to the last layer?" with numbers and pictures.
+"""
+
+from .api import ChainResult, LayerClient, ModelBlocks, ModelMetadata, TensorSpec
+from .connection import ConnectionSettings
+from .errors import ServerError
+from .placement import Placement, PlacementError
+
+__all__ = [
+    "ChainResult",
+    "ConnectionSettings",
+    "LayerClient",
+    "ModelBlocks",
+    "ModelMetadata",
+    "Placement",
+    "PlacementError",
+    "ServerError",
+    "TensorSpec",
+]

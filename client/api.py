@@ -1,0 +1,427 @@
+"""``LayerClient``: the Open Inference Protocol plus the layer extension, numpy in and out.
+
+The API reads like the protocol (``is_server_live``, ``model_metadata``, ``infer``)
+and adds the layer-level calls (``blocks``, ``chain``, ``final_only``). Every failed
+RPC raises :class:`~layerserve.client.errors.ServerError` with the server's status
+code and message, unchanged. Tensors are encoded by ``layerserve.proto.tensors``
+(raw contents); requests larger than ``batch_size`` rows are split along axis 0
+and the answers concatenated, so callers may pass a whole data set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import grpc
+import numpy as np
+
+from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
+from layerserve.proto import layerserve_pb2 as lpb
+from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
+from layerserve.proto import tensors
+from layerserve.proto.repository_pb2 import Block, ModelManifest
+
+from .connection import DEFAULT_ADDRESS, ConnectionSettings, call_metadata, open_channel
+from .errors import ServerError
+from .fit import fit as fit_to
+from .fit import per_sample
+from .placement import Placement
+
+Where = Literal["client", "server"]
+Response = TypeVar("Response")
+# The server's own limit for the built-in models (ServingConfig.max_batch_size).
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor's name, protocol datatype and shape (-1 for dynamic dimensions)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return tensors.format_spec(self.datatype, self.shape)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ModelMetadata says about one served model."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class ModelBlocks:
+    """ListBlocks' answer: the manifest, the providers in use and the served model names."""
+
+    manifest: ModelManifest
+    providers: tuple[str, ...]
+    full_model_name: str
+    block_model_names: tuple[str, ...]
+    chain_model_name: str
+
+    @property
+    def blocks(self) -> Sequence[Block]:
+        return self.manifest.blocks
+
+    def __len__(self) -> int:
+        return len(self.manifest.blocks)
+
+    def index(self, block: int | str) -> int:
+        """Index of a block given by index or name (``"03_stage3"`` or ``"stage3"``); KeyError otherwise."""
+        if isinstance(block, int) or str(block).lstrip("-").isdigit():
+            index = int(block)
+            if index < 0:
+                index += len(self)
+            if 0 <= index < len(self):
+                return index
+        else:
+            for candidate in self.blocks:
+                if block in (candidate.name, candidate.name.split("_", 1)[-1]):
+                    return candidate.index
+        raise KeyError(f"{self.manifest.name} has no block {block!r} (blocks: {[b.name for b in self.blocks]})")
+
+    def final_conv_index(self) -> int:
+        """The last block that runs a convolution: where "feed the image to the last layer" starts."""
+        convs = [b.index for b in self.blocks if any(op.startswith("Conv") for op in b.op_types)]
+        return convs[-1] if convs else max(len(self) - 2, 0)
+
+    def input_spec(self, index: int) -> TensorSpec:
+        spec = self.blocks[index].inputs[0]
+        return TensorSpec(spec.name, spec.datatype, tuple(spec.shape))
+
+
+@dataclass
+class ChainResult:
+    """Output of blocks ``[start, stop)`` plus the kept activations.
+
+    ``outputs`` holds the last block's outputs by tensor name; ``kept`` the
+    activations asked for, named ``"<block name>/<tensor>"`` in block order;
+    ``addresses`` which server ran each block (block name -> address).
+    """
+
+    outputs: dict[str, np.ndarray]
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    blocks_run: list[str] = field(default_factory=list)
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def output(self) -> np.ndarray:
+        """The only output of the last block (ValueError if it has several)."""
+        if len(self.outputs) != 1:
+            raise ValueError(f"the last block has {len(self.outputs)} outputs: {list(self.outputs)}")
+        return next(iter(self.outputs.values()))
+
+
+def _batches(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
+    rows = {len(a) for a in arrays.values()} if arrays else {0}
+    if len(rows) != 1:
+        raise ValueError(f"inputs disagree on the batch dimension: {sorted(rows)}")
+    total = rows.pop()
+    if size <= 0 or total <= size:
+        yield dict(arrays)
+        return
+    for begin in range(0, total, size):
+        yield {name: a[begin : begin + size] for name, a in arrays.items()}
+
+
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+class _Endpoint:
+    """One channel and the two stubs over it."""
+
+    def __init__(self, address: str, settings: ConnectionSettings) -> None:
+        self.address = address
+        self.channel = open_channel(address, settings)
+        self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.layers = lpb_grpc.LayerServiceStub(self.channel)
+
+
+class LayerClient:
+    """A client of one layerserve server, or of several through a :class:`Placement`.
+
+    ``address`` serves everything a placement does not route elsewhere; the
+    placement only affects which server runs each block in :meth:`chain`. Use as a
+    context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        settings: ConnectionSettings | None = None,
+        placement: Placement | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        self.address = address
+        self.settings = settings or ConnectionSettings()
+        self.placement = placement or Placement()
+        self.batch_size = batch_size
+        self._metadata = call_metadata(self.settings)
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._model_metadata: dict[tuple[str, str], ModelMetadata] = {}
+        self._blocks: dict[tuple[str, str], ModelBlocks] = {}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _endpoint(self, address: str | None = None) -> _Endpoint:
+        address = address or self.address
+        if address not in self._endpoints:
+            self._endpoints[address] = _Endpoint(address, self.settings)
+        return self._endpoints[address]
+
+    def _call(self, method: Callable[..., Response], request: object, name: str) -> Response:
+        try:
+            return method(request, timeout=self.settings.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise ServerError.from_rpc_error(error, name) from None
+
+    def close(self) -> None:
+        """Close every channel this client opened."""
+        for endpoint in self._endpoints.values():
+            endpoint.channel.close()
+        self._endpoints.clear()
+
+    def __enter__(self) -> LayerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- health and metadata ----------------------------------------------------------
+
+    def is_server_live(self, address: str | None = None) -> bool:
+        """ServerLive; ServerError (UNAVAILABLE) when nothing answers."""
+        endpoint = self._endpoint(address)
+        return self._call(endpoint.inference.ServerLive, pb.ServerLiveRequest(), "ServerLive").live
+
+    def is_server_ready(self, address: str | None = None) -> bool:
+        """ServerReady: every model the server was asked to load is ready."""
+        endpoint = self._endpoint(address)
+        return self._call(endpoint.inference.ServerReady, pb.ServerReadyRequest(), "ServerReady").ready
+
+    def is_model_ready(self, model: str, version: str = "") -> bool:
+        """ModelReady for ``model`` (a full model, a block model or a chain)."""
+        request = pb.ModelReadyRequest(name=model, version=version)
+        return self._call(self._endpoint().inference.ModelReady, request, "ModelReady").ready
+
+    def server_metadata(self) -> pb.ServerMetadataResponse:
+        """ServerMetadata: name, version, protocol extensions."""
+        endpoint = self._endpoint()
+        return self._call(endpoint.inference.ServerMetadata, pb.ServerMetadataRequest(), "ServerMetadata")
+
+    def list_models(self, ready_only: bool = True) -> list[pb.RepositoryIndexResponse.ModelIndex]:
+        """RepositoryIndex: every served name (full models, blocks, chains) with its state."""
+        request = pb.RepositoryIndexRequest(ready=ready_only)
+        return list(self._call(self._endpoint().inference.RepositoryIndex, request, "RepositoryIndex").models)
+
+    def model_metadata(self, model: str, version: str = "", address: str | None = None) -> ModelMetadata:
+        """ModelMetadata for ``model``, cached per (model, version)."""
+        key = (model, version)
+        if key not in self._model_metadata:
+            request = pb.ModelMetadataRequest(name=model, version=version)
+            answer = self._call(self._endpoint(address).inference.ModelMetadata, request, "ModelMetadata")
+            self._model_metadata[key] = ModelMetadata(
+                name=answer.name,
+                versions=tuple(answer.versions),
+                platform=answer.platform,
+                inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in answer.inputs),
+                outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in answer.outputs),
+            )
+        return self._model_metadata[key]
+
+    def model_statistics(self, model: str = "", version: str = "", address: str | None = None) -> list[pb.ModelStatistics]:
+        """ModelStatistics (Triton extension) of ``model`` or, with "", of every model."""
+        request = pb.ModelStatisticsRequest(name=model, version=version)
+        endpoint = self._endpoint(address)
+        return list(self._call(endpoint.inference.ModelStatistics, request, "ModelStatistics").model_stats)
+
+    def blocks(self, model: str, version: str = "") -> ModelBlocks:
+        """ListBlocks: the model's manifest (blocks in order), providers and served names; cached."""
+        key = (model, version)
+        if key not in self._blocks:
+            request = lpb.ListBlocksRequest(model_name=model, model_version=version)
+            answer = self._call(self._endpoint().layers.ListBlocks, request, "ListBlocks")
+            self._blocks[key] = ModelBlocks(
+                manifest=answer.manifest,
+                providers=tuple(answer.providers),
+                full_model_name=answer.full_model_name or model,
+                block_model_names=tuple(answer.block_model_names)
+                or tuple(f"{model}.{b.name}" for b in answer.manifest.blocks),
+                chain_model_name=answer.chain_model_name or f"{model}.chain",
+            )
+        return self._blocks[key]
+
+    # -- inference --------------------------------------------------------------------
+
+    def _named_inputs(
+        self, model: str, x: np.ndarray | Mapping[str, np.ndarray], version: str, address: str | None
+    ) -> dict[str, np.ndarray]:
+        if isinstance(x, Mapping):
+            return {name: np.asarray(a) for name, a in x.items()}
+        specs = self.model_metadata(model, version, address).inputs
+        if len(specs) != 1:
+            raise ValueError(f"{model} has {len(specs)} inputs {[s.name for s in specs]}; pass a dict")
+        # A bare array takes the model's declared datatype (float64 numpy defaults become FP32).
+        return {specs[0].name: np.asarray(x, dtype=tensors.numpy_dtype(specs[0].datatype))}
+
+    def infer(
+        self,
+        model: str,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Sequence[str] = (),
+        version: str = "",
+        address: str | None = None,
+    ) -> dict[str, np.ndarray]:
+        """ModelInfer: ``x`` (one array for a one-input model, or a dict by input name) -> outputs by name.
+
+        Rows beyond ``batch_size`` go in several requests whose outputs are
+        concatenated. ``address`` overrides the server (placement uses it).
+        Raises ServerError with the server's message (e.g. INVALID_ARGUMENT on a shape mismatch).
+        """
+        named = self._named_inputs(model, x, version, address)
+        endpoint = self._endpoint(address)
+        parts = []
+        for batch in _batches(named, self.batch_size):
+            request = pb.ModelInferRequest(model_name=model, model_version=version)
+            for name, array in batch.items():
+                tensors.add_raw_input(request, name, array)
+            for name in outputs:
+                request.outputs.add(name=name)
+            parts.append(tensors.outputs_by_name(self._call(endpoint.inference.ModelInfer, request, "ModelInfer")))
+        return _concat(parts)
+
+    def infer_array(self, model: str, x: np.ndarray, version: str = "", address: str | None = None) -> np.ndarray:
+        """:meth:`infer` for a one-output model: the output array itself."""
+        answer = self.infer(model, x, version=version, address=address)
+        if len(answer) != 1:
+            raise ValueError(f"{model} returned {len(answer)} outputs {list(answer)}; use infer()")
+        return next(iter(answer.values()))
+
+    # -- layer-level ------------------------------------------------------------------
+
+    def _range(self, blocks: ModelBlocks, start: int, stop: int | None, keep: Iterable[int]) -> tuple[int, int, set[int]]:
+        stop = len(blocks) if stop is None else stop
+        if not 0 <= start < stop <= len(blocks):
+            raise ValueError(f"block range [{start}, {stop}) is not within [0, {len(blocks)}) or is empty")
+        kept = set(keep)
+        outside = sorted(k for k in kept if not start <= k < stop)
+        if outside:
+            raise ValueError(f"keep {outside}: only blocks in [{start}, {stop}) run")
+        return start, stop, kept
+
+    def chain(
+        self,
+        model: str,
+        x: np.ndarray,
+        start: int = 0,
+        stop: int | None = None,
+        where: Where = "client",
+        keep: Iterable[int] = (),
+        version: str = "",
+    ) -> ChainResult:
+        """Run blocks ``[start, stop)`` of ``model`` on ``x`` (the input of block ``start``).
+
+        ``where="client"``: one ModelInfer per block ("<model>.<block>"), the client
+        passing each output on; ``where="server"``: the LayerService.Chain RPC, the
+        activations staying on the server. With a placement, each block (client) or
+        each run of consecutive blocks (server) goes to the address its range names.
+        ``keep``: block indices whose outputs are returned too. Raises ValueError for
+        a bad range, ServerError with the server's message otherwise.
+        """
+        blocks = self.blocks(model, version)
+        start, stop, kept = self._range(blocks, start, stop, keep)
+        if where == "client":
+            return self._chain_client(blocks, x, start, stop, kept, version)
+        if where == "server":
+            return self._chain_server(blocks, x, start, stop, kept, version)
+        raise ValueError(f"where must be 'client' or 'server', got {where!r}")
+
+    def _chain_client(
+        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str
+    ) -> ChainResult:
+        result = ChainResult(outputs={})
+        current: dict[str, np.ndarray] = {}
+        for index in range(start, stop):
+            block = blocks.blocks[index]
+            address = self.placement.address_for(index, self.address)
+            if index == start:
+                feed: np.ndarray | dict[str, np.ndarray] = np.asarray(x)
+            elif len(block.inputs) == 1 and len(current) == 1:
+                feed = {block.inputs[0].name: next(iter(current.values()))}
+            else:  # several tensors cross the cut: match them by name
+                feed = {spec.name: current[spec.name] for spec in block.inputs}
+            current = self.infer(blocks.block_model_names[index], feed, version=version, address=address)
+            result.blocks_run.append(block.name)
+            result.addresses[block.name] = address
+            if index in kept:
+                result.kept.update({f"{block.name}/{name}": value for name, value in current.items()})
+        result.outputs = current
+        return result
+
+    def _chain_server(
+        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str
+    ) -> ChainResult:
+        model = blocks.manifest.name
+        result = ChainResult(outputs={})
+        current = np.asarray(x)
+        for segment in self.placement.segments(start, stop, self.address):
+            endpoint = self._endpoint(segment.address)
+            spec = blocks.blocks[segment.start].inputs[0]
+            feed = np.asarray(current, dtype=tensors.numpy_dtype(spec.datatype))
+            segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
+            parts, run = [], []
+            for batch in _batches({spec.name: feed}, self.batch_size):
+                request = lpb.ChainRequest(
+                    model_name=model, model_version=version, start=segment.start, stop=segment.stop, keep=segment_keep
+                )
+                request.request.model_name = blocks.chain_model_name
+                tensors.add_raw_input(request.request, spec.name, batch[spec.name])
+                answer = self._call(endpoint.layers.Chain, request, "Chain")
+                parts.append(tensors.outputs_by_name(answer.response))
+                run = list(answer.blocks_run)
+            merged = _concat(parts)
+            outputs = {name: value for name, value in merged.items() if "/" not in name}
+            result.kept.update({name: value for name, value in merged.items() if "/" in name})
+            result.blocks_run.extend(run)
+            result.addresses.update({name: segment.address for name in run})
+            if len(outputs) != 1 and segment.stop < stop:
+                raise ValueError(f"block {segment.stop - 1} has {len(outputs)} outputs; cannot hand them on")
+            current = next(iter(outputs.values()))
+            result.outputs = outputs
+        return result
+
+    def final_only(
+        self,
+        model: str,
+        x: np.ndarray,
+        fit: str | None = None,
+        start: int | None = None,
+        where: Where = "client",
+        seed: int = 0,
+        version: str = "",
+    ) -> ChainResult:
+        """The question's path: ``x`` straight into block ``start`` (default: the last conv block), then on through the head.
+
+        ``fit=None`` sends ``x`` as it is: for a raw image the server refuses with
+        INVALID_ARGUMENT (raised as ServerError, its message naming expected and
+        given shapes). ``fit`` in ``resize | pad | project`` first forces ``x`` into
+        the block's input shape (see :mod:`layerserve.client.fit`).
+        """
+        blocks = self.blocks(model, version)
+        start = blocks.final_conv_index() if start is None else start
+        if fit is not None:
+            x = fit_to(x, per_sample(blocks.input_spec(start).shape), fit, seed)
+        return self.chain(model, x, start=start, where=where, version=version)
