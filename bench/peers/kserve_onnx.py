@@ -1,6 +1,6 @@
 """KServe's Python ModelServer serving one ONNX model over the Open Inference Protocol (gRPC).
 
-Runs inside the bench's own KServe virtual environment (bench/peers/kserve.py
+Runs inside the bench's own KServe virtual environment (bench/peers/kserve_peer.py
 creates it), never inside layerserve's. KServe 0.21 binds every address; this
 script binds gRPC and REST to 127.0.0.1 only, since benchmarks here may touch
 loopback and nothing else.

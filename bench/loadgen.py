@@ -1,0 +1,134 @@
+"""A lean closed-loop gRPC load generator for ModelInfer (and any unary method).
+
+The generator shares the machine's two cores with the server under test, so it
+is built to cost as little as possible: requests are serialized once, sent as
+raw bytes through a generic unary call (no protobuf work per request on either
+side of the client), with ``concurrency`` coroutines on one grpc.aio channel per
+coroutine group. Its own CPU time is measured and reported, so a result can say
+how much of the machine the caller took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import grpc
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+
+
+@dataclass
+class LoadResult:
+    """What one closed-loop run measured. Latencies in milliseconds."""
+
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput: float  # successful requests per second
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    client_cpu_s: float  # user+system CPU the generator itself used
+    response_bytes: int  # of one response
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _run(
+    address: str,
+    payload: bytes,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    method: str,
+    channels: int,
+) -> LoadResult:
+    opened = [grpc.aio.insecure_channel(address, options=_OPTIONS) for _ in range(max(1, channels))]
+    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in opened]
+    latencies: list[float] = []
+    errors = 0
+    response_bytes = 0
+    recording = False
+    stop_at = 0.0
+
+    async def worker(index: int) -> None:
+        nonlocal errors, response_bytes
+        call = calls[index % len(calls)]
+        while True:
+            now = time.perf_counter()
+            if recording and now >= stop_at:
+                return
+            try:
+                reply = await call(payload, timeout=30)
+            except grpc.aio.AioRpcError:
+                if recording:
+                    errors += 1
+                continue
+            if recording:
+                latencies.append(time.perf_counter() - now)
+                response_bytes = len(reply)
+
+    try:
+        for call in calls:  # connect every channel before timing anything
+            await call(payload, timeout=30)
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        await asyncio.sleep(warmup)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        stop_at = started + duration
+        recording = True
+        await asyncio.gather(*tasks)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        for channel in opened:
+            await channel.close()
+    ordered = sorted(latencies)
+    return LoadResult(
+        concurrency=concurrency,
+        requests=len(latencies),
+        errors=errors,
+        seconds=seconds,
+        throughput=len(latencies) / seconds if seconds > 0 else 0.0,
+        p50_ms=_percentile(ordered, 0.50) * 1e3,
+        p95_ms=_percentile(ordered, 0.95) * 1e3,
+        p99_ms=_percentile(ordered, 0.99) * 1e3,
+        client_cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        response_bytes=response_bytes,
+    )
+
+
+def run_load(
+    address: str,
+    payload: bytes,
+    concurrency: int,
+    duration: float = 3.0,
+    warmup: float = 0.5,
+    method: str = MODEL_INFER,
+    channels: int = 1,
+) -> LoadResult:
+    """Drive ``method`` at ``address`` with ``concurrency`` requests in flight for ``duration`` seconds.
+
+    ``payload`` is a serialized request (e.g. ``ModelInferRequest.SerializeToString()``).
+    Requests that fail are counted in ``errors``, never in the latencies.
+    """
+    return asyncio.run(_run(address, payload, concurrency, duration, warmup, method, channels))
+
+
+def median_and_spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of repeated measurements."""
+    return statistics.median(values), min(values), max(values)
