@@ -1,0 +1,161 @@
+"""Dynamic batching with Triton's semantics, as a queue of futures (MLServer's adaptive batcher).
+
+Each request enters a bounded queue with a future. One task per endpoint waits
+for a free instance, takes the oldest request, merges the requests already
+waiting (and, while there is room, those arriving within ``max_queue_delay``
+of the oldest one's arrival) up to ``max_batch_size`` rows, runs the merged
+batch once on a worker thread and splits the output rows back: each future
+gets exactly its own rows. A request that would overflow the batch starts the
+next one; requests are never split or reordered.
+
+With a zero delay the batcher is purely adaptive: whatever queued while the
+instances were busy runs together, which costs an idle server nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import QueueFull
+
+RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one merged run did, for statistics and metrics."""
+
+    rows: int
+    requests: int
+    compute_s: float
+    queue_s: list[float]  # per request: enqueue -> run start
+
+
+@dataclass
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    """Merge concurrent requests for one endpoint into single runs.
+
+    ``infer`` raises QueueFull when ``max_queue_size`` requests already wait, and
+    whatever ``run`` raises for the batch the request was part of.
+    """
+
+    def __init__(
+        self,
+        run: RunFn,
+        executor: Executor,
+        max_batch_size: int,
+        max_queue_delay_us: int,
+        max_queue_size: int,
+        instances: int = 1,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        label: str = "",
+    ) -> None:
+        self._run = run
+        self._executor = executor
+        # 0 means "no limit" in the manifest; a merged run still needs a bound.
+        self.max_batch_size = max_batch_size or 1 << 31
+        self.max_queue_delay_s = max_queue_delay_us / 1e6
+        self.max_queue_size = max_queue_size
+        self.label = label
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(instances)
+        self._carry: _Pending | None = None
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher {self.label}")
+
+    async def stop(self) -> None:
+        """Finish the runs in flight, then stop the batching task."""
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def infer(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Queue one validated request of ``rows`` rows; resolves to its own output rows."""
+        if self._queue.qsize() >= self.max_queue_size:
+            raise QueueFull(f"{self.label} queue holds {self.max_queue_size} requests (max_queue_size); retry later")
+        self.start()
+        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    async def _next(self) -> _Pending:
+        if self._carry is not None:
+            pending, self._carry = self._carry, None
+            return pending
+        return await self._queue.get()
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self._next()
+            await self._slots.acquire()
+            batch, rows = [first], first.rows
+            deadline = first.enqueued + self.max_queue_delay_s
+            while rows < self.max_batch_size:
+                if self._queue.empty():
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    try:
+                        pending = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    pending = self._queue.get_nowait()
+                if rows + pending.rows > self.max_batch_size:
+                    self._carry = pending
+                    break
+                batch.append(pending)
+                rows += pending.rows
+            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+        try:
+            started = time.perf_counter()
+            if len(batch) == 1:
+                merged = batch[0].inputs
+            else:
+                merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
+            try:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+            except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                return
+            compute_s = time.perf_counter() - started
+            offset = 0
+            for pending in batch:
+                if not pending.future.done():
+                    own = {name: array[offset : offset + pending.rows] for name, array in outputs.items()}
+                    pending.future.set_result(own if len(batch) > 1 else outputs)
+                offset += pending.rows
+            if self._on_batch is not None:
+                self._on_batch(BatchReport(rows, len(batch), compute_s, [started - p.enqueued for p in batch]))
+        finally:
+            self._slots.release()

@@ -1,0 +1,60 @@
+"""``layerserve serve``: flags map one-to-one onto server.settings.Settings (env: LAYERSERVE_<FIELD>)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .settings import Settings
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return lowered in {"1", "true", "yes", "on"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    defaults = Settings()
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model repository over the Open Inference Protocol (gRPC)",
+        description="Serve every model under --models: the full graph, each block and the chain, over gRPC. "
+        "Each flag also reads LAYERSERVE_<FLAG> (e.g. LAYERSERVE_PORT); flags win.",
+    )
+    add = parser.add_argument
+    add("--models", help=f"model repository folder (default {defaults.models})")
+    add("--host", help=f"address to bind (default {defaults.host})")
+    add("--port", type=int, help=f"gRPC port, 0 picks a free one (default {defaults.port})")
+    add("--metrics-port", type=int, help=f"Prometheus HTTP port, -1 disables (default {defaults.metrics_port})")
+    add("--device", choices=["cpu", "cuda", "auto"], help="execution provider: cuda refuses to start if CUDA does "
+        "not load; auto falls back to the CPU (default cpu)")
+    add("--workers", type=int, help="server processes sharing the port through SO_REUSEPORT (default 1)")
+    add("--max-message-bytes", type=int, help=f"largest gRPC message either way (default {defaults.max_message_bytes})")
+    add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
+    add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")
+    add("--instances", type=int, help=f"concurrent model runs / worker threads (default {defaults.instances})")
+    add("--dynamic-batching", type=_bool, metavar="BOOL", help="override every manifest's dynamic_batching")
+    add("--max-batch-size", type=int, help="override every manifest's max_batch_size (0: no limit)")
+    add("--max-queue-delay-us", type=int, help="override every manifest's max_queue_delay_us")
+    add("--max-queue-size", type=int, help=f"queued requests per model before UNAVAILABLE (default {defaults.max_queue_size})")
+    add("--grace-s", type=float, help=f"seconds in-flight requests get after SIGTERM (default {defaults.grace_s})")
+    add("--log-level", help="DEBUG, INFO, WARNING, ... (default INFO)")
+    add("--log-format", choices=["json", "text"], help="log line format (default json)")
+    add("--verify", type=_bool, metavar="BOOL", help="check files against the manifest's sha256 (default true)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import app, settings
+
+    flags = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(Settings)}
+    try:
+        chosen = settings.from_sources(flags)
+    except (ValueError, TypeError) as error:
+        print(f"layerserve serve: {error}", file=sys.stderr)
+        return 2
+    return app.run(chosen)

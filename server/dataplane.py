@@ -1,0 +1,185 @@
+"""The transport-free core: inference, chains and statistics over a loaded Repository.
+
+Servicers hand it decoded numpy arrays and get numpy arrays back; it validates
+(endpoints.py), batches (batching.py) or runs directly on the worker threads,
+and keeps Triton-style statistics per endpoint. It knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import runtime
+from .batching import Batcher, BatchReport
+from .endpoints import Endpoint, validate_inputs
+from .errors import InvalidInput
+from .repository import ModelVersion, Repository
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += int(seconds * 1e9)
+
+
+@dataclass
+class Stats:
+    """Triton's ModelStatistics for one endpoint and version (this process only)."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    # batch size -> compute durations of runs of that size
+    batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
+
+    def record_run(self, rows: int, requests: int, compute_s: float, queue_s: Sequence[float]) -> None:
+        self.execution_count += 1
+        self.inference_count += rows
+        self.batches[rows].add(compute_s)
+        self.compute_infer.add(compute_s, requests)
+        for seconds in queue_s:
+            self.queue.add(seconds)
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """What an inference produced: the endpoint that ran and the outputs asked for, by name."""
+
+    endpoint: Endpoint
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    outputs: dict[str, np.ndarray]  # last block's outputs, then "<block>/<tensor>" for kept ones
+    blocks_run: list[str]
+    model: ModelVersion
+
+
+class DataPlane:
+    """Inference over ``repository``; async methods run on one event loop.
+
+    ``instances`` worker threads run sessions; an endpoint with dynamic batching
+    gets a Batcher allowed ``instances`` concurrent runs.
+    """
+
+    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024) -> None:
+        self.repository = repository
+        self.instances = instances
+        self.max_queue_size = max_queue_size
+        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="ort")
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
+        # Set on SIGTERM: readiness turns false while in-flight requests finish.
+        self.draining = False
+        # Observers of every merged or direct run (metrics plug in here).
+        self.batch_observers: list = []
+
+    def _batcher(self, endpoint: Endpoint) -> Batcher:
+        key = (endpoint.name, endpoint.version)
+        batcher = self._batchers.get(key)
+        if batcher is None:
+            batcher = Batcher(
+                endpoint.run,
+                self.executor,
+                endpoint.batching.max_batch_size,
+                endpoint.batching.max_queue_delay_us,
+                self.max_queue_size,
+                self.instances,
+                on_batch=lambda report: self._record(endpoint, report),
+                label=endpoint.name,
+            )
+            self._batchers[key] = batcher
+        return batcher
+
+    def _record(self, endpoint: Endpoint, report: BatchReport) -> None:
+        self.stats[(endpoint.name, endpoint.version)].record_run(
+            report.rows, report.requests, report.compute_s, report.queue_s
+        )
+        for observer in self.batch_observers:
+            observer(endpoint, report)
+
+    async def infer(
+        self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
+    ) -> InferResult:
+        """Run ``model`` (any served name) on ``inputs``; returns the requested outputs (all when empty).
+
+        Raises ModelNotFound, ModelUnavailable, InvalidInput, QueueFull.
+        """
+        start = time.perf_counter()
+        endpoint = self.repository.endpoint(model, version)
+        stats = self.stats[(endpoint.name, endpoint.version)]
+        try:
+            names = endpoint.check_outputs(outputs)
+            rows = endpoint.validate(inputs)
+            if endpoint.batching.enabled and endpoint.batched:
+                results = await self._batcher(endpoint).infer(inputs, rows)
+            else:
+                begun = time.perf_counter()
+                results = await asyncio.get_running_loop().run_in_executor(self.executor, endpoint.run, inputs)
+                self._record(endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
+        except Exception:
+            stats.fail.add(time.perf_counter() - start)
+            raise
+        stats.success.add(time.perf_counter() - start)
+        stats.last_inference_ms = int(time.time() * 1000)
+        return InferResult(endpoint, {name: results[name] for name in names})
+
+    async def chain(
+        self,
+        model: str,
+        version: str,
+        start: int,
+        stop: int | None,
+        keep: Sequence[int],
+        inputs: Mapping[str, np.ndarray],
+    ) -> ChainResult:
+        """Run blocks [start, stop) of ``model`` on one request, returning kept activations too.
+
+        Raises ModelNotFound, ModelUnavailable, InvalidInput (bad range, bad keep, bad inputs).
+        """
+        version_ = self.repository.model(model, version)
+        if model != version_.name:
+            raise InvalidInput(f"Chain takes a model name such as {version_.name!r}, got {model!r}")
+        blocks = list(version_.manifest.blocks)
+        count = len(blocks)
+        stop = count if stop is None else stop
+        if not 0 <= start < stop <= count:
+            raise InvalidInput(f"{model} chain expects 0 <= start < stop <= {count}, got start={start} stop={stop}")
+        for index in keep:
+            if not start <= index < stop:
+                raise InvalidInput(f"{model} chain keeps block {index}, which is outside [{start}, {stop})")
+        first = version_.endpoints[f"{model}.{blocks[start].name}"]
+        label = f"{model} chain [{start}, {stop}) block {blocks[start].name}"
+        validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
+        graphs = version_.blocks[start:stop]
+        relative = [index - start for index in keep]
+        outputs, kept = await asyncio.get_running_loop().run_in_executor(
+            self.executor, runtime.chain, graphs, inputs, relative
+        )
+        named = dict(outputs)
+        for index in sorted(kept):
+            block = blocks[start + index].name
+            named.update({f"{block}/{tensor}": array for tensor, array in kept[index].items()})
+        return ChainResult(named, [block.name for block in blocks[start:stop]], version_)
+
+    async def close(self) -> None:
+        """Finish batched runs in flight and stop the worker threads."""
+        for batcher in self._batchers.values():
+            await batcher.stop()
+        self.executor.shutdown(wait=True)

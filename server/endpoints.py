@@ -1,0 +1,138 @@
+"""Served models ("endpoints") and the validation that writes the server's error messages.
+
+An endpoint is one name a client can infer on: a model's full graph
+(``digits_cnn``), one block (``digits_cnn.02_stage2``) or the chain of every
+block (``digits_cnn.chain``), at one version. It knows its I/O specs, its
+batching configuration and how to run; ``validate`` compares a request with the
+specs and says what was expected and what came::
+
+    digits_cnn.04_head input 'x' expects FP32 [-1,128,2,2], got FP32 [1,1,32,32]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from layerserve.proto.tensors import datatype_of, format_spec
+
+from .errors import InvalidInput
+
+CHAIN = "chain"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor an endpoint takes or gives; -1 marks the batch (or any free) dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return format_spec(self.datatype, self.shape)
+
+    def matches(self, shape: Sequence[int]) -> bool:
+        """Whether a concrete ``shape`` fits this spec (same rank, fixed dimensions equal)."""
+        return len(shape) == len(self.shape) and all(
+            want == -1 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Triton's dynamic-batching knobs for one endpoint."""
+
+    enabled: bool = False
+    # Rows one request or one merged run may carry; 0: no limit.
+    max_batch_size: int = 0
+    max_queue_delay_us: int = 0
+
+
+def describe(array: np.ndarray) -> str:
+    """``FP32 [1,1,32,32]`` for an array (what came)."""
+    try:
+        datatype = datatype_of(array.dtype)
+    except ValueError:
+        datatype = str(array.dtype)
+    return format_spec(datatype, array.shape)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One served model name at one version; ``run`` is synchronous (called on a worker thread)."""
+
+    name: str
+    model: str
+    version: str
+    kind: str  # "full", "block" or "chain"
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: Batching
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    block_index: int | None = None
+
+    @property
+    def batched(self) -> bool:
+        """Whether the first dimension of every input is the batch (-1)."""
+        return all(spec.shape[:1] == (-1,) for spec in self.inputs)
+
+    def validate(self, inputs: Mapping[str, np.ndarray]) -> int:
+        """Check a request's inputs; returns its batch size (rows; 1 for unbatched endpoints).
+
+        Raises InvalidInput naming the endpoint, the input, what was expected and what came.
+        """
+        return validate_inputs(self.name, self.inputs, inputs, self.batching.max_batch_size, self.batched)
+
+    def check_outputs(self, requested: Sequence[str]) -> list[str]:
+        """The output names to return: ``requested`` (checked) or all outputs when empty."""
+        known = [spec.name for spec in self.outputs]
+        for name in requested:
+            if name not in known:
+                raise InvalidInput(f"{self.name} has no output {name!r}; it gives {_listing(self.outputs)}")
+        return list(requested) or known
+
+
+def validate_inputs(
+    label: str,
+    specs: Sequence[TensorSpec],
+    inputs: Mapping[str, np.ndarray],
+    max_batch_size: int = 0,
+    batched: bool = True,
+) -> int:
+    """Compare ``inputs`` with ``specs`` for the endpoint called ``label``; returns the batch size."""
+    by_name = {spec.name: spec for spec in specs}
+    for name, array in inputs.items():
+        if name not in by_name:
+            raise InvalidInput(
+                f"{label} has no input {name!r} (got {describe(array)}); it expects {_listing(specs)}"
+            )
+    rows: int | None = None
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if array is None:
+            raise InvalidInput(f"{label} input {spec.name!r} expects {spec}, got nothing")
+        got_type = describe(array).split(" ")[0]
+        if got_type != spec.datatype or not spec.matches(array.shape):
+            raise InvalidInput(f"{label} input {spec.name!r} expects {spec}, got {describe(array)}")
+        if batched:
+            if array.shape[0] < 1:
+                raise InvalidInput(f"{label} input {spec.name!r} expects at least 1 row, got {describe(array)}")
+            if rows is not None and array.shape[0] != rows:
+                raise InvalidInput(
+                    f"{label} inputs disagree on the batch size: {spec.name!r} has {array.shape[0]} rows, "
+                    f"an earlier input {rows}"
+                )
+            rows = int(array.shape[0])
+            if max_batch_size and rows > max_batch_size:
+                raise InvalidInput(
+                    f"{label} input {spec.name!r} expects at most {max_batch_size} rows "
+                    f"(max_batch_size), got {describe(array)}"
+                )
+    return rows if rows is not None else 1
+
+
+def _listing(specs: Sequence[TensorSpec]) -> str:
+    return ", ".join(f"{spec.name!r} {spec}" for spec in specs) or "nothing"

@@ -1,0 +1,105 @@
+"""Domain errors, each carrying its gRPC status, and the one place that turns them into one.
+
+The core raises these; ``handled`` (the decorator every servicer method wears)
+aborts the RPC with the error's status and message, maps the codec's
+TensorCodecError to INVALID_ARGUMENT, and turns anything unexpected into INTERNAL
+with a logged traceback, so the server keeps serving after every error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from layerserve.proto.tensors import TensorCodecError
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    """Base of the errors a client is told about; ``code`` is the gRPC status sent."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class ModelNotFound(ServerError):
+    """No such model, or no such version of it."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelUnavailable(ServerError):
+    """The model exists but failed to verify or load."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class InvalidInput(ServerError):
+    """A request that does not match what the model expects (names, dtypes, shapes, sizes)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class QueueFull(ServerError):
+    """The model's batching queue is at its bound; the client should retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeviceUnavailable(RuntimeError):
+    """The requested execution provider cannot be used; the server refuses to start."""
+
+
+def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for ``error``."""
+    if isinstance(error, ServerError):
+        return error.code, str(error)
+    if isinstance(error, TensorCodecError):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"{model} {error}" if model else str(error)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+
+
+# Called once per RPC with (rpc name, model name, status code, seconds); metrics plug in here.
+Observer = Callable[[str, str, grpc.StatusCode, float], None]
+_observers: list[Observer] = []
+
+
+def add_observer(observer: Observer) -> None:
+    """Have ``observer`` see the outcome of every handled RPC."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def handled(method: _Method) -> _Method:
+    """Wrap an async servicer method: domain errors abort with their status, the rest INTERNAL."""
+    rpc = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        model = getattr(request, "model_name", "") or getattr(request, "name", "")
+        try:
+            response = await method(self, request, context)
+        except Exception as error:  # noqa: BLE001 - the one place every error is mapped
+            code, message = status_of(error, model)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("unexpected error in %s", rpc, extra={"fields": {"rpc": rpc, "model": model}})
+            _observe(rpc, model, code, time.perf_counter() - start)
+            await context.abort(code, message)
+        _observe(rpc, model, grpc.StatusCode.OK, time.perf_counter() - start)
+        return response
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _observe(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
+    for observer in _observers:
+        observer(rpc, model, code, seconds)

@@ -1,0 +1,49 @@
+"""The ``layerserve.v1.LayerService`` servicer: list a model's blocks, run server-side chains."""
+
+from __future__ import annotations
+
+import grpc
+
+from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import layerserve_pb2 as lpb
+from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
+
+from .dataplane import DataPlane
+from .endpoints import CHAIN
+from .errors import handled
+from .grpc_inference import decode_inputs, encode_outputs
+
+
+class LayerServicer(lpb_grpc.LayerServiceServicer):
+    """``layerserve.v1.LayerService`` over a DataPlane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    @handled
+    async def ListBlocks(self, request: lpb.ListBlocksRequest, context: grpc.aio.ServicerContext):
+        model = self.dataplane.repository.model(request.model_name, request.model_version)
+        return lpb.ListBlocksResponse(
+            manifest=model.manifest,
+            providers=model.providers,
+            full_model_name=model.name,
+            block_model_names=model.block_names,
+            chain_model_name=f"{model.name}.{CHAIN}",
+        )
+
+    @handled
+    async def Chain(self, request: lpb.ChainRequest, context: grpc.aio.ServicerContext):
+        inputs = decode_inputs(request.request)
+        result = await self.dataplane.chain(
+            request.model_name,
+            request.model_version,
+            request.start,
+            request.stop if request.HasField("stop") else None,
+            list(request.keep),
+            inputs,
+        )
+        response = pb.ModelInferResponse(
+            model_name=request.model_name, model_version=result.model.version, id=request.request.id
+        )
+        encode_outputs(response, result.outputs)
+        return lpb.ChainResponse(response=response, blocks_run=result.blocks_run)

@@ -1,0 +1,111 @@
+"""The server's one settings object: CLI flags and ``LAYERSERVE_*`` variables map onto it.
+
+Precedence: command-line flag > environment variable > default here. Every field
+is named after its flag (``--max-queue-delay-us`` <-> ``max_queue_delay_us`` <->
+``LAYERSERVE_MAX_QUEUE_DELAY_US``), so the three spellings never drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["cpu", "cuda", "auto"]
+ENV_PREFIX = "LAYERSERVE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one server process (or a group of SO_REUSEPORT workers) runs."""
+
+    models: Path = Path("models")
+    host: str = "127.0.0.1"
+    # 0: let the OS pick (tests); the bound port is logged and returned by the app.
+    port: int = 8001
+    # Prometheus over HTTP; a negative port turns metrics off.
+    metrics_port: int = 8002
+    device: Device = "cpu"
+    # Processes sharing the port through SO_REUSEPORT; 1 serves in this process.
+    workers: int = 1
+    # Both directions; larger messages fail with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 * 1024 * 1024
+    # ONNX Runtime threads per session. Few and non-spinning: gRPC needs the cores too
+    # (docs/BENCHMARKS.md, "Server concurrency design").
+    intra_op_threads: int = 1
+    allow_spinning: bool = False
+    # Threads that run sessions; also the number of batches one model may run at once
+    # (Triton's instance count).
+    instances: int = 2
+    # Dynamic batching: None keeps each manifest's ServingConfig.
+    dynamic_batching: bool | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    # Requests waiting per model before new ones are refused with UNAVAILABLE.
+    max_queue_size: int = 1024
+    # Seconds in-flight requests get to finish after SIGTERM.
+    grace_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # Model versions are checked against the manifest's sha256 before loading.
+    verify: bool = True
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(Settings)[name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return str
+    return hint
+
+
+def _parse(name: str, text: str) -> object:
+    kind = _field_type(name)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+            raise ValueError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a boolean")
+        return lowered in {"1", "true", "yes", "on"}
+    return kind(text)
+
+
+def from_sources(flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from environment variables overridden by ``flags`` (None values are unset flags).
+
+    Raises ValueError for a malformed variable or an out-of-range value.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for spec in dataclasses.fields(Settings):
+        text = environ.get(ENV_PREFIX + spec.name.upper())
+        if text is not None and text != "":
+            values[spec.name] = _parse(spec.name, text)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    settings = Settings(**values)
+    return validate(settings)
+
+
+def validate(settings: Settings) -> Settings:
+    """Check value ranges; returns ``settings`` or raises ValueError naming the field."""
+    if settings.device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be cpu, cuda or auto, got {settings.device!r}")
+    for name in ("workers", "intra_op_threads", "instances", "max_queue_size", "max_message_bytes"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+    if settings.max_batch_size is not None and settings.max_batch_size < 0:
+        raise ValueError(f"max_batch_size must be >= 0, got {settings.max_batch_size}")
+    if settings.max_queue_delay_us is not None and settings.max_queue_delay_us < 0:
+        raise ValueError(f"max_queue_delay_us must be >= 0, got {settings.max_queue_delay_us}")
+    return settings.replace(models=Path(settings.models))
