@@ -1,0 +1,394 @@
+"""``layerserve blocks | infer | chain | compare``: the client's subcommands.
+
+Every command talks to ``--server`` (default 127.0.0.1:8001), prints rich tables
+(or JSON with ``--json``), shows progress on stderr, and exits 1 printing the
+server's status and message when an RPC fails (2 for a local usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .connection import DEFAULT_ADDRESS
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``blocks``, ``infer``, ``chain`` and ``compare``."""
+    blocks = _add(subparsers, "blocks", _blocks, "list the served models, or one model's blocks")
+    blocks.add_argument("model", nargs="?", help="a model name; without it, list every served model")
+
+    infer = _add(subparsers, "infer", _infer, "run a served model (full, '<model>.<block>' or chain) on an input")
+    infer.add_argument("model", help="served model name, e.g. digits_cnn or digits_cnn.00_stem")
+    _add_input(infer)
+
+    chain = _add(subparsers, "chain", _chain, "run blocks [start, stop) of a model, in the client or on the server")
+    chain.add_argument("model")
+    _add_input(chain)
+    chain.add_argument("--start", default="0", help="first block (index or name; default 0)")
+    chain.add_argument("--stop", type=int, help="one past the last block to run (default: through the head)")
+    chain.add_argument("--where", choices=["client", "server"], default="client", help="who passes activations on")
+    chain.add_argument("--keep", default="", help="block indices whose outputs to show: '1,3' or 'all'")
+    chain.add_argument("--fit", choices=["resize", "pad", "project"], help="force the input into block start's shape")
+
+    compare = _add(subparsers, "compare", _compare, "the experiment: full graph vs chains vs final blocks alone")
+    compare.add_argument("model")
+    compare.add_argument("--start", help="where the final-only paths start (default: the last conv block)")
+    compare.add_argument("--samples", type=Path, help="labelled .npz (default: the model's samples under --models)")
+    compare.add_argument("--models", type=Path, default=Path("models"), help="model repository for the samples")
+    compare.add_argument("--limit", type=int, help="use only the first N samples")
+    compare.add_argument("--where", choices=["client", "server"], default="client", help="where final-only paths run")
+    compare.add_argument("--every", type=int, default=1, help="skip curve step: skip 0, K, 2K, ... blocks")
+    compare.add_argument("--matrix-samples", type=int, default=100, help="samples for the skip matrix (0: none)")
+    compare.add_argument("--matrix-fit", choices=["resize", "pad", "project"], default="resize")
+    compare.add_argument("--no-curve", action="store_true", help="skip the skip curve")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the project adapter")
+    compare.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with pictures to DIR")
+
+
+def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    group = parser.add_argument_group("connection")
+    group.add_argument("--server", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+    group.add_argument("--placement", help="route block ranges to servers: '0-2=HOST:PORT,3-4=HOST:PORT'")
+    group.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
+    group.add_argument("--root-certs", type=Path, help="PEM root certificates (implies --tls)")
+    group.add_argument("--cert", type=Path, help="client certificate chain, PEM (mutual TLS)")
+    group.add_argument("--key", type=Path, help="client private key, PEM (mutual TLS)")
+    group.add_argument("--token", default=os.environ.get("LAYERSERVE_TOKEN"), help="bearer token (env LAYERSERVE_TOKEN)")
+    group.add_argument("--timeout", type=float, default=60.0, help="seconds per RPC (default 60)")
+    group.add_argument("--batch-size", type=int, default=64, help="rows per request (default 64)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(handler=lambda args: _run(handler, args))
+    return parser
+
+
+def _add_input(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help=".npy/.npz array or a PNG/JPEG image")
+    parser.add_argument("--invert", choices=["auto", "yes", "no"], default="auto", help="invert an image file's grey levels")
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    from .errors import ServerError
+    from .placement import PlacementError
+
+    try:
+        return handler(args)
+    except ServerError as error:
+        print(f"layerserve {args.command}: {error}", file=sys.stderr)
+        return 1
+    except (PlacementError, ValueError, KeyError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"layerserve {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+def _client(args: argparse.Namespace):
+    from .api import LayerClient
+    from .connection import ConnectionSettings
+    from .placement import Placement
+
+    settings = ConnectionSettings(
+        tls=args.tls,
+        root_certificates=args.root_certs,
+        certificate_chain=args.cert,
+        private_key=args.key,
+        token=args.token,
+        timeout=args.timeout,
+    )
+    placement = Placement.parse(args.placement) if args.placement else None
+    return LayerClient(args.server, settings, placement, batch_size=args.batch_size)
+
+
+# Without a terminal (pipes, CI logs, README captures) rich would wrap tables at 80 columns.
+PIPE_WIDTH = 160
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=_jsonable))
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@contextmanager
+def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr; yields ``step(label)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_console(stderr=True), transient=True, disable=not enabled) as progress:
+        task = progress.add_task(description, total=total)
+
+        def step(label: str) -> None:
+            progress.update(task, advance=1, description=f"{description}: {label}")
+
+        yield step
+
+
+# -- blocks ------------------------------------------------------------------------------
+
+
+def _blocks(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+    from rich.table import Table
+
+    from .api import TensorSpec
+
+    with _client(args) as client:
+        if args.model is None:
+            models = client.list_models(ready_only=False)
+            if args.json:
+                _print_json([{"name": m.name, "version": m.version, "state": m.state, "reason": m.reason} for m in models])
+                return 0
+            table = Table("model", "version", "state", title=f"models served at {args.server}")
+            for m in models:
+                table.add_row(m.name, m.version, m.state + (f" ({m.reason})" if m.reason else ""))
+            _console().print(table)
+            return 0
+        found = client.blocks(args.model)
+    manifest = found.manifest
+    if args.json:
+        _print_json(
+            {
+                "manifest": json_format.MessageToDict(manifest, preserving_proto_field_name=True),
+                "providers": list(found.providers),
+                "full_model_name": found.full_model_name,
+                "block_model_names": list(found.block_model_names),
+                "chain_model_name": found.chain_model_name,
+            }
+        )
+        return 0
+
+    def specs(items) -> str:
+        return ", ".join(str(TensorSpec(s.name, s.datatype, tuple(s.shape))) for s in items)
+
+    table = Table(
+        "#", "block", "served as", "input", "output", "params", "MFLOPs", "out bytes/sample", "ops",
+        title=f"{manifest.name} v{manifest.version}: {len(found)} blocks on {', '.join(found.providers)}",
+        caption=f"full graph: {found.full_model_name}   server chain: {found.chain_model_name}   "
+        f"held-out accuracy {manifest.provenance.heldout_accuracy:.1%}",
+    )
+    for block, served in zip(manifest.blocks, found.block_model_names, strict=True):
+        table.add_row(
+            str(block.index), block.name, served, specs(block.inputs), specs(block.outputs),
+            f"{block.parameters:,}", f"{block.flops / 1e6:.2f}", f"{block.output_bytes_per_sample:,}",
+            " ".join(block.op_types),
+        )
+    _console().print(table)
+    return 0
+
+
+# -- infer and chain ---------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, spec) -> np.ndarray:
+    from .images import load_input
+
+    invert = {"auto": None, "yes": True, "no": False}[args.invert]
+    return load_input(args.input, spec, invert)
+
+
+def _describe(name: str, value: np.ndarray) -> list[str]:
+    return [name, "x".join(map(str, value.shape)), str(value.dtype), f"{value.min():.4g}", f"{value.max():.4g}",
+            f"{value.mean():.4g}"]
+
+
+def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: str) -> None:
+    """Print top-3 classes per sample when the output looks like logits, else tensor statistics."""
+    from rich.table import Table
+
+    from .experiment import softmax
+
+    console = _console()
+    for name, value in outputs.items():
+        if value.ndim == 2 and value.shape[1] == len(class_names) and len(value) <= 64:
+            probabilities = softmax(value)
+            table = Table("sample", "top-1", "p", "top-3", title=f"{title}: {name} {list(value.shape)}")
+            for row, p in enumerate(probabilities):
+                order = np.argsort(p)[::-1][:3]
+                table.add_row(str(row), class_names[order[0]], f"{p[order[0]]:.1%}",
+                              "  ".join(f"{class_names[k]} {p[k]:.1%}" for k in order))
+            console.print(table)
+        else:
+            table = Table("tensor", "shape", "dtype", "min", "max", "mean", title=title)
+            table.add_row(*_describe(name, value))
+            console.print(table)
+
+
+def _class_names(client, model: str) -> list[str]:
+    base = model.split(".", 1)[0]
+    try:
+        labels = list(client.blocks(base).manifest.labels)
+    except Exception:  # a model without the extension still gets numbered classes
+        labels = []
+    return labels or [str(i) for i in range(10)]
+
+
+def _infer(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        spec = client.model_metadata(args.model).inputs[0]
+        x = _load(args, spec)
+        outputs = client.infer(args.model, {spec.name: x})
+        if args.json:
+            _print_json({"model": args.model, "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in outputs.items()}})
+            return 0
+        _predictions(outputs, _class_names(client, args.model), f"{args.model} on {args.input.name}")
+    return 0
+
+
+def _keep(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--keep takes block indices like '1,3' or 'all', not {text!r}") from None
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .fit import fit, per_sample
+
+    with _client(args) as client:
+        found = client.blocks(args.model)
+        start = found.index(args.start)
+        stop = len(found) if args.stop is None else args.stop
+        spec = found.input_spec(start)
+        x = _load(args, spec)
+        if args.fit:
+            x = fit(x, per_sample(spec.shape), args.fit)
+        keep = list(range(start, stop)) if args.keep.strip() == "all" else _keep(args.keep)
+        result = client.chain(args.model, x, start=start, stop=stop, where=args.where, keep=keep)
+        if args.json:
+            _print_json({
+                "model": args.model, "where": args.where, "blocks_run": result.blocks_run, "addresses": result.addresses,
+                "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in result.outputs.items()},
+                "kept": {k: {"shape": list(v.shape), "data": v} for k, v in result.kept.items()},
+            })
+            return 0
+        run = Table("block", "ran at", title=f"{args.model}: chain in the {args.where}")
+        for name in result.blocks_run:
+            run.add_row(name, result.addresses.get(name, args.server))
+        _console().print(run)
+        if result.kept:
+            kept = Table("kept", "shape", "dtype", "min", "max", "mean", title="kept activations")
+            for name, value in result.kept.items():
+                kept.add_row(*_describe(name, value))
+            _console().print(kept)
+        _predictions(result.outputs, _class_names(client, args.model), f"output of {result.blocks_run[-1]}")
+    return 0
+
+
+# -- compare -----------------------------------------------------------------------------
+
+
+def _samples(args: argparse.Namespace, manifest) -> tuple[np.ndarray, np.ndarray]:
+    path = args.samples
+    if path is None:
+        if not manifest.samples.file.path:
+            raise ValueError(f"{manifest.name} lists no samples; pass --samples FILE.npz")
+        path = args.models / manifest.name / manifest.version / manifest.samples.file.path
+    with np.load(path) as archive:
+        images, labels = archive["images"], archive["labels"]
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    return np.ascontiguousarray(images, dtype=np.float32), np.asarray(labels)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from . import experiment
+    from .fit import FITS
+
+    with _client(args) as client:
+        found = client.blocks(args.model)
+        images, labels = _samples(args, found.manifest)
+        start = None if args.start is None else found.index(args.start)
+        show = not args.json or sys.stderr.isatty()
+        with _progress(show, experiment.compare_steps(FITS), "paths") as step:
+            report = experiment.compare(
+                client, args.model, images, labels, start=start, where=args.where, seed=args.seed, on_step=step
+            )
+        if not args.no_curve:
+            total = experiment.skip_curve_steps(len(found), args.every, FITS)
+            with _progress(show, total, "skip curve") as step:
+                report.skip_curve = experiment.skip_curve(
+                    client, args.model, images, labels, every=args.every, seed=args.seed, on_step=step
+                )
+        if args.matrix_samples > 0:
+            count = args.matrix_samples
+            with _progress(show, experiment.skip_matrix_steps(len(found)), "skip matrix") as step:
+                report.skip_matrix = experiment.skip_matrix(
+                    client, args.model, images[:count], labels[:count], fit=args.matrix_fit, seed=args.seed,
+                    on_step=step,
+                )
+        index = None
+        if args.report:
+            from .report import write_report
+
+            activations = experiment.activations(client, args.model, images[:1])
+            index = write_report(report, args.report, images, labels, activations)
+    if args.json:
+        _print_json({**report.to_dict(), "report": str(index) if index else None})
+        return 0
+    _print_compare(report)
+    if index:
+        _console().print(f"report: {index}")
+    return 0
+
+
+def _print_compare(report) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(
+        "path", "blocks", "accuracy", "agreement", "KL(full‖path)", "top-1 conf.", "result",
+        title=f"{report.model}: {report.samples} held-out samples, chance {report.chance:.0%}",
+    )
+    for p in report.paths:
+        if p.error is not None:
+            table.add_row(p.name, p.blocks, "—", "—", "—", "—", f"[red]{p.error}[/red]")
+            continue
+        if p.name.endswith("chain") or p.name == "full graph":
+            same = p.agreement == 1.0
+            result = f"{'[green]=' if same else '[red]≠'} full graph[/] (max |Δlogit| {p.max_abs_diff:.1e})"
+        else:
+            result = f"fit: {p.fit}"
+        table.add_row(p.name, p.blocks, f"{p.accuracy:.1%}", f"{p.agreement:.1%}", f"{p.kl:.3f}", f"{p.confidence:.1%}",
+                      result)
+    console.print(table)
+    if report.skip_curve is not None:
+        curve = report.skip_curve
+        table = Table("fit", *[f"skip {k}\n(from {b})" for k, b in zip(curve.skipped, curve.start_blocks, strict=True)],
+                      title="skip curve: accuracy with the first K blocks skipped")
+        for method, values in curve.accuracy.items():
+            table.add_row(method, *[f"{v:.1%}" for v in values])
+        console.print(table)
+    if report.skip_matrix is not None:
+        matrix = report.skip_matrix
+        table = Table("source \\ into", *matrix.targets,
+                      title=f"skip matrix ({matrix.fit}): source fed into a block, accuracy at the head")
+        for name, row in zip(matrix.sources, matrix.accuracy, strict=True):
+            table.add_row(name, *["" if np.isnan(v) else f"{v:.0%}" for v in row])
+        console.print(table)

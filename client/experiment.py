@@ -1,0 +1,293 @@
+"""The experiment: why run an image through every layer rather than only the last ones?
+
+:func:`compare` runs, on labelled samples, the full graph, the client and server
+chains (which must agree with it), the final blocks on the raw image (the server
+refuses: its message is the result) and the final blocks after each fit adapter.
+:func:`skip_curve` and :func:`skip_matrix` generalise the skip to every start
+block and every (source, target) pair. Each returns a dataclass of plain numbers
+that :mod:`layerserve.client.report` and the CLI render.
+
+Metrics, all against the full graph's softmax p (path's softmax q):
+accuracy (argmax == label), agreement (argmax == full's argmax), mean
+KL(p || q) with ``EPSILON`` inside the logs (so a refused class costs at most
+~28 nats, not infinity), and mean top-1 confidence (max q).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .api import LayerClient, Where
+from .errors import ServerError
+from .fit import FITS, per_sample
+from .fit import fit as fit_to
+
+EPSILON = 1e-12
+OnStep = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``[N, classes]`` logits, computed stably in float64."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class PathResult:
+    """One way of getting logits from the samples, scored against the labels and the full graph.
+
+    A refused path has ``error`` (``"CODE: server's message"``) and no metrics.
+    """
+
+    name: str
+    blocks: str
+    fit: str | None = None
+    error: str | None = None
+    accuracy: float | None = None
+    agreement: float | None = None
+    kl: float | None = None
+    confidence: float | None = None
+    max_abs_diff: float | None = None
+    predictions: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, object]:
+        keys = ("name", "blocks", "fit", "error", "accuracy", "agreement", "kl", "confidence", "max_abs_diff")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class SkipCurve:
+    """Accuracy when the first ``skipped[k]`` blocks are skipped, per fit adapter (the image fitted to the next block)."""
+
+    skipped: list[int]
+    start_blocks: list[str]
+    accuracy: dict[str, list[float]]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"skipped": self.skipped, "start_blocks": self.start_blocks, "accuracy": self.accuracy}
+
+
+@dataclass
+class SkipMatrix:
+    """``accuracy[i, j]``: source i fitted into block j, then run to the end.
+
+    Source 0 is the image, source i > 0 the output of block i-1, so source i is
+    block i's natural input: the diagonal is the unskipped network (nothing to
+    fit), the upper triangle skips blocks i..j-1, the lower triangle is NaN.
+    """
+
+    fit: str
+    sources: list[str]
+    targets: list[str]
+    accuracy: np.ndarray
+
+    def to_dict(self) -> dict[str, object]:
+        values = [[None if np.isnan(v) else float(v) for v in row] for row in self.accuracy]
+        return {"fit": self.fit, "sources": self.sources, "targets": self.targets, "accuracy": values}
+
+
+@dataclass
+class CompareReport:
+    """Everything the experiment measured; ``to_dict`` is what ``--json`` prints."""
+
+    model: str
+    samples: int
+    start: int
+    start_block: str
+    block_names: list[str]
+    class_names: list[str]
+    chance: float
+    paths: list[PathResult]
+    skip_curve: SkipCurve | None = None
+    skip_matrix: SkipMatrix | None = None
+
+    def path(self, name: str) -> PathResult:
+        """The path called ``name``; KeyError otherwise."""
+        for path in self.paths:
+            if path.name == name:
+                return path
+        raise KeyError(f"no path {name!r} (paths: {[p.name for p in self.paths]})")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "samples": self.samples,
+            "start": self.start,
+            "start_block": self.start_block,
+            "chance": self.chance,
+            "paths": [p.to_dict() for p in self.paths],
+            "skip_curve": self.skip_curve.to_dict() if self.skip_curve else None,
+            "skip_matrix": self.skip_matrix.to_dict() if self.skip_matrix else None,
+        }
+
+
+def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: np.ndarray, fit: str | None = None) -> PathResult:
+    """Score ``logits`` ``[N, classes]`` against ``labels`` ``[N]`` and the full graph's logits."""
+    p, q = softmax(full), softmax(logits)
+    predictions = q.argmax(axis=1)
+    kl = np.sum(p * (np.log(p + EPSILON) - np.log(q + EPSILON)), axis=1)
+    return PathResult(
+        name=name,
+        blocks=blocks,
+        fit=fit,
+        accuracy=float(np.mean(predictions == labels)),
+        agreement=float(np.mean(predictions == p.argmax(axis=1))),
+        kl=float(np.mean(kl)),
+        confidence=float(np.mean(q.max(axis=1))),
+        max_abs_diff=float(np.max(np.abs(np.asarray(logits, np.float64) - np.asarray(full, np.float64)))),
+        predictions=predictions,
+    )
+
+
+def compare_steps(fits: Sequence[str]) -> int:
+    """How many times :func:`compare` calls ``on_step``."""
+    return 4 + len(fits)
+
+
+def compare(
+    client: LayerClient,
+    model: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    start: int | None = None,
+    fits: Sequence[str] = FITS,
+    where: Where = "client",
+    seed: int = 0,
+    on_step: OnStep = _quiet,
+) -> CompareReport:
+    """The experiment's table on ``images`` ``[N, *input]`` with ``labels`` ``[N]``.
+
+    Paths: the full graph; the client chain; the server chain; blocks from
+    ``start`` (default: the last conv block) on the raw image, whose refusal is
+    recorded as the path's ``error``; and the same blocks after each fit adapter
+    (run ``where`` the caller says). Raises ServerError for any other failure.
+    """
+    blocks = client.blocks(model)
+    names = [b.name for b in blocks.blocks]
+    start = blocks.final_conv_index() if start is None else blocks.index(start)
+    labels = np.asarray(labels)
+    every = f"{names[0]}..{names[-1]}"
+    final = f"{names[start]}..{names[-1]}"
+
+    full = client.infer_array(blocks.full_model_name, images)
+    paths = [score("full graph", "model.onnx", full, full, labels)]
+    on_step("full graph")
+    for mode in ("client", "server"):
+        chained = client.chain(model, images, where=mode).output
+        paths.append(score(f"{mode} chain", every, chained, full, labels))
+        on_step(f"{mode} chain")
+    try:
+        raw = client.final_only(model, images, fit=None, start=start, where=where).output
+        paths.append(score("final only, raw image", final, raw, full, labels))
+    except ServerError as error:
+        paths.append(PathResult("final only, raw image", final, error=str(error)))
+    on_step("final only, raw image")
+    for method in fits:
+        fitted = client.final_only(model, images, fit=method, start=start, where=where, seed=seed).output
+        paths.append(score(f"final only, {method}", final, fitted, full, labels, fit=method))
+        on_step(f"final only, {method}")
+    return CompareReport(
+        model=model,
+        samples=len(images),
+        start=start,
+        start_block=names[start],
+        block_names=names,
+        class_names=list(blocks.manifest.labels) or [str(i) for i in range(full.shape[1])],
+        chance=1.0 / full.shape[1],
+        paths=paths,
+    )
+
+
+def skip_curve_steps(blocks: int, every: int, fits: Sequence[str]) -> int:
+    """How many times :func:`skip_curve` calls ``on_step``."""
+    return 1 + len(range(every, blocks, every)) * len(fits)
+
+
+def skip_curve(
+    client: LayerClient,
+    model: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    every: int = 1,
+    fits: Sequence[str] = FITS,
+    seed: int = 0,
+    on_step: OnStep = _quiet,
+) -> SkipCurve:
+    """Accuracy with 0, every, 2*every, ... leading blocks skipped (the image fitted into the first block kept).
+
+    Runs on the server (Chain). Skipping 0 blocks is the whole network, shared by every fit.
+    """
+    blocks = client.blocks(model)
+    labels = np.asarray(labels)
+    whole = float(np.mean(client.chain(model, images, where="server").output.argmax(1) == labels))
+    on_step("skip 0")
+    skipped = [0, *range(every, len(blocks), every)]
+    accuracy: dict[str, list[float]] = {method: [whole] for method in fits}
+    for k in skipped[1:]:
+        target = per_sample(blocks.input_spec(k).shape)
+        for method in fits:
+            logits = client.chain(model, fit_to(images, target, method, seed), start=k, where="server").output
+            accuracy[method].append(float(np.mean(logits.argmax(1) == labels)))
+            on_step(f"skip {k}, {method}")
+    return SkipCurve(skipped=skipped, start_blocks=[blocks.blocks[k].name for k in skipped], accuracy=accuracy)
+
+
+def skip_matrix_steps(blocks: int) -> int:
+    """How many times :func:`skip_matrix` calls ``on_step``."""
+    return 1 + blocks * (blocks + 1) // 2
+
+
+def skip_matrix(
+    client: LayerClient,
+    model: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    fit: str = "resize",
+    seed: int = 0,
+    on_step: OnStep = _quiet,
+) -> SkipMatrix:
+    """Feed each source (the image, then block i's output) fitted into every later block j; accuracy to the end.
+
+    Block outputs come from one server chain that keeps them all.
+    """
+    blocks = client.blocks(model)
+    labels = np.asarray(labels)
+    n = len(blocks)
+    kept = client.chain(model, images, where="server", keep=range(n - 1)).kept if n > 1 else {}
+    on_step("activations")
+    sources = [np.asarray(images)] + [kept[_kept_name(kept, b.name)] for b in blocks.blocks[: n - 1]]
+    accuracy = np.full((n, n), np.nan)
+    for i, source in enumerate(sources):  # source i is the input of block i
+        for j in range(i, n):
+            fitted = fit_to(source, per_sample(blocks.input_spec(j).shape), fit, seed)
+            logits = client.chain(model, fitted, start=j, where="server").output
+            accuracy[i, j] = float(np.mean(logits.argmax(1) == labels))
+            on_step(f"source {i} -> block {j}")
+    return SkipMatrix(
+        fit=fit,
+        sources=["image"] + [f"{b.name} out" for b in blocks.blocks[: n - 1]],
+        targets=[b.name for b in blocks.blocks],
+        accuracy=accuracy,
+    )
+
+
+def _kept_name(kept: dict[str, np.ndarray], block: str) -> str:
+    matches = [name for name in kept if name.split("/", 1)[0] == block]
+    if len(matches) != 1:
+        raise ValueError(f"expected one kept activation of block {block}, got {matches}")
+    return matches[0]
+
+
+def activations(client: LayerClient, model: str, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every block's output for one image ``[1, *input]`` (server chain keeping all), by kept name."""
+    n = len(client.blocks(model))
+    result = client.chain(model, image, where="server", keep=range(n))
+    return result.kept
