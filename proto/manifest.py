@@ -53,7 +53,9 @@ def write_manifest(manifest: ModelManifest, path: Path) -> Path:
     if path.is_dir():
         path = path / MANIFEST_FILE
     manifest.format = manifest.format or FORMAT_VERSION
-    text = json_format.MessageToJson(manifest, indent=2, preserving_proto_field_name=True)
+    # sort_keys: protobuf maps (tool_versions) iterate in a per-process order; sorted keys
+    # make the file reproducible byte for byte.
+    text = json_format.MessageToJson(manifest, indent=2, preserving_proto_field_name=True, sort_keys=True)
     path.write_text(text + "\n")
     return path
 

@@ -65,6 +65,23 @@ ORT_TYPES: dict[str, str] = {
     "tensor(double)": "FP64",
 }
 
+# ONNX TensorProto element types (onnx.TensorProto.FLOAT == 1, ...) -> protocol datatypes.
+# Literal numbers: serving never imports onnx.
+ONNX_ELEM_TYPES: dict[int, str] = {
+    1: "FP32",
+    2: "UINT8",
+    3: "INT8",
+    4: "UINT16",
+    5: "INT16",
+    6: "INT32",
+    7: "INT64",
+    9: "BOOL",
+    10: "FP16",
+    11: "FP64",
+    12: "UINT32",
+    13: "UINT64",
+}
+
 
 class TensorCodecError(ValueError):
     """A tensor's declaration and its payload disagree (a client mistake)."""

@@ -1,0 +1,77 @@
+"""Single-tensor cut points: tensors that every path from the input to the output passes through.
+
+Only *input-dependent* tensors count: constants, initializers and whatever is
+computed from them alone can be copied into every block that needs them, so they
+never stop a cut. In a topologically ordered graph, tensor ``t`` (produced by node
+``i``) is a single-tensor cut exactly when, right after node ``i``, ``t`` is the
+only input-dependent tensor still waiting for a consumer (or being a graph output).
+Any other waiting tensor would be a path around ``t``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+
+from .graph import LoadedModel, SplitError, ancestor_nodes, consumers, descendants
+
+
+def single_tensor_cuts(model: LoadedModel) -> list[ir.Value]:
+    """Every single-tensor cut in graph order, excluding the graph input and the graph outputs."""
+    graph = model.graph
+    dependent = descendants(list(graph.inputs))
+    last_use: dict[ir.Value, float] = {}
+    for value in dependent:
+        readers = consumers(value)
+        last_use[value] = max((model.node_index[node] for node in readers), default=-1)
+        if value.is_graph_output():
+            last_use[value] = math.inf
+    live: set[ir.Value] = {value for value in graph.inputs if last_use.get(value, -1) >= 0}
+    cuts: list[ir.Value] = []
+    for i, node in enumerate(graph):
+        live.update(v for v in node.outputs if v in dependent and last_use[v] > i)
+        live.difference_update([v for v in list(live) if last_use[v] <= i])
+        if len(live) == 1:
+            (only,) = live
+            if only.producer() is node and not only.is_graph_output():
+                cuts.append(only)
+    return cuts
+
+
+def crossing_tensors(model: LoadedModel, value: ir.Value) -> list[str]:
+    """Input-dependent tensors other than ``value`` that cross a cut made right after ``value``.
+
+    The "before" side is everything ``value`` is computed from; a tensor crosses when
+    it is produced on that side (or is the graph input) and read on the other side,
+    or is a graph output. An empty list means ``value`` is a single-tensor cut.
+    """
+    graph = model.graph
+    dependent = descendants(list(graph.inputs))
+    if value not in dependent:
+        raise SplitError(f"tensor {value.name!r} does not depend on the graph input (a constant); it cannot be a cut")
+    before = ancestor_nodes(value, stop=set())
+    produced = list(graph.inputs) + [v for node in before for v in node.outputs]
+    crossing = []
+    for candidate in produced:
+        if candidate is value or candidate not in dependent:
+            continue
+        if candidate.is_graph_output() or any(node not in before for node in consumers(candidate)):
+            crossing.append(candidate)
+    crossing.sort(key=lambda v: -1 if v.producer() is None else model.node_index[v.producer()])
+    return [v.name for v in crossing]
+
+
+def require_cuts(model: LoadedModel, names: list[str]) -> list[ir.Value]:
+    """The named tensors as cuts in graph order; SplitError naming the tensors that cross a non-cut."""
+    values = [model.value(name) for name in names]
+    for value in values:
+        if value in model.graph.inputs or value.is_graph_output():
+            raise SplitError(f"tensor {value.name!r} is a graph input or output; cut at the tensors between them")
+        others = crossing_tensors(model, value)
+        if others:
+            listed = ", ".join(repr(name) for name in others)
+            raise SplitError(
+                f"tensor {value.name!r} is not a single-tensor cut: {listed} also cross{'es' if len(others) == 1 else ''} it"
+            )
+    return sorted(set(values), key=lambda v: model.node_index[v.producer()])

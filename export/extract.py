@@ -1,0 +1,123 @@
+"""Extracting a standalone ONNX model between tensors of a larger graph.
+
+Contract of :func:`extract`: the block computes ``outputs`` from ``inputs`` alone.
+Its nodes are those the outputs are computed from, walking back until the inputs;
+constants met on the way (initializers, ``Constant`` nodes and anything computed
+from constants alone) are copied into the block, so a constant or an initializer
+used on both sides of a cut lands in both blocks. When the walk meets a tensor that
+depends on the graph input without passing through ``inputs``, the inputs do not
+bound the subgraph and SplitError names those leaking tensors. The block has only
+the initializers it uses, a symbolic ``batch`` first dimension on its inputs and
+outputs, inferred shapes, and passes ``onnx.checker`` with full checks.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+from onnx import helper
+
+from .graph import LoadedModel, SplitError, descendants
+
+BATCH_DIM = "batch"
+
+
+def extract(
+    model: LoadedModel,
+    inputs: list[str],
+    outputs: list[str],
+    name: str,
+    rename: dict[str, str] | None = None,
+) -> onnx.ModelProto:
+    """A standalone model computing ``outputs`` from ``inputs``; boundary tensors renamed by ``rename``."""
+    rename = rename or {}
+    graph = model.graph
+    boundary = [model.value(n) for n in inputs]
+    targets = [model.value(n) for n in outputs]
+    dependent = descendants(list(graph.inputs))
+    reachable = descendants(boundary)
+    nodes, leaks = _walk_back(targets, set(boundary), dependent, reachable)
+    if leaks:
+        listed = ", ".join(repr(v.name) for v in sorted(leaks, key=lambda v: v.name))
+        raise SplitError(
+            f"block {name!r}: inputs {inputs} do not bound the subgraph computing {outputs}; "
+            f"also needed from outside: {listed}"
+        )
+    order = sorted(model.node_index[node] for node in nodes)
+    source = model.proto.graph
+    block_nodes = [_renamed(source.node[i], rename) for i in order]
+    used = {n for node in block_nodes for n in node.input if n}
+    initializers = [tensor for tensor in source.initializer if tensor.name in used]
+    block_graph = helper.make_graph(
+        block_nodes,
+        name,
+        [_boundary_info(v, rename) for v in boundary],
+        [_boundary_info(v, rename) for v in targets],
+        initializer=initializers,
+    )
+    block = helper.make_model(
+        block_graph,
+        opset_imports=list(model.proto.opset_import),
+        ir_version=model.proto.ir_version,
+        producer_name="layerserve",
+        functions=list(model.proto.functions),
+    )
+    block = onnx.shape_inference.infer_shapes(block, check_type=True, strict_mode=True, data_prop=True)
+    onnx.checker.check_model(block, full_check=True)
+    return block
+
+
+def _walk_back(
+    targets: list[ir.Value], stop: set[ir.Value], dependent: set[ir.Value], reachable: set[ir.Value]
+) -> tuple[set[ir.Node], set[ir.Value]]:
+    nodes: set[ir.Node] = set()
+    leaks: set[ir.Value] = set()
+    seen: set[ir.Value] = set()
+    stack = list(targets)
+    while stack:
+        value = stack.pop()
+        if value in seen or value in stop:
+            continue
+        seen.add(value)
+        if value in dependent and value not in reachable:
+            leaks.add(value)
+            continue
+        node = value.producer()
+        if node is None:
+            if value.is_graph_input():
+                leaks.add(value)
+            continue  # an initializer: copied by name
+        if node not in nodes:
+            nodes.add(node)
+            stack.extend(v for v in node.inputs if v is not None)
+    return nodes, leaks
+
+
+def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    if rename:
+        for field in (copy.input, copy.output):
+            for i, tensor in enumerate(field):
+                if tensor in rename:
+                    field[i] = rename[tensor]
+    return copy
+
+
+def _boundary_info(value: ir.Value, rename: dict[str, str]) -> onnx.ValueInfoProto:
+    """A block's input/output: the value's dtype and shape, the first dimension made ``batch``."""
+    if value.dtype is None or value.shape is None:
+        raise SplitError(f"tensor {value.name!r} has no inferred type and shape; cannot make it a block boundary")
+    dims: list[int | str | None] = []
+    for i, dim in enumerate(value.shape):
+        if i == 0:
+            dims.append(BATCH_DIM)
+        elif isinstance(dim, int):
+            dims.append(dim)
+        else:
+            dims.append(dim.value if isinstance(dim, ir.SymbolicDim) else None)
+    name = rename.get(value.name, value.name)
+    info = helper.make_tensor_value_info(name, int(value.dtype), dims)
+    if name != value.name:
+        info.doc_string = f"tensor {value.name!r} of the full model"
+    return info

@@ -1,0 +1,117 @@
+"""Writing a model repository version folder (layout in docs/model-repository.md).
+
+Contract of :func:`write_repository`: ``<root>/<name>/<version>/`` ends up holding
+exactly ``model.onnx``, ``blocks/NN_name.onnx`` (one per block, nothing stale),
+``samples.npz`` when samples are given, and ``manifest.json`` describing them with
+sha256 checksums. Files are written byte-for-byte reproducibly (the npz archive
+carries fixed timestamps), so retraining with the same seed yields the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from layerserve.proto.manifest import sha256_of, write_manifest
+from layerserve.proto.repository_pb2 import (
+    Block,
+    FileRef,
+    ModelManifest,
+    Provenance,
+    SampleSet,
+    ServingConfig,
+    TensorSpec,
+)
+from layerserve.proto.tensors import ONNX_ELEM_TYPES
+
+from .split import SplitResult
+from .stats import bytes_per_sample, flops_per_sample, parameter_count
+
+VERSION = "1"
+SERVING_DEFAULTS = ServingConfig(max_batch_size=64, dynamic_batching=True, max_queue_delay_us=500)
+
+
+def tensor_spec(info: onnx.ValueInfoProto) -> TensorSpec:
+    """A manifest TensorSpec for an ONNX graph input/output (-1 for symbolic dimensions)."""
+    tensor_type = info.type.tensor_type
+    shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+    return TensorSpec(name=info.name, datatype=ONNX_ELEM_TYPES[tensor_type.elem_type], shape=shape)
+
+
+def file_ref(version_dir: Path, path: Path) -> FileRef:
+    """A FileRef for ``path``, relative to the version folder."""
+    return FileRef(path=path.relative_to(version_dir).as_posix(), sha256=sha256_of(path), size_bytes=path.stat().st_size)
+
+
+def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write ``images`` float32 [N,1,H,W] and ``labels`` int64 [N] as a reproducible .npz."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array, dtype in (("images", images, np.float32), ("labels", labels, np.int64)):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
+
+
+def write_repository(
+    root: Path,
+    name: str,
+    full: onnx.ModelProto,
+    result: SplitResult,
+    provenance: Provenance,
+    description: str = "",
+    labels: list[str] | None = None,
+    samples: tuple[np.ndarray, np.ndarray, str] | None = None,
+    version: str = VERSION,
+) -> ModelManifest:
+    """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest."""
+    version_dir = Path(root) / name / version
+    if version_dir.exists():
+        shutil.rmtree(version_dir)
+    (version_dir / "blocks").mkdir(parents=True)
+    full_path = version_dir / "model.onnx"
+    onnx.save(full, str(full_path))
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        description=description,
+        full_model=file_ref(version_dir, full_path),
+        inputs=[tensor_spec(i) for i in full.graph.input],
+        outputs=[tensor_spec(o) for o in full.graph.output],
+        provenance=provenance,
+        labels=labels or [],
+        serving=SERVING_DEFAULTS,
+        input_bytes_per_sample=bytes_per_sample(full.graph.input[0]),
+    )
+    for block in result.blocks:
+        path = version_dir / "blocks" / f"{block.name}.onnx"
+        onnx.save(block.proto, str(path))
+        graph = block.proto.graph
+        manifest.blocks.append(
+            Block(
+                index=block.index,
+                name=block.name,
+                file=file_ref(version_dir, path),
+                inputs=[tensor_spec(i) for i in graph.input],
+                outputs=[tensor_spec(o) for o in graph.output],
+                parameters=parameter_count(block.proto),
+                flops=flops_per_sample(block.proto),
+                output_bytes_per_sample=sum(bytes_per_sample(o) for o in graph.output),
+                op_types=list(dict.fromkeys(node.op_type for node in graph.node)),
+                first_node=block.first_node,
+                last_node=block.last_node,
+            )
+        )
+    if samples is not None:
+        images, sample_labels, what = samples
+        path = version_dir / "samples.npz"
+        save_samples(path, images, sample_labels)
+        manifest.samples.CopyFrom(SampleSet(file=file_ref(version_dir, path), count=len(sample_labels), description=what))
+    write_manifest(manifest, version_dir)
+    return manifest

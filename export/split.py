@@ -1,0 +1,128 @@
+"""Splitting a model into an ordered chain of blocks at single-tensor cuts.
+
+Granularities:
+
+* ``layer`` (default): one block per top-level module (``stem``, ``stage1``, ...,
+  ``head``) when the exporter recorded scopes; without scopes, one block per weighted
+  layer (a Conv/Gemm/MatMul with the ops that follow it up to the next one).
+* ``cut``: a block between every pair of consecutive single-tensor cuts.
+* ``at``: cut exactly at the named tensors (refused, naming the crossing tensors,
+  when one is not a single-tensor cut).
+
+Block ``i`` reads the previous block's output. The graph input keeps its name for
+block 0 and the graph outputs keep theirs for the last block; the tensor at each cut
+is renamed ``<block name>_out`` (``00_stem_out``) after the block producing it, so
+names are readable and stable across re-exports (the original name is kept in the
+tensor's doc_string).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+import onnx_ir as ir
+
+from .cuts import require_cuts, single_tensor_cuts
+from .extract import extract
+from .graph import LoadedModel, SplitError, descendants
+from .naming import WEIGHTED_OPS, block_label, block_name, top_scope
+
+GRANULARITIES = ("layer", "cut", "at")
+
+
+@dataclass(frozen=True)
+class BlockModel:
+    """One block: its ONNX model, the names its I/O has in the block and in the full graph."""
+
+    index: int
+    name: str
+    proto: onnx.ModelProto
+    inputs: list[str]
+    outputs: list[str]
+    source_inputs: list[str]
+    source_outputs: list[str]
+    first_node: str
+    last_node: str
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """The ordered blocks and the cut tensors (full-graph names) between them."""
+
+    blocks: list[BlockModel]
+    cuts: list[str]
+    granularity: str
+
+
+def plan_cuts(model: LoadedModel, granularity: str = "layer", at: list[str] | None = None) -> list[ir.Value]:
+    """The cut tensors for ``granularity`` in graph order (SplitError for an unknown granularity or bad ``at``)."""
+    if at:
+        return require_cuts(model, at)
+    if granularity not in ("layer", "cut"):
+        raise SplitError(f"unknown granularity {granularity!r} (use one of {', '.join(GRANULARITIES)})")
+    cuts = single_tensor_cuts(model)
+    if granularity == "cut" or not cuts:
+        return cuts
+    segments = _segments(model, cuts)
+    if any(top_scope(node) for segment in segments for node in segment):
+        labels = _scope_labels(segments)
+        return [cut for i, cut in enumerate(cuts) if labels[i] != labels[i + 1]]
+    # No scopes: close a block before each weighted op, so each block holds one layer.
+    return [cut for i, cut in enumerate(cuts) if any(n.op_type in WEIGHTED_OPS for n in segments[i + 1])]
+
+
+def _segments(model: LoadedModel, cuts: list[ir.Value]) -> list[list[ir.Node]]:
+    """Input-dependent nodes between consecutive cuts (and after the last one), in graph order."""
+    dependent = descendants(list(model.graph.inputs))
+    bounds = [model.node_index[cut.producer()] for cut in cuts]
+    nodes = list(model.graph)
+    segments, start = [], 0
+    for end in [*bounds, len(nodes) - 1]:
+        segment = [n for n in nodes[start : end + 1] if any(v in dependent for v in n.outputs)]
+        segments.append(segment)
+        start = end + 1
+    return segments
+
+
+def _scope_labels(segments: list[list[ir.Node]]) -> list[str | None]:
+    """Each segment's top-level scope (its last scoped node's); unscoped segments inherit the previous one."""
+    labels: list[str | None] = []
+    for segment in segments:
+        scope = next((top_scope(n) for n in reversed(segment) if top_scope(n)), None)
+        labels.append(scope if scope is not None else (labels[-1] if labels else None))
+    return labels
+
+
+def split(model: LoadedModel, granularity: str = "layer", at: list[str] | None = None) -> SplitResult:
+    """Split ``model`` into standalone blocks whose chain computes the full graph."""
+    cuts = plan_cuts(model, granularity, at)
+    if not cuts and granularity != "cut":
+        raise SplitError("the graph has no single-tensor cut between its input and its output")
+    graph_input = model.input.name
+    graph_outputs = [v.name for v in model.graph.outputs]
+    segments = _segments(model, cuts)
+    taken = {v.name for node in model.graph for v in node.outputs} | {graph_input}
+    names = [block_name(i, block_label(segment, granularity)) for i, segment in enumerate(segments)]
+    bounds = [[graph_input], *[[cut.name] for cut in cuts], graph_outputs]
+    rename = {}
+    for i, cut in enumerate(cuts):
+        new = f"{names[i]}_out"
+        rename[cut.name] = new if new not in taken else cut.name
+    blocks = []
+    for i, name in enumerate(names):
+        proto = extract(model, bounds[i], bounds[i + 1], name, rename)
+        blocks.append(
+            BlockModel(
+                index=i,
+                name=name,
+                proto=proto,
+                inputs=[rename.get(n, n) for n in bounds[i]],
+                outputs=[rename.get(n, n) for n in bounds[i + 1]],
+                source_inputs=list(bounds[i]),
+                source_outputs=list(bounds[i + 1]),
+                first_node=segments[i][0].name or segments[i][0].op_type if segments[i] else "",
+                last_node=segments[i][-1].name or segments[i][-1].op_type if segments[i] else "",
+            )
+        )
+    return SplitResult(blocks=blocks, cuts=[cut.name for cut in cuts], granularity="at" if at else granularity)
