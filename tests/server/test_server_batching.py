@@ -1,0 +1,100 @@
+"""Dynamic batching: the batcher alone (transport-free) and 32 concurrent tritonclient clients."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+
+from layerserve.server.batching import Batcher, BatchReport
+from layerserve.server.errors import QueueFull
+
+
+def test_batcher_merges_respects_max_and_splits_rows_back() -> None:
+    seen: list[int] = []
+
+    def run(inputs):
+        seen.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2.0, "n": np.repeat(len(inputs["x"]), len(inputs["x"]))}
+
+    reports: list[BatchReport] = []
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, max_batch_size=8, max_queue_delay_us=0, max_queue_size=100,
+                              on_batch=reports.append, label="t")
+            requests = [np.full((rows, 3), float(i), np.float32) for i, rows in enumerate([3, 2, 4, 1, 5, 2, 1])]
+            answers = await asyncio.gather(*(batcher.infer({"x": r}, len(r)) for r in requests))
+            await batcher.stop()
+            return list(zip(requests, answers, strict=True))
+
+    for request, answer in asyncio.run(main()):
+        np.testing.assert_array_equal(answer["y"], request * 2.0)
+    # Requests queued together are merged in order, never split, never over 8 rows: 3+2 | 4+1 | 5+2+1.
+    assert seen == [5, 5, 8]
+    assert [r.requests for r in reports] == [2, 2, 3]
+
+
+def test_batcher_bounds_its_queue_and_propagates_errors() -> None:
+    def run(inputs):
+        raise RuntimeError("model exploded")
+
+    async def main() -> list[object]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, max_batch_size=4, max_queue_delay_us=0, max_queue_size=2, label="t")
+            x = np.zeros((1, 1), np.float32)
+            results = await asyncio.gather(*(batcher.infer({"x": x}, 1) for _ in range(4)), return_exceptions=True)
+            await batcher.stop()
+            return results
+
+    results = asyncio.run(main())
+    assert sum(isinstance(r, QueueFull) for r in results) == 2
+    assert sum(isinstance(r, RuntimeError) and str(r) == "model exploded" for r in results) == 2
+
+
+@pytest.mark.parametrize("model", ["tiny_cnn", "tiny_cnn.chain", "tiny_cnn.01_stage1"])
+def test_32_concurrent_clients_get_exactly_their_rows(server, tiny_repository: Path, model: str) -> None:
+    folder = tiny_repository / "tiny_cnn" / "2"
+    file, name, shape = {
+        "tiny_cnn": ("model.onnx", "x", (1, 8, 8)),
+        "tiny_cnn.chain": ("model.onnx", "x", (1, 8, 8)),
+        "tiny_cnn.01_stage1": ("blocks/01_stage1.onnx", "h1", (4, 8, 8)),
+    }[model]
+    session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
+    clients, rounds = 32, 3
+    barrier = threading.Barrier(clients)
+    with triton.InferenceServerClient(server.address) as probe:
+        before = probe.get_inference_statistics(model, "2").model_stats[0]
+
+    def client(index: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng(index)
+        pairs = []
+        with triton.InferenceServerClient(server.address) as connection:
+            barrier.wait()
+            for _ in range(rounds):
+                x = rng.standard_normal((1 + index % 3, *shape)).astype(np.float32)
+                tensor = triton.InferInput(name, list(x.shape), "FP32")
+                tensor.set_data_from_numpy(x)
+                result = connection.infer(model, [tensor])
+                pairs.append((x, result.as_numpy(result.get_response().outputs[0].name)))
+        return pairs
+
+    with ThreadPoolExecutor(clients) as pool:
+        everything = [pair for pairs in pool.map(client, range(clients)) for pair in pairs]
+    for x, got in everything:
+        (want,) = session.run(None, {name: x})
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with triton.InferenceServerClient(server.address) as probe:
+        after = probe.get_inference_statistics(model, "2").model_stats[0]
+    requests = clients * rounds
+    assert after.inference_stats.success.count - before.inference_stats.success.count == requests
+    assert after.inference_count - before.inference_count == sum(len(x) for x, _ in everything)
+    # Merged: fewer runs than requests (the fixture's manifests ask for a 2 ms queue delay).
+    assert after.execution_count - before.execution_count < requests

@@ -1,0 +1,75 @@
+"""gRPC's standard services (health, reflection) and the Prometheus scrape."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+
+def test_health_overall_and_per_model(server) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", "inference.GRPCInferenceService", "layerserve.v1.LayerService", "tiny_cnn",
+                     "tiny_cnn.01_stage1", "tiny_cnn.chain"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == serving, name
+        broken = health.Check(health_pb2.HealthCheckRequest(service="broken_cnn")).status
+        assert broken == health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"))
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("unknown health service answered")
+
+
+def test_reflection_lists_and_describes_services(server) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="layerserve.v1.LayerService"),
+        ]
+        answers = list(stub.ServerReflectionInfo(iter(requests)))
+    services = {s.name for s in answers[0].list_services_response.service}
+    assert {"inference.GRPCInferenceService", "layerserve.v1.LayerService", "grpc.health.v1.Health"} <= services
+    assert answers[1].file_descriptor_response.file_descriptor_proto
+    assert answers[2].file_descriptor_response.file_descriptor_proto
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.running.metrics_port}/metrics", timeout=10) as reply:
+        return reply.read().decode()
+
+
+def metric(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_metrics_scrape_counts_requests_errors_and_batches(server, client: triton.InferenceServerClient) -> None:
+    before = scrape(server)
+    tensor = triton.InferInput("x", [2, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.zeros((2, 1, 8, 8), np.float32))
+    client.infer("tiny_cnn.chain", [tensor])
+    bad = triton.InferInput("x", [2, 1, 4, 4], "FP32")
+    bad.set_data_from_numpy(np.zeros((2, 1, 4, 4), np.float32))
+    try:
+        client.infer("tiny_cnn.chain", [bad])
+    except Exception:  # noqa: BLE001 - the error is what is counted
+        pass
+    after = scrape(server)
+    ok = 'layerserve_requests_total{code="OK",model="tiny_cnn.chain",rpc="ModelInfer"}'
+    invalid = 'layerserve_requests_total{code="INVALID_ARGUMENT",model="tiny_cnn.chain",rpc="ModelInfer"}'
+    assert metric(after, ok) == metric(before, ok) + 1
+    assert metric(after, invalid) == metric(before, invalid) + 1
+    rows = 'layerserve_batch_size_sum{model="tiny_cnn.chain"}'
+    assert metric(after, rows) == metric(before, rows) + 2
+    for name in ("layerserve_request_duration_seconds_bucket", "layerserve_queue_duration_seconds_count",
+                 "layerserve_compute_duration_seconds_count"):
+        assert name in after
