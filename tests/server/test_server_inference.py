@@ -133,28 +133,57 @@ def test_model_statistics_count_inferences(client: triton.InferenceServerClient)
     assert {"tiny_cnn", "tiny_cnn.chain"} <= {s.name for s in everything.model_stats}
 
 
-def test_committed_model_if_present(tmp_path: Path) -> None:
-    """Against the committed digits_cnn repository once export has produced it."""
+@pytest.fixture(scope="module")
+def committed_server():
+    """The server over the committed models/ folder (skipped until export has produced it)."""
     from conftest import REPO_ROOT, ServerThread
 
     from layerserve.server.settings import Settings
 
-    folder = REPO_ROOT / "models" / "digits_cnn"
+    root = REPO_ROOT / "models"
+    if not any(root.glob("*/*/manifest.json")):
+        pytest.skip("no committed model repository yet")
+    with ServerThread(Settings(models=root, port=0, metrics_port=-1)) as running:
+        yield running
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_resnet"])
+def test_committed_models_full_blocks_chain(committed_server, name: str) -> None:
+    from conftest import REPO_ROOT
+
+    folder = REPO_ROOT / "models" / name
     if not folder.is_dir() or not manifests.version_folders(folder):
-        pytest.skip("models/digits_cnn not committed yet")
+        pytest.skip(f"models/{name} not committed yet")
     version = manifests.version_folders(folder)[-1]
     manifest = manifests.read_manifest(version)
-    samples = np.load(version / manifest.samples.file.path)
-    x = samples["images"][:8].astype(np.float32)
-    settings = Settings(models=REPO_ROOT / "models", port=0, metrics_port=-1)
-    with ServerThread(settings) as running, triton.InferenceServerClient(running.address) as connection:
-        name = manifest.inputs[0].name
-        (want,) = reference(version, manifest.full_model.path, {name: x})
-        full = infer(connection, "digits_cnn", name, x).as_numpy(manifest.outputs[0].name)
+    x = np.load(version / manifest.samples.file.path)["images"][:8].astype(np.float32)
+    input_name, output_name = manifest.inputs[0].name, manifest.outputs[0].name
+    (want,) = reference(version, manifest.full_model.path, {input_name: x})
+    with triton.InferenceServerClient(committed_server.address) as connection:
+        metadata = connection.get_model_metadata(name)
+        assert [list(t.shape) for t in metadata.inputs] == [list(manifest.inputs[0].shape)]
+        full = infer(connection, name, input_name, x).as_numpy(output_name)
         np.testing.assert_allclose(full, want, rtol=1e-4, atol=1e-4)
-        chain = infer(connection, "digits_cnn.chain", name, x).as_numpy(manifest.outputs[0].name)
+        chain = infer(connection, f"{name}.chain", input_name, x).as_numpy(output_name)
         np.testing.assert_allclose(chain, want, rtol=1e-4, atol=1e-4)
-        first = manifest.blocks[0]
-        block = infer(connection, f"digits_cnn.{first.name}", first.inputs[0].name, x)
-        (want_block,) = reference(version, first.file.path, {first.inputs[0].name: x})
-        np.testing.assert_allclose(block.as_numpy(first.outputs[0].name), want_block, rtol=1e-4, atol=1e-4)
+        activation = x
+        for block in manifest.blocks:
+            assert len(block.inputs) == 1 and len(block.outputs) == 1
+            served = infer(connection, f"{name}.{block.name}", block.inputs[0].name, activation)
+            (expected,) = reference(version, block.file.path, {block.inputs[0].name: activation})
+            activation = served.as_numpy(block.outputs[0].name)
+            np.testing.assert_allclose(activation, expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(activation, want, rtol=1e-4, atol=1e-4)
+
+
+def test_committed_head_refuses_an_image_with_the_headline_message(committed_server) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    with triton.InferenceServerClient(committed_server.address) as connection:
+        head = connection.get_model_metadata("digits_cnn.04_head").inputs[0]
+        with pytest.raises(InferenceServerException) as caught:
+            infer(connection, "digits_cnn.04_head", head.name, np.zeros((1, 1, 32, 32), np.float32))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert caught.value.message() == (
+        f"digits_cnn.04_head input {head.name!r} expects FP32 [-1,128,2,2], got FP32 [1,1,32,32]"
+    )
