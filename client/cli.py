@@ -134,12 +134,15 @@ def _jsonable(value: object) -> object:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, description: str) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr; yields ``step(label)``."""
+def _progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr when it is a terminal (never in pipes or logs); yields ``step(label)``."""
+    if not sys.stderr.isatty():
+        yield lambda label: None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_console(stderr=True), transient=True, disable=not enabled) as progress:
+    with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
         task = progress.add_task(description, total=total)
 
         def step(label: str) -> None:
@@ -325,20 +328,19 @@ def _compare(args: argparse.Namespace) -> int:
         found = client.blocks(args.model)
         images, labels = _samples(args, found.manifest)
         start = None if args.start is None else found.index(args.start)
-        show = not args.json or sys.stderr.isatty()
-        with _progress(show, experiment.compare_steps(FITS), "paths") as step:
+        with _progress(experiment.compare_steps(FITS), "paths") as step:
             report = experiment.compare(
                 client, args.model, images, labels, start=start, where=args.where, seed=args.seed, on_step=step
             )
         if not args.no_curve:
             total = experiment.skip_curve_steps(len(found), args.every, FITS)
-            with _progress(show, total, "skip curve") as step:
+            with _progress(total, "skip curve") as step:
                 report.skip_curve = experiment.skip_curve(
                     client, args.model, images, labels, every=args.every, seed=args.seed, on_step=step
                 )
         if args.matrix_samples > 0:
             count = args.matrix_samples
-            with _progress(show, experiment.skip_matrix_steps(len(found)), "skip matrix") as step:
+            with _progress(experiment.skip_matrix_steps(len(found)), "skip matrix") as step:
                 report.skip_matrix = experiment.skip_matrix(
                     client, args.model, images[:count], labels[:count], fit=args.matrix_fit, seed=args.seed,
                     on_step=step,
