@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -71,7 +72,7 @@ def _split(args: argparse.Namespace) -> int:
     try:
         manifest = split_to_repository(args.model, args.out, args.name, args.granularity, at, args.check_batch)
     except SplitError as error:
-        console.print(f"[red]split refused:[/red] {error}")
+        print(f"split refused: {error}", file=sys.stderr)
         return 2
     _print_summary(console, manifest, args.out / manifest.version)
     return 0
