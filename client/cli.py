@@ -363,6 +363,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _print_compare(report) -> None:
     from rich.table import Table
 
+    from .experiment import most_common_answer
+
     console = _console()
     table = Table(
         "path", "blocks", "accuracy", "agreement", "KL(full‖path)", "top-1 conf.", "result",
@@ -376,7 +378,7 @@ def _print_compare(report) -> None:
             same = p.agreement == 1.0
             result = f"{'[green]=' if same else '[red]≠'} full graph[/] (max |Δlogit| {p.max_abs_diff:.1e})"
         else:
-            result = f"fit: {p.fit}"
+            result = most_common_answer(p.predictions, report.class_names)
         table.add_row(p.name, p.blocks, f"{p.accuracy:.1%}", f"{p.agreement:.1%}", f"{p.kl:.3f}", f"{p.confidence:.1%}",
                       result)
     console.print(table)

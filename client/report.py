@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .experiment import CompareReport
+from .experiment import CompareReport, most_common_answer
 
 GOOD, BAD, MUTED = "#2e7d32", "#c62828", "#757575"
 
@@ -178,9 +178,14 @@ def _table(report: CompareReport) -> str:
         if p.error is not None:
             cells = f"<td colspan=4>&mdash;</td><td class=err>{html.escape(p.error)}</td>"
         else:
+            result = (
+                f"max |&Delta;logit| vs full {p.max_abs_diff:.1e}"
+                if p.fit is None
+                else html.escape(most_common_answer(p.predictions, report.class_names))
+            )
             cells = (
                 f"<td>{p.accuracy:.1%}</td><td>{p.agreement:.1%}</td><td>{p.kl:.3f}</td>"
-                f"<td>{p.confidence:.1%}</td><td>max |&Delta;logit| {p.max_abs_diff:.1e}</td>"
+                f"<td>{p.confidence:.1%}</td><td>{result}</td>"
             )
         rows.append(f"<tr><td>{html.escape(p.name)}</td><td>{html.escape(p.blocks)}</td>{cells}</tr>")
     return "<table>" + "\n".join(rows) + "</table>"
