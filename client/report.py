@@ -86,7 +86,7 @@ def plot_skip_curve(report: CompareReport, path: Path) -> Path:
     plt = _pyplot()
     curve = report.skip_curve
     assert curve is not None
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 4))
     for method, values in curve.accuracy.items():
         ax.plot(curve.skipped, values, marker="o", label=f"image fitted by {method}")
     ax.axhline(report.chance, color=MUTED, linestyle="--", linewidth=1, label="chance")
