@@ -5,6 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from layerserve.proto.repository_pb2 import ModelManifest
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,7 +84,7 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(console, manifest, folder: Path) -> None:  # noqa: ANN001 - rich types stay lazy
+def _print_summary(console: Console, manifest: ModelManifest, folder: Path) -> None:
     from rich.table import Table
 
     from layerserve.proto.tensors import format_spec

@@ -9,6 +9,7 @@ Contract of :func:`export_onnx`: the returned ModelProto has exactly one input
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -68,8 +69,6 @@ def _strip_stack_traces(proto: onnx.ModelProto) -> None:
 
 
 def _forward_arg_names(model: nn.Module) -> list[str]:
-    import inspect
-
     return [name for name in inspect.signature(model.forward).parameters if name != "self"]
 
 

@@ -112,3 +112,21 @@ def test_split_cli_refuses_a_file_that_is_not_onnx(tmp_path: Path, capsys: pytes
     assert main(["split", str(path), "--out", str(tmp_path / "m")]) == 2
     assert "is not an ONNX model" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_export_then_split_cli_with_explicit_cuts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "digits_resnet.onnx"
+    assert main(["export", "digits_resnet", "--out", str(source)]) == 0
+    model = load_model(source)
+    add = next(node for node in model.graph if node.op_type == "Add")
+    inside = add.inputs[0].name  # the residual branch just before the skip joins it
+    out = tmp_path / "resnet_at"
+    assert main(["split", str(source), "--out", str(out), "--at", inside]) == 2
+    assert f"tensor {inside!r} is not a single-tensor cut" in capsys.readouterr().err
+    joined = add.outputs[0].name
+    assert main(["split", str(source), "--out", str(out), "--at", joined, "--name", "resnet_at"]) == 0
+    manifest = read_manifest(out / "1")
+    assert manifest.name == "resnet_at" and manifest.provenance.granularity == "at"
+    assert [b.name for b in manifest.blocks] == ["00_stage1", "01_head"]
+    assert manifest.blocks[1].inputs[0].name == "00_stage1_out"
