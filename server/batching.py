@@ -28,6 +28,18 @@ from .errors import QueueFull
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+async def call_on(executor: Executor | None, fn: Callable, *args: object):
+    """``fn(*args)`` on ``executor``'s threads, or right here on the event loop when it is None.
+
+    On the loop saves the thread hop (tens of microseconds), which matters for
+    small models; it blocks the loop for the run, so it suits runs of well under
+    a millisecond (docs/BENCHMARKS.md, "Server concurrency design").
+    """
+    if executor is None:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """What one merged run did, for statistics and metrics."""
@@ -56,7 +68,7 @@ class Batcher:
     def __init__(
         self,
         run: RunFn,
-        executor: Executor,
+        executor: Executor | None,
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
@@ -73,7 +85,7 @@ class Batcher:
         self.label = label
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(instances)
+        self._slots = asyncio.Semaphore(max(1, instances))
         self._carry: _Pending | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -142,7 +154,7 @@ class Batcher:
             else:
                 merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
             try:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
+                outputs = await call_on(self._executor, self._run, merged)
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for pending in batch:
                     if not pending.future.done():

@@ -7,7 +7,6 @@ and keeps Triton-style statistics per endpoint. It knows nothing of gRPC.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import runtime
-from .batching import Batcher, BatchReport
+from .batching import Batcher, BatchReport, call_on
 from .endpoints import Endpoint, validate_inputs
 from .errors import InvalidInput
 from .repository import ModelVersion, Repository
@@ -74,15 +73,16 @@ class ChainResult:
 class DataPlane:
     """Inference over ``repository``; async methods run on one event loop.
 
-    ``instances`` worker threads run sessions; an endpoint with dynamic batching
-    gets a Batcher allowed ``instances`` concurrent runs.
+    ``instances`` worker threads run sessions (0: run them on the event loop
+    itself); an endpoint with dynamic batching gets a Batcher allowed
+    ``instances`` concurrent runs (one when 0).
     """
 
     def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
-        self.executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="ort")
+        self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
@@ -131,7 +131,7 @@ class DataPlane:
                 results = await self._batcher(endpoint).infer(inputs, rows)
             else:
                 begun = time.perf_counter()
-                results = await asyncio.get_running_loop().run_in_executor(self.executor, endpoint.run, inputs)
+                results = await call_on(self.executor, endpoint.run, inputs)
                 self._record(endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
         except Exception:
             stats.fail.add(time.perf_counter() - start)
@@ -169,9 +169,7 @@ class DataPlane:
         validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
         graphs = version_.blocks[start:stop]
         relative = [index - start for index in keep]
-        outputs, kept = await asyncio.get_running_loop().run_in_executor(
-            self.executor, runtime.chain, graphs, inputs, relative
-        )
+        outputs, kept = await call_on(self.executor, runtime.chain, graphs, inputs, relative)
         named = dict(outputs)
         for index in sorted(kept):
             block = blocks[start + index].name
@@ -182,4 +180,5 @@ class DataPlane:
         """Finish batched runs in flight and stop the worker threads."""
         for batcher in self._batchers.values():
             await batcher.stop()
-        self.executor.shutdown(wait=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)

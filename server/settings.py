@@ -40,7 +40,7 @@ class Settings:
     intra_op_threads: int = 1
     allow_spinning: bool = False
     # Threads that run sessions; also the number of batches one model may run at once
-    # (Triton's instance count).
+    # (Triton's instance count). 0 runs sessions on the event loop itself.
     instances: int = 2
     # Dynamic batching: None keeps each manifest's ServingConfig.
     dynamic_batching: bool | None = None
@@ -101,7 +101,9 @@ def validate(settings: Settings) -> Settings:
     """Check value ranges; returns ``settings`` or raises ValueError naming the field."""
     if settings.device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"device must be cpu, cuda or auto, got {settings.device!r}")
-    for name in ("workers", "intra_op_threads", "instances", "max_queue_size", "max_message_bytes"):
+    if settings.instances < 0:
+        raise ValueError(f"instances must be >= 0 (0: run on the event loop), got {settings.instances}")
+    for name in ("workers", "intra_op_threads", "max_queue_size", "max_message_bytes"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if settings.max_batch_size is not None and settings.max_batch_size < 0:
