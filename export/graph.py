@@ -14,6 +14,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
 
 class SplitError(ValueError):
     """A model cannot be split as asked; the message says why, naming the tensors involved."""
@@ -55,7 +57,8 @@ def load_model(source: str | Path | onnx.ModelProto) -> LoadedModel:
     """Load ``source``, infer shapes, and check it has exactly one graph input.
 
     Initializers listed as graph inputs (old exporters did this) do not count as
-    inputs. Raises SplitError for a file that is not ONNX or a graph with several inputs.
+    inputs. Raises SplitError for a file that is not ONNX, a graph with several inputs,
+    or control-flow nodes (If/Loop/Scan).
     """
     if isinstance(source, onnx.ModelProto):
         proto = source
@@ -67,6 +70,12 @@ def load_model(source: str | Path | onnx.ModelProto) -> LoadedModel:
         if not proto.graph.node:
             raise SplitError(f"{source} is not an ONNX model (no graph nodes)")
     proto = _drop_initializer_inputs(proto)
+    control_flow = sorted(
+        {node.op_type for node in proto.graph.node if any(a.type in _GRAPH_ATTRIBUTES for a in node.attribute)}
+    )
+    if control_flow:
+        # Subgraphs read outer tensors implicitly; cut finding does not follow those edges.
+        raise SplitError(f"the graph has control-flow nodes ({', '.join(control_flow)}); splitting them is not supported")
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
         raise SplitError(f"the graph has {len(inputs)} inputs ({', '.join(inputs)}); splitting needs exactly one image input")

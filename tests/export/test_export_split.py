@@ -95,3 +95,16 @@ def test_chain_check_names_the_first_block_that_diverges() -> None:
     constant.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array([0.5001], np.float32), "K_value"))
     with pytest.raises(ChainMismatch, match=f"block '{result.blocks[2].name}' is the first to diverge"):
         chain_check(model.proto, result, X)
+
+
+def test_refuses_control_flow() -> None:
+    model = branching_graph.branching_model()
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["a"], ["z"])], "then", [],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+    )
+    condition = onnx.helper.make_node("Constant", [], ["cond"], value=onnx.helper.make_tensor("c", 9, [], [True]))
+    model.graph.node.extend([condition, onnx.helper.make_node("If", ["cond"], ["unused"], then_branch=branch,
+                                                              else_branch=branch)])
+    with pytest.raises(SplitError, match=r"control-flow nodes \(If\)"):
+        load_model(model)
