@@ -113,3 +113,33 @@ def test_oversized_message_is_resource_exhausted(client: triton.InferenceServerC
     error = call(client, raw_request("tiny_cnn", "x", huge))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     still_serving(client)
+
+
+def test_unexpected_runtime_failure_is_internal_and_server_keeps_serving(tmp_path) -> None:
+    """A graph that loads but fails at run time for batch 2 (a Reshape to a fixed batch of 1)."""
+    import onnx
+    import tiny_repo
+    from conftest import ServerThread
+    from onnx import TensorProto, helper, numpy_helper
+
+    from layerserve.server.settings import Settings
+
+    folder = tiny_repo.build(tmp_path, "fragile_cnn", "1")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)],
+        "fragile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(np.array([1, 64], np.int64), "shape"),
+         numpy_helper.from_array(np.ones((10, 64), np.float32), "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
+              str(folder / "model.onnx"))
+    settings = Settings(models=tmp_path, port=0, metrics_port=-1, verify=False, dynamic_batching=False)
+    with ServerThread(settings) as running, triton.InferenceServerClient(running.address) as connection:
+        error = call(connection, raw_request("fragile_cnn", "x", np.ones((2, 1, 8, 8), np.float32)))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert error.details().startswith("internal error: ")
+        ok = connection._client_stub.ModelInfer(raw_request("fragile_cnn", "x", np.ones((1, 1, 8, 8), np.float32)))
+        assert np.frombuffer(ok.raw_output_contents[0], np.float32).tolist() == [64.0] * 10
