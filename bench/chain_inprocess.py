@@ -4,7 +4,10 @@ Every session (the full graph and each block) lives in one process, as in the
 server. For each session-options configuration and batch size, full and chain runs
 alternate (so drift on a shared machine hits both alike) and the report gives the
 median time of each and chain/full with its spread (10th-90th percentile of the
-per-repeat ratios).
+per-repeat ratios). Three ways of passing activations between blocks are timed:
+numpy arrays through ``session.run`` (what a simple server does), OrtValues through
+``run_with_ort_values``, and IO binding into preallocated buffers; the last two
+columns are their chain/full ratios.
 
     python -m bench.chain_inprocess                       # digits_cnn, every configuration
     python -m bench.chain_inprocess --model resnet18_shaped --configs chosen,default
@@ -48,6 +51,7 @@ class Timing:
     full_ms: float
     chain_ms: float
     chain_ortvalue_ms: float
+    chain_iobinding_ms: float
     ratio: float
     ratio_p10: float
     ratio_p90: float
@@ -101,12 +105,35 @@ def measure(folder: Path, config: str, batches: list[int], repeats: dict[int, in
                 (current,) = session.run_with_ort_values(None, {name: current})
             current.numpy()
 
+        # IO binding: each block writes straight into a preallocated buffer the next block reads.
+        bindings = []
+        previous = x
+        for (session, name), block in zip(blocks, manifest.blocks, strict=True):
+            buffer = np.empty([batch, *block.outputs[0].shape[1:]], np.float32)
+            binding = session.io_binding()
+            binding.bind_input(name, "cpu", 0, np.float32, list(previous.shape), previous.ctypes.data)
+            binding.bind_output(block.outputs[0].name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+            bindings.append((session, binding, buffer))
+            previous = buffer
+
+        def run_chain_iobinding(bindings: list = bindings) -> None:
+            for session, binding, _ in bindings:
+                session.run_with_iobinding(binding)
+
         for _ in range(3):
             run_full()
             run_chain()
             run_chain_ortvalues()
-        full_times, chain_times, ov_times = [], [], []
-        runs = ((run_full, full_times), (run_chain, chain_times), (run_chain_ortvalues, ov_times))
+            run_chain_iobinding()
+        (expected,) = full.run(None, {input_name: x})
+        assert float(np.max(np.abs(bindings[-1][2] - expected))) <= 1e-5, "IO-bound chain disagrees with the full graph"
+        full_times, chain_times, ov_times, io_times = [], [], [], []
+        runs = (
+            (run_full, full_times),
+            (run_chain, chain_times),
+            (run_chain_ortvalues, ov_times),
+            (run_chain_iobinding, io_times),
+        )
         for _ in range(repeats[batch]):
             for runner, into in runs:
                 start = time.perf_counter()
@@ -121,6 +148,7 @@ def measure(folder: Path, config: str, batches: list[int], repeats: dict[int, in
                 full_ms=statistics.median(full_times) * 1e3,
                 chain_ms=statistics.median(chain_times) * 1e3,
                 chain_ortvalue_ms=statistics.median(ov_times) * 1e3,
+                chain_iobinding_ms=statistics.median(io_times) * 1e3,
                 ratio=statistics.median(chain_times) / statistics.median(full_times),
                 ratio_p10=ratios[decile],
                 ratio_p90=ratios[-1 - decile],
@@ -142,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = _repository(args.model, Path(workdir))
         blocks = len(read_manifest(folder).blocks)
         print(f"{args.model}: {blocks} blocks, onnxruntime {ort.__version__}, CPU provider")
-        print(f"{'config':<18}{'batch':>6}{'full ms':>10}{'chain ms':>10}{'chain/full':>12}{'p10-p90':>12}{'OrtValue chain/full':>21}")
+        print(f"{'config':<18}{'batch':>6}{'full ms':>10}{'chain ms':>10}{'chain/full':>12}{'p10-p90':>12}{'OrtValue':>10}{'IOBinding':>11}")
         for config in args.configs.split(","):
             for t in measure(folder, config, batches, repeats):
                 spread = f"{t.ratio_p10:.2f}-{t.ratio_p90:.2f}"
-                print(f"{t.config:<18}{t.batch:>6}{t.full_ms:>10.3f}{t.chain_ms:>10.3f}{t.ratio:>12.2f}{spread:>12}{t.chain_ortvalue_ms / t.full_ms:>21.2f}")
+                print(f"{t.config:<18}{t.batch:>6}{t.full_ms:>10.3f}{t.chain_ms:>10.3f}{t.ratio:>12.2f}{spread:>12}{t.chain_ortvalue_ms / t.full_ms:>10.2f}{t.chain_iobinding_ms / t.full_ms:>11.2f}")
     return 0
 
 

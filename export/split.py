@@ -68,8 +68,10 @@ def plan_cuts(model: LoadedModel, granularity: str = "layer", at: list[str] | No
     if any(top_scope(node) for segment in segments for node in segment):
         labels = _scope_labels(segments)
         return [cut for i, cut in enumerate(cuts) if labels[i] != labels[i + 1]]
-    # No scopes: close a block before each weighted op, so each block holds one layer.
-    return [cut for i, cut in enumerate(cuts) if any(n.op_type in WEIGHTED_OPS for n in segments[i + 1])]
+    # No scopes: close a block before each weighted op, so each block holds one layer;
+    # a graph without weighted ops falls back to every cut.
+    per_layer = [cut for i, cut in enumerate(cuts) if any(n.op_type in WEIGHTED_OPS for n in segments[i + 1])]
+    return per_layer or cuts
 
 
 def _segments(model: LoadedModel, cuts: list[ir.Value]) -> list[list[ir.Node]]:

@@ -130,3 +130,16 @@ def test_export_then_split_cli_with_explicit_cuts(tmp_path: Path, capsys: pytest
     assert manifest.name == "resnet_at" and manifest.provenance.granularity == "at"
     assert [b.name for b in manifest.blocks] == ["00_stage1", "01_head"]
     assert manifest.blocks[1].inputs[0].name == "00_stage1_out"
+
+
+@pytest.mark.slow
+def test_layer_granularity_without_scopes_gives_one_block_per_weighted_layer(foreign: Path) -> None:
+    import onnx
+
+    proto = onnx.load(str(foreign))
+    for node in proto.graph.node:
+        node.name = ""
+    model = load_model(proto)
+    result = split(model, "layer")
+    assert [b.name for b in result.blocks] == ["00_conv", "01_conv", "02_conv", "03_gemm"]
+    assert chain_check(model.proto, result, random_inputs(model, 2)).max_abs_diff <= 1e-5

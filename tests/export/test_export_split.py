@@ -108,3 +108,8 @@ def test_refuses_control_flow() -> None:
                                                               else_branch=branch)])
     with pytest.raises(SplitError, match=r"control-flow nodes \(If\)"):
         load_model(model)
+
+
+def test_layer_granularity_without_scopes_or_weighted_ops_uses_every_cut() -> None:
+    model = load_model(branching_graph.branching_model())
+    assert split(model, "layer").cuts == branching_graph.CUTS
