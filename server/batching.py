@@ -149,11 +149,11 @@ class Batcher:
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         try:
             started = time.perf_counter()
-            if len(batch) == 1:
-                merged = batch[0].inputs
-            else:
-                merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
             try:
+                if len(batch) == 1:
+                    merged = batch[0].inputs
+                else:
+                    merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
                 outputs = await call_on(self._executor, self._run, merged)
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for pending in batch:

@@ -2,68 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tiny_repo  # tests/server is on sys.path (rootdir-relative test modules, no __init__.py)
 import tritonclient.grpc as triton
+from server_harness import ServerThread
 
-from layerserve.server import app, logs
+from layerserve.server import logs
 from layerserve.server.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class ServerThread:
-    """The real app.start() on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.running: app.Running | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            self.running = await app.start(self.settings)
-        except BaseException as error:  # surfaced to the test thread
-            self._error = error
-            self._ready.set()
-            return
-        self._ready.set()
-        await self._stop.wait()
-        await self.running.stop(5)
-
-    def __enter__(self) -> ServerThread:
-        self._thread.start()
-        self._ready.wait(60)
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None and self._error is None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.running.port}"
 
 
 @pytest.fixture(scope="session")

@@ -119,8 +119,8 @@ def test_unexpected_runtime_failure_is_internal_and_server_keeps_serving(tmp_pat
     """A graph that loads but fails at run time for batch 2 (a Reshape to a fixed batch of 1)."""
     import onnx
     import tiny_repo
-    from conftest import ServerThread
     from onnx import TensorProto, helper, numpy_helper
+    from server_harness import ServerThread
 
     from layerserve.server.settings import Settings
 

@@ -136,7 +136,7 @@ def test_model_statistics_count_inferences(client: triton.InferenceServerClient)
 @pytest.fixture(scope="module")
 def committed_server():
     """The server over the committed models/ folder (skipped until export has produced it)."""
-    from conftest import REPO_ROOT, ServerThread
+    from server_harness import REPO_ROOT, ServerThread
 
     from layerserve.server.settings import Settings
 
@@ -149,7 +149,7 @@ def committed_server():
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_resnet"])
 def test_committed_models_full_blocks_chain(committed_server, name: str) -> None:
-    from conftest import REPO_ROOT
+    from server_harness import REPO_ROOT
 
     folder = REPO_ROOT / "models" / name
     if not folder.is_dir() or not manifests.version_folders(folder):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from conftest import free_port
+from server_harness import free_port
 from tritonclient.utils import InferenceServerException
 
 
