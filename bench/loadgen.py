@@ -19,7 +19,13 @@ from dataclasses import asdict, dataclass
 import grpc
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+_OPTIONS = [
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.max_receive_message_length", 256 << 20),
+    # Each channel its own TCP connection: gRPC otherwise shares subchannels between channels
+    # of equal arguments, and a server with several SO_REUSEPORT workers sees one client.
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 @dataclass
@@ -124,6 +130,9 @@ def run_load(
     """Drive ``method`` at ``address`` with ``concurrency`` requests in flight for ``duration`` seconds.
 
     ``payload`` is a serialized request (e.g. ``ModelInferRequest.SerializeToString()``).
+    ``channels`` connections share the coroutines round-robin; independent clients each hold
+    their own connection, so ``channels=concurrency`` models them (the kernel spreads
+    connections across SO_REUSEPORT workers, never the requests of one connection).
     Requests that fail are counted in ``errors``, never in the latencies.
     """
     return asyncio.run(_run(address, payload, concurrency, duration, warmup, method, channels))
