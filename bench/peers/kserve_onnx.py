@@ -40,6 +40,15 @@ def _bind_loopback_only() -> None:
     server_class.add_insecure_port = port_on_loopback  # type: ignore[method-assign]
 
 
+_DATATYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32"}
+
+
+def _io_type(spec: ort.NodeArg) -> dict:
+    """An ONNX Runtime input/output as an Open Inference Protocol tensor metadata dict (-1 for symbolic dims)."""
+    shape = [d if isinstance(d, int) else -1 for d in spec.shape]
+    return {"name": spec.name, "datatype": _DATATYPES.get(spec.type, spec.type), "shape": shape}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-file", required=True)
@@ -71,6 +80,14 @@ def main() -> int:
             self.output_name = self.session.get_outputs()[0].name
             self.ready = True
             return True
+
+        # KServe's metadata hooks (empty by default); what a deployment would declare, so that
+        # ModelMetadata-driven clients (bench/locustfile.py) can shape requests for this peer too.
+        def get_input_types(self) -> list[dict]:
+            return [_io_type(spec) for spec in self.session.get_inputs()]
+
+        def get_output_types(self) -> list[dict]:
+            return [_io_type(spec) for spec in self.session.get_outputs()]
 
         def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:  # type: ignore[no-untyped-def]
             x = payload.inputs[0].as_numpy()
