@@ -13,6 +13,7 @@ MODELS ?= models
 # pyproject.toml makes it stale, so setup re-runs only when needed.
 STAMP_SERVE := $(VENV)/.stamp-serve
 STAMP_DEV   := $(VENV)/.stamp-dev
+STAMP_GPU   := $(VENV)/.stamp-gpu
 
 .PHONY: help setup setup-dev setup-gpu serve test lint proto models bench load gpu-check clean
 
@@ -41,11 +42,16 @@ $(STAMP_DEV): pyproject.toml | $(VENV)/bin/python
 setup: $(STAMP_SERVE)
 setup-dev: $(STAMP_DEV)
 
-# onnxruntime and onnxruntime-gpu own the same module: remove the CPU wheel first.
-setup-gpu: $(STAMP_SERVE)
-	$(PIP) uninstall -q -y onnxruntime
-	$(PIP) install -q -e '.[gpu]'
-	$(PY) -c "import onnxruntime as o; print(o.get_available_providers())"
+# onnxruntime and onnxruntime-gpu own the same module: remove the CPU wheel, then (re)install the
+# GPU one over what is left. Any later re-install of the base package brings the CPU wheel back,
+# so this stamp depends on the serve stamp and re-runs after it.
+$(STAMP_GPU): $(STAMP_SERVE)
+	$(PIP) uninstall -q -y onnxruntime onnxruntime-gpu
+	$(PIP) install -q 'onnxruntime-gpu>=1.20'
+	$(PY) -c "import onnxruntime as o; o.preload_dlls(); print(o.get_available_providers())"
+	@touch $@
+
+setup-gpu: $(STAMP_GPU)
 
 serve: $(STAMP_SERVE)
 	$(VENV)/bin/layerserve serve --models $(MODELS) --host $(HOST) --port $(PORT) \
@@ -70,7 +76,7 @@ bench: $(STAMP_DEV)
 load: $(STAMP_DEV)
 	$(PY) -m bench.load $(LOAD_ARGS)
 
-gpu-check: $(STAMP_DEV)
+gpu-check: $(STAMP_GPU)
 	$(PY) -m bench.gpu_check $(GPU_ARGS)
 
 clean:
