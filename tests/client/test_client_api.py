@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import BUILT_IN, samples
+from client_support import BUILT_IN, samples
 
 from layerserve.client import LayerClient, ServerError
 
@@ -79,7 +79,7 @@ def test_unknown_model_is_not_found(client: LayerClient) -> None:
 
 
 def test_unreachable_server_is_unavailable() -> None:
-    from conftest import free_port
+    from client_support import free_port
 
     from layerserve.client import ConnectionSettings
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, free_port, samples
+from client_support import REPO_ROOT, free_port, samples
 from PIL import Image
 
 

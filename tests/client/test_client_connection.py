@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import free_port
+from client_support import free_port
 
 from layerserve.client import ConnectionSettings, LayerClient, ServerError
 from layerserve.proto import grpc_service_pb2 as pb

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUILT_IN, samples
+from client_support import BUILT_IN, samples
 from PIL import Image
 
 from layerserve.client import LayerClient, experiment

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import samples, start_server
+from client_support import samples, start_server
 
 from layerserve.client import LayerClient, Placement
 
