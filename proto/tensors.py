@@ -87,6 +87,10 @@ class TensorCodecError(ValueError):
     """A tensor's declaration and its payload disagree (a client mistake)."""
 
 
+# numpy's limit on dimensions; a deeper declared shape is a client mistake, not a crash.
+MAX_RANK = 64
+
+
 def datatype_of(dtype: np.dtype | type) -> str:
     """The protocol datatype string for a numpy dtype; TensorCodecError if it has none."""
     key = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
@@ -111,7 +115,9 @@ def format_spec(datatype: str, shape: Sequence[int]) -> str:
 
 
 def element_count(shape: Sequence[int], what: str = "tensor") -> int:
-    """Number of elements of a concrete shape, refusing negative dimensions."""
+    """Number of elements of a concrete shape, refusing negative dimensions and ranks over MAX_RANK."""
+    if len(shape) > MAX_RANK:
+        raise TensorCodecError(f"{what} has rank {len(shape)}; at most {MAX_RANK} dimensions are supported")
     for dim in shape:
         if dim < 0:
             raise TensorCodecError(f"{what} has a negative dimension in shape {list(shape)}")
@@ -132,7 +138,15 @@ def decode_raw(datatype: str, shape: Sequence[int], raw: bytes, what: str = "ten
             f"{what} declares {format_spec(datatype, shape)} = {expected} bytes, "
             f"but its raw contents hold {len(raw)} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(tuple(int(d) for d in shape))
+    return _reshape(np.frombuffer(raw, dtype=dtype), shape, datatype, what)
+
+
+def _reshape(array: np.ndarray, shape: Sequence[int], datatype: str, what: str) -> np.ndarray:
+    # Zero elements can still declare dimensions numpy refuses (a product past its index range).
+    try:
+        return array.reshape(tuple(int(d) for d in shape))
+    except ValueError as error:
+        raise TensorCodecError(f"{what} declares {format_spec(datatype, shape)}, which numpy cannot hold: {error}") from None
 
 
 def decode_contents(
@@ -153,7 +167,14 @@ def decode_contents(
     for other in CONTENTS_FIELD.values():
         if other != field and len(getattr(contents, other)) > 0:
             raise TensorCodecError(f"{what} is {datatype} but carries {other}; expected {field}")
-    return np.asarray(values, dtype=dtype).reshape(tuple(int(d) for d in shape))
+    try:
+        array = np.asarray(values, dtype=dtype)
+    except OverflowError:
+        info = np.iinfo(dtype)
+        raise TensorCodecError(
+            f"{what} is {datatype} but {field} holds values outside [{info.min}, {info.max}]"
+        ) from None
+    return _reshape(array, shape, datatype, what)
 
 
 def decode_input(

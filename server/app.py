@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -34,7 +35,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import errors, logs, metrics, runtime
+from . import errors, logs, metrics, runtime, security
 from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
@@ -93,12 +94,42 @@ def load(settings: Settings) -> DataPlane:
     return DataPlane(repository, settings.instances, settings.max_queue_size)
 
 
+class _Captured:
+    """Stands in for a server so a generated ``add_*_to_server`` hands over its method handlers."""
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def _add_service(add_to_server: Callable[[object, object], None], servicer: object, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as the generated code would, but with lenient request deserializers,
+    so undecodable bytes are INVALID_ARGUMENT (errors.lenient) rather than gRPC's UNKNOWN."""
+    captured = _Captured()
+    add_to_server(servicer, captured)
+    handlers = errors.lenient_handlers(captured.handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.service, handlers),))
+    server.add_registered_method_handlers(captured.service, handlers)
+
+
 async def start(settings: Settings, reuse_port: bool = False, serve_metrics: bool = True) -> Running:
-    """Load models and start serving; returns once the port is bound."""
+    """Load models and start serving; returns once the port is bound.
+
+    Raises ValueError for unusable access settings (no tokens left), OSError for unreadable
+    certificate or token files and for a port that cannot be bound.
+    """
+    tokens = security.load_tokens(settings)
+    credentials = security.server_credentials(settings)
+    security.warn_if_exposed(settings, tokens)
     dataplane = load(settings)
     errors.add_observer(metrics.observe_rpc)
     dataplane.batch_observers.append(metrics.observe_run)
+    dataplane.drop_observers.append(metrics.observe_drop)
+    interceptors = [security.TokenAuth(tokens, settings.auth_health)] if tokens else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -106,8 +137,8 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
-    lpb_grpc.add_LayerServiceServicer_to_server(LayerServicer(dataplane), server)
+    _add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane), server)
+    _add_service(lpb_grpc.add_LayerServiceServicer_to_server, LayerServicer(dataplane), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *_service_names()):
@@ -124,7 +155,10 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
     )
     address = f"{settings.host}:{settings.port}"
     try:
-        port = server.add_insecure_port(address)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as error:
         raise OSError(f"cannot bind gRPC to {address}: {error}") from None
     await server.start()
@@ -135,6 +169,8 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
         "serving",
         extra={"fields": {"grpc": f"{settings.host}:{port}", "metrics_port": metrics_port, "device": settings.device,
                           "instances": settings.instances, "intra_op_threads": settings.intra_op_threads,
+                          "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
+                          "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
                           "models": dataplane.repository.served_names()}},
     )
     return Running(server, port, metrics_port, dataplane, health_servicer)
@@ -170,6 +206,9 @@ def run(settings: Settings) -> int:
     except DeviceUnavailable as error:
         log.error("refusing to start: %s", error)
         return 2
+    except ValueError as error:
+        log.error("refusing to start: %s", error)
+        return 2
     except (OSError, FileNotFoundError) as error:
         log.error("cannot serve: %s", error)
         return 1
@@ -193,6 +232,8 @@ def _free_port(host: str) -> int:
 
 def _run_workers(settings: Settings) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
+    security.load_tokens(settings)  # refuse bad access settings once, before any worker starts
+    security.server_credentials(settings)
     port = settings.port or _free_port(settings.host)
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus

@@ -10,6 +10,10 @@ next one; requests are never split or reordered.
 
 With a zero delay the batcher is purely adaptive: whatever queued while the
 instances were busy runs together, which costs an idle server nothing.
+
+A request whose client cancelled (its future is cancelled when gRPC cancels the
+handler) or whose deadline passed while it waited is dropped from the batch
+before the run, so abandoned work costs no compute; ``on_drop`` counts them.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import QueueFull
+from .errors import QueueFull, RequestExpired
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -55,7 +59,18 @@ class _Pending:
     inputs: Mapping[str, np.ndarray]
     rows: int
     future: asyncio.Future
+    # time.monotonic() after which nobody waits for the answer; None: no deadline.
+    deadline: float | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def abandoned(self) -> str | None:
+        """Why this request must not run ("cancelled", "deadline"), or None; an expired one is failed here."""
+        if self.future.done():
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.future.set_exception(RequestExpired("deadline exceeded while queued; the request was not run"))
+            return "deadline"
+        return None
 
 
 class Batcher:
@@ -75,6 +90,7 @@ class Batcher:
         instances: int = 1,
         on_batch: Callable[[BatchReport], None] | None = None,
         label: str = "",
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -84,6 +100,7 @@ class Batcher:
         self.max_queue_size = max_queue_size
         self.label = label
         self._on_batch = on_batch
+        self._on_drop = on_drop
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max(1, instances))
         self._carry: _Pending | None = None
@@ -105,20 +122,34 @@ class Batcher:
                 await self._task
             self._task = None
 
-    async def infer(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """Queue one validated request of ``rows`` rows; resolves to its own output rows."""
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], rows: int, deadline: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Queue one validated request of ``rows`` rows; resolves to its own output rows.
+
+        ``deadline`` (``time.monotonic()``): past it, a still-queued request is dropped with RequestExpired.
+        """
         if self._queue.qsize() >= self.max_queue_size:
             raise QueueFull(f"{self.label} queue holds {self.max_queue_size} requests (max_queue_size); retry later")
         self.start()
-        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future())
+        pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future(), deadline)
         self._queue.put_nowait(pending)
         return await pending.future
 
+    def _live(self, pending: _Pending) -> bool:
+        reason = pending.abandoned()
+        if reason is not None and self._on_drop is not None:
+            self._on_drop(reason)
+        return reason is None
+
     async def _next(self) -> _Pending:
-        if self._carry is not None:
-            pending, self._carry = self._carry, None
-            return pending
-        return await self._queue.get()
+        while True:
+            if self._carry is not None:
+                pending, self._carry = self._carry, None
+            else:
+                pending = await self._queue.get()
+            if self._live(pending):
+                return pending
 
     async def _loop(self) -> None:
         while True:
@@ -137,6 +168,8 @@ class Batcher:
                         break
                 else:
                     pending = self._queue.get_nowait()
+                if not self._live(pending):
+                    continue
                 if rows + pending.rows > self.max_batch_size:
                     self._carry = pending
                     break
@@ -148,6 +181,11 @@ class Batcher:
 
     async def _execute(self, batch: list[_Pending], rows: int) -> None:
         try:
+            # Clients may have gone while the batch gathered (the delay) or waited for an instance.
+            batch = [pending for pending in batch if self._live(pending)]
+            if not batch:
+                return
+            rows = sum(pending.rows for pending in batch)
             started = time.perf_counter()
             try:
                 if len(batch) == 1:

@@ -45,6 +45,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--log-level", help="DEBUG, INFO, WARNING, ... (default INFO)")
     add("--log-format", choices=["json", "text"], help="log line format (default json)")
     add("--verify", type=_bool, metavar="BOOL", help="check files against the manifest's sha256 (default true)")
+    add("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    add("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    add("--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA")
+    add("--token-file", metavar="FILE", help="require 'authorization: Bearer <token>' with one of these tokens "
+        "(one per line); LAYERSERVE_TOKENS=a,b adds more")
+    add("--auth-health", type=_bool, metavar="BOOL", help="health checks need a token too (default false: "
+        "probes carry none)")
     parser.set_defaults(handler=_serve)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
 from .endpoints import Endpoint, validate_inputs
-from .errors import InvalidInput
+from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
 
 
@@ -89,6 +89,8 @@ class DataPlane:
         self.draining = False
         # Observers of every merged or direct run (metrics plug in here).
         self.batch_observers: list = []
+        # Observers of requests dropped unrun: (endpoint, reason "cancelled" or "deadline").
+        self.drop_observers: list = []
 
     def _batcher(self, endpoint: Endpoint) -> Batcher:
         key = (endpoint.name, endpoint.version)
@@ -103,6 +105,7 @@ class DataPlane:
                 self.instances,
                 on_batch=lambda report: self._record(endpoint, report),
                 label=endpoint.name,
+                on_drop=lambda reason: self._dropped(endpoint, reason),
             )
             self._batchers[key] = batcher
         return batcher
@@ -114,12 +117,23 @@ class DataPlane:
         for observer in self.batch_observers:
             observer(endpoint, report)
 
+    def _dropped(self, endpoint: Endpoint, reason: str) -> None:
+        for observer in self.drop_observers:
+            observer(endpoint, reason)
+
     async def infer(
-        self, model: str, version: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] = ()
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Sequence[str] = (),
+        deadline: float | None = None,
     ) -> InferResult:
         """Run ``model`` (any served name) on ``inputs``; returns the requested outputs (all when empty).
 
-        Raises ModelNotFound, ModelUnavailable, InvalidInput, QueueFull.
+        ``deadline`` is a ``time.monotonic()`` instant: a request still queued past it is dropped
+        unrun (RequestExpired), as is one whose caller cancelled (its task is cancelled).
+        Raises ModelNotFound, ModelUnavailable, InvalidInput, QueueFull, RequestExpired.
         """
         start = time.perf_counter()
         endpoint = self.repository.endpoint(model, version)
@@ -128,12 +142,16 @@ class DataPlane:
             names = endpoint.check_outputs(outputs)
             rows = endpoint.validate(inputs)
             if endpoint.batching.enabled and endpoint.batched:
-                results = await self._batcher(endpoint).infer(inputs, rows)
+                results = await self._batcher(endpoint).infer(inputs, rows, deadline)
             else:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._dropped(endpoint, "deadline")
+                    raise RequestExpired("deadline exceeded before the run; the request was not run")
+                # A cancelled caller cancels the executor job too while it still waits for a thread.
                 begun = time.perf_counter()
                 results = await call_on(self.executor, endpoint.run, inputs)
                 self._record(endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
-        except Exception:
+        except BaseException:  # cancellation included: the request failed for its caller
             stats.fail.add(time.perf_counter() - start)
             raise
         stats.success.add(time.perf_counter() - start)

@@ -2,19 +2,23 @@
 
 The core raises these; ``handled`` (the decorator every servicer method wears)
 aborts the RPC with the error's status and message, maps the codec's
-TensorCodecError to INVALID_ARGUMENT, and turns anything unexpected into INTERNAL
-with a logged traceback, so the server keeps serving after every error.
+TensorCodecError and undecodable request bytes (see ``lenient``) to
+INVALID_ARGUMENT, and turns anything unexpected into INTERNAL with a logged
+traceback, so the server keeps serving after every error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from layerserve.proto.tensors import TensorCodecError
 
@@ -51,8 +55,54 @@ class QueueFull(ServerError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class RequestExpired(ServerError):
+    """The request's deadline passed while it waited; it was dropped before running."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(ServerError):
+    """No bearer token, or one the server does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class DeviceUnavailable(RuntimeError):
     """The requested execution provider cannot be used; the server refuses to start."""
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes are not the expected protobuf message."""
+
+    message_type: str
+    error: str
+
+
+def lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
+    """A request deserializer that returns Undecodable instead of raising.
+
+    gRPC answers a deserializer's exception with UNKNOWN; handing the servicer an
+    Undecodable lets ``handled`` answer INVALID_ARGUMENT, as for any client mistake.
+    """
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as error:
+            return Undecodable(message_type, str(error))
+
+    return deserialize
+
+
+def lenient_handlers(handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, grpc.RpcMethodHandler]:
+    """``handlers`` (as generated ``add_*_to_server`` functions build them) with lenient deserializers."""
+    changed = {}
+    for name, handler in handlers.items():
+        parse = handler.request_deserializer
+        message_type = getattr(parse, "__qualname__", name).removesuffix(".FromString")
+        changed[name] = handler._replace(request_deserializer=lenient(parse, message_type))
+    return changed
 
 
 def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, str]:
@@ -87,7 +137,12 @@ def handled(method: _Method) -> _Method:
         start = time.perf_counter()
         model = getattr(request, "model_name", "") or getattr(request, "name", "")
         try:
+            if isinstance(request, Undecodable):
+                raise InvalidInput(f"{rpc} request is not a valid {request.message_type}: {request.error}")
             response = await method(self, request, context)
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed; nobody to answer
+            _observe(rpc, model, grpc.StatusCode.CANCELLED, time.perf_counter() - start)
+            raise
         except Exception as error:  # noqa: BLE001 - the one place every error is mapped
             code, message = status_of(error, model)
             if code is grpc.StatusCode.INTERNAL:
@@ -98,6 +153,11 @@ def handled(method: _Method) -> _Method:
         return response
 
     return wrapper  # type: ignore[return-value]
+
+
+def observe(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
+    """Report an RPC outcome decided outside ``handled`` (e.g. refused by the auth interceptor)."""
+    _observe(rpc, model, code, seconds)
 
 
 def _observe(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:

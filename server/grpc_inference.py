@@ -7,6 +7,7 @@ path, wrapped zero-copy) or typed contents.
 
 from __future__ import annotations
 
+import time
 from importlib import metadata
 
 import grpc
@@ -47,6 +48,12 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
             raise InvalidInput(f"{request.model_name} input {tensor.name!r} is given twice")
         inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None)
     return inputs
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The RPC's deadline as a ``time.monotonic()`` instant, None when the client set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
 
 
 def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarray]) -> None:
@@ -125,7 +132,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         inputs = decode_inputs(request)
         result = await self.dataplane.infer(
-            request.model_name, request.model_version, inputs, [o.name for o in request.outputs]
+            request.model_name, request.model_version, inputs, [o.name for o in request.outputs],
+            deadline_of(context),
         )
         response = pb.ModelInferResponse(
             model_name=result.endpoint.name, model_version=result.endpoint.version, id=request.id

@@ -34,6 +34,10 @@ COMPUTE = Histogram(
     "layerserve_compute_duration_seconds", "ONNX Runtime time of one (batched) run, by model",
     ["model"], buckets=_LATENCY_BUCKETS,
 )
+DROPPED = Counter(
+    "layerserve_dropped_requests", "Requests dropped unrun because the client cancelled or the deadline passed",
+    ["model", "reason"],
+)
 BATCH_SIZE = Histogram(
     "layerserve_batch_size", "Rows per model run after dynamic batching, by model", ["model"], buckets=_BATCH_BUCKETS
 )
@@ -54,6 +58,11 @@ def observe_run(endpoint: Endpoint, report: BatchReport) -> None:
     queue = QUEUE.labels(endpoint.name)
     for seconds in report.queue_s:
         queue.observe(seconds)
+
+
+def observe_drop(endpoint: Endpoint, reason: str) -> None:
+    """DataPlane drop observer: a queued request abandoned before its run ("cancelled", "deadline")."""
+    DROPPED.labels(endpoint.name, reason).inc()
 
 
 def serve_http(host: str, port: int) -> int:

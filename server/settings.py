@@ -12,7 +12,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +54,17 @@ class Settings:
     log_format: Literal["json", "text"] = "json"
     # Model versions are checked against the manifest's sha256 before loading.
     verify: bool = True
+    # TLS: server certificate chain and key (PEM); with tls_client_ca, clients must present a
+    # certificate signed by that CA (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens: a file (one per line) and/or LAYERSERVE_TOKENS (comma-separated; no flag, so
+    # tokens stay out of the process list). Any token configured turns authentication on.
+    token_file: Path | None = None
+    tokens: str | None = field(default=None, repr=False)
+    # Health checks need a token too (off: probes such as Kubernetes' carry none).
+    auth_health: bool = False
 
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""
@@ -110,4 +121,10 @@ def validate(settings: Settings) -> Settings:
         raise ValueError(f"max_batch_size must be >= 0, got {settings.max_batch_size}")
     if settings.max_queue_delay_us is not None and settings.max_queue_delay_us < 0:
         raise ValueError(f"max_queue_delay_us must be >= 0, got {settings.max_queue_delay_us}")
-    return settings.replace(models=Path(settings.models))
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ValueError("TLS needs both tls_cert and tls_key")
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    paths = {name: Path(getattr(settings, name)) for name in ("tls_cert", "tls_key", "tls_client_ca", "token_file")
+             if getattr(settings, name) is not None}
+    return settings.replace(models=Path(settings.models), **paths)

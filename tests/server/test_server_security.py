@@ -1,0 +1,152 @@
+"""Access control on the real server: TLS, mutual TLS and bearer tokens (file and environment),
+health exempt unless --auth-health, reflection and unknown methods refused without a token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import certificates
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_harness import ServerThread
+
+from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
+from layerserve.proto.tensors import add_raw_input
+from layerserve.server import security, settings
+from layerserve.server.settings import Settings
+
+TOKENS = ("first-token", "second-token")
+X = np.ones((1, 1, 8, 8), np.float32)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not certificates.AVAILABLE:
+        pytest.skip("needs the openssl binary")
+    return certificates.make(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tokens") / "tokens"
+    path.write_text(f"# one token per line\n{TOKENS[0]}\n\n")
+    return path
+
+
+def _serve(tiny_repository: Path, **access: object) -> Iterator[ServerThread]:
+    chosen = Settings(models=tiny_repository, port=0, metrics_port=-1, **access)
+    with ServerThread(settings.validate(chosen)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def token_server(tiny_repository: Path, token_file: Path) -> Iterator[ServerThread]:
+    yield from _serve(tiny_repository, token_file=token_file, tokens=TOKENS[1])
+
+
+@pytest.fixture(scope="module")
+def tls_server(tiny_repository: Path, certs: Path, token_file: Path) -> Iterator[ServerThread]:
+    yield from _serve(tiny_repository, tls_cert=certs / "server.pem", tls_key=certs / "server.key",
+                      token_file=token_file, auth_health=True)
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tiny_repository: Path, certs: Path) -> Iterator[ServerThread]:
+    yield from _serve(tiny_repository, tls_cert=certs / "server.pem", tls_key=certs / "server.key",
+                      tls_client_ca=certs / "ca.pem")
+
+
+def _infer(channel: grpc.Channel, metadata: tuple = ()) -> np.ndarray:
+    request = pb.ModelInferRequest(model_name="tiny_cnn")
+    add_raw_input(request, "x", X)
+    reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, metadata=metadata, timeout=10)
+    return np.frombuffer(reply.raw_output_contents[0], np.float32)
+
+
+def _code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code()
+
+
+def _bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_every_configured_token_is_accepted_and_others_are_unauthenticated(token_server: ServerThread) -> None:
+    with grpc.insecure_channel(token_server.address) as channel:
+        answers = [_infer(channel, _bearer(token)) for token in TOKENS]  # from the file, from the environment
+        assert np.array_equal(answers[0], answers[1]) and answers[0].shape == (10,)
+        assert _infer(channel, (("authorization", f"bearer {TOKENS[0]}"),)).shape == (10,)  # scheme is case-free
+        for metadata in [(), _bearer("wrong"), _bearer(TOKENS[0] + "x"), _bearer(TOKENS[0][:-1]),
+                         (("authorization", TOKENS[0]),), (("x-token", TOKENS[0]),)]:
+            assert _code(lambda m=metadata: _infer(channel, m)) == grpc.StatusCode.UNAUTHENTICATED, metadata
+
+
+def test_unauthenticated_callers_get_no_reflection_and_no_method_list(token_server: ServerThread) -> None:
+    with grpc.insecure_channel(token_server.address) as channel:
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo
+        listing = [reflection_pb2.ServerReflectionRequest(list_services="")]
+        assert _code(lambda: list(reflect(iter(listing), timeout=10))) == grpc.StatusCode.UNAUTHENTICATED
+        services = list(reflect(iter(listing), metadata=_bearer(TOKENS[0]), timeout=10))
+        assert services[0].list_services_response.service
+        unknown = channel.unary_unary("/nope.Service/Method", request_serializer=None, response_deserializer=None)
+        assert _code(lambda: unknown(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        assert _code(lambda: unknown(b"", metadata=_bearer(TOKENS[0]), timeout=10)) == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_health_needs_no_token_by_default(token_server: ServerThread) -> None:
+    with grpc.insecure_channel(token_server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls_with_token_and_auth_health(tls_server: ServerThread, certs: Path) -> None:
+    credentials = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
+    with grpc.secure_channel(tls_server.address, credentials) as channel:
+        assert _infer(channel, _bearer(TOKENS[0])).shape == (10,)
+        assert _code(lambda: _infer(channel)) == grpc.StatusCode.UNAUTHENTICATED
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="")
+        assert _code(lambda: health.Check(check, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        assert health.Check(check, metadata=_bearer(TOKENS[0]), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(tls_server.address) as plain:  # no TLS handshake, no service
+        assert _code(lambda: _infer(plain, _bearer(TOKENS[0]))) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_ca(
+    mtls_server: ServerThread, certs: Path, tmp_path: Path
+) -> None:
+    ca = (certs / "ca.pem").read_bytes()
+    with_cert = grpc.ssl_channel_credentials(ca, (certs / "client.key").read_bytes(),
+                                             (certs / "client.pem").read_bytes())
+    with grpc.secure_channel(mtls_server.address, with_cert) as channel:
+        assert _infer(channel).shape == (10,)
+    with grpc.secure_channel(mtls_server.address, grpc.ssl_channel_credentials(ca)) as channel:
+        assert _code(lambda: _infer(channel)) == grpc.StatusCode.UNAVAILABLE
+    other = certificates.make(tmp_path)  # a client certificate from another CA
+    stranger = grpc.ssl_channel_credentials(ca, (other / "client.key").read_bytes(), (other / "client.pem").read_bytes())
+    with grpc.secure_channel(mtls_server.address, stranger) as channel:
+        assert _code(lambda: _infer(channel)) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_access_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="both tls_cert and tls_key"):
+        settings.validate(Settings(tls_cert=tmp_path / "a.pem"))
+    with pytest.raises(ValueError, match="needs tls_cert"):
+        settings.validate(Settings(tls_client_ca=tmp_path / "ca.pem"))
+    empty = tmp_path / "tokens"
+    empty.write_text("# nothing but a comment\n\n")
+    with pytest.raises(ValueError, match="none was found"):
+        security.load_tokens(Settings(token_file=empty))
+    chosen = settings.from_sources({}, {"LAYERSERVE_TOKENS": " a, b ,,", "LAYERSERVE_AUTH_HEALTH": "true"})
+    assert security.load_tokens(chosen) == ["a", "b"] and chosen.auth_health
+    assert "a, b" not in repr(chosen)  # tokens stay out of logs
+    assert not security.TokenAuth(["a"]).allows((("authorization", "Bearer "),))
