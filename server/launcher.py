@@ -36,7 +36,9 @@ class ServerProcess:
 
     ``extra_args`` are appended to the command line (a repeated flag overrides an earlier
     one). ``__enter__`` waits up to ``ready_timeout`` seconds for ServerReady and raises
-    RuntimeError with the server's log tail if it exits or never gets ready.
+    RuntimeError with the server's log tail if it exits or never gets ready. A server started
+    with TLS or tokens is polled with ``credentials`` (a secure channel) and ``metadata``
+    (e.g. ``(("authorization", "Bearer <token>"),)``).
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class ServerProcess:
         ready_timeout: float = 60.0,
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.models = Path(models)
         self.extra_args = list(extra_args)
@@ -57,6 +61,8 @@ class ServerProcess:
         self.env = env
         self.address = f"{host}:{self.port}"
         self.log_path = log_path
+        self.credentials = credentials
+        self.metadata = tuple(metadata)
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -89,13 +95,17 @@ class ServerProcess:
     def wait_ready(self) -> None:
         """Poll ServerReady until it says yes; RuntimeError (with the log) on exit or timeout."""
         deadline = time.monotonic() + self.ready_timeout
-        with grpc.insecure_channel(self.address) as channel:
+        if self.credentials is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, self.credentials)
+        with channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
                 try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1, metadata=self.metadata).ready:
                         return
                 except grpc.RpcError:
                     pass

@@ -1,26 +1,20 @@
-"""TLS, mutual TLS and bearer tokens, end to end over real gRPC channels.
-
-layerserve's server has no TLS or token options, so these tests stand up a gRPC
-server of their own (``grpc.ssl_server_credentials``) whose ServerLive answers
-only when the ``authorization`` metadata holds the expected bearer token; the
-certificates are made with the openssl binary for each run.
-"""
+"""TLS, mutual TLS and bearer tokens, end to end against the real server (``layerserve serve``
+with --tls-cert/--tls-key, --tls-client-ca, --token-file and LAYERSERVE_TOKENS); the
+certificates are made with the openssl binary for each run."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
-from client_support import free_port
+from client_support import MODELS, ServerProcess, samples
 
 from layerserve.client import ConnectionSettings, LayerClient, ServerError
-from layerserve.proto import grpc_service_pb2 as pb
-from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 
 TOKEN = "s3cret"
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
@@ -45,45 +39,53 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
              "-out", "ca.pem", "-days", "1", "-subj", "/CN=layerserve-test-ca", cwd=folder)
     _certificate(folder, "server", "DNS:localhost,IP:127.0.0.1")
     _certificate(folder, "client", "DNS:client")
+    (folder / "tokens").write_text(f"{TOKEN}\n")
     return folder
 
 
-class _TokenChecking(pb_grpc.GRPCInferenceServiceServicer):
-    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
-        if dict(context.invocation_metadata()).get("authorization") != f"Bearer {TOKEN}":
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        return pb.ServerLiveResponse(live=True)
+@pytest.fixture(scope="module")
+def one_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository holding only digits_cnn (a link to the committed one): three servers start faster."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "digits_cnn").symlink_to(MODELS / "digits_cnn", target_is_directory=True)
+    return root
 
 
-def _serve(credentials: grpc.ServerCredentials | None) -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_TokenChecking(), server)
-    address = f"127.0.0.1:{free_port()}"
-    if credentials is None:
-        server.add_insecure_port(address)
-    else:
-        server.add_secure_port(address, credentials)
-    server.start()
-    yield address
-    server.stop(0)
+def _serve(models: Path, flags: list[str], env: dict[str, str] | None = None,
+           credentials: grpc.ChannelCredentials | None = None) -> Iterator[str]:
+    server = ServerProcess(models, ["--metrics-port", "-1", "--log-format", "text", *flags], env=env,
+                           credentials=credentials, metadata=(("authorization", f"Bearer {TOKEN}"),))
+    with server:
+        yield server.address
+
+
+def _tls_flags(certificates: Path) -> list[str]:
+    return ["--tls-cert", str(certificates / "server.pem"), "--tls-key", str(certificates / "server.key")]
+
+
+def _client_credentials(certificates: Path) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials((certificates / "ca.pem").read_bytes(),
+                                        (certificates / "client.key").read_bytes(),
+                                        (certificates / "client.pem").read_bytes())
 
 
 @pytest.fixture(scope="module")
-def tls_server(certificates: Path) -> Iterator[str]:
-    pair = ((certificates / "server.key").read_bytes(), (certificates / "server.pem").read_bytes())
-    yield from _serve(grpc.ssl_server_credentials([pair]))
+def tls_server(one_model: Path, certificates: Path) -> Iterator[str]:
+    credentials = grpc.ssl_channel_credentials((certificates / "ca.pem").read_bytes())
+    yield from _serve(one_model, [*_tls_flags(certificates), "--token-file", str(certificates / "tokens")],
+                      credentials=credentials)
 
 
 @pytest.fixture(scope="module")
-def mtls_server(certificates: Path) -> Iterator[str]:
-    pair = ((certificates / "server.key").read_bytes(), (certificates / "server.pem").read_bytes())
-    ca = (certificates / "ca.pem").read_bytes()
-    yield from _serve(grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True))
+def mtls_server(one_model: Path, certificates: Path) -> Iterator[str]:
+    flags = [*_tls_flags(certificates), "--tls-client-ca", str(certificates / "ca.pem")]
+    yield from _serve(one_model, flags, env={"LAYERSERVE_TOKENS": TOKEN},
+                      credentials=_client_credentials(certificates))
 
 
 @pytest.fixture(scope="module")
-def plain_server() -> Iterator[str]:
-    yield from _serve(None)
+def plain_server(one_model: Path) -> Iterator[str]:
+    yield from _serve(one_model, [], env={"LAYERSERVE_TOKENS": TOKEN})
 
 
 def _live(address: str, settings: ConnectionSettings) -> bool:
@@ -92,7 +94,12 @@ def _live(address: str, settings: ConnectionSettings) -> bool:
 
 
 def test_tls_with_root_certificates_carries_the_token(tls_server: str, certificates: Path) -> None:
-    assert _live(tls_server, ConnectionSettings(root_certificates=certificates / "ca.pem", token=TOKEN, timeout=10))
+    settings = ConnectionSettings(root_certificates=certificates / "ca.pem", token=TOKEN, timeout=10)
+    images, _ = samples("digits_cnn", 4)
+    with LayerClient(tls_server, settings) as client:
+        assert client.is_server_live()
+        logits = client.chain("digits_cnn", images, where="server").output
+        assert np.allclose(logits, client.infer_array("digits_cnn", images), atol=1e-5)
     with pytest.raises(ServerError) as caught:
         _live(tls_server, ConnectionSettings(root_certificates=certificates / "ca.pem", token="wrong", timeout=10))
     assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED and "bearer" in caught.value.message
