@@ -158,7 +158,14 @@ def _load_into(
 
     def graph(ref: FileRef) -> runtime.Graph:
         path = _verify(model.path, ref) if verify else model.path / ref.path
-        return runtime.Graph(path, options)
+        try:
+            return runtime.Graph(path, options)
+        except DeviceUnavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own exception types
+            # Name the file as the manifest does: clients see this reason, not the server's paths.
+            detail = str(error).replace(str(path), ref.path)
+            raise LoadError(f"{ref.path} does not load: {type(error).__name__}: {detail}") from None
 
     batching = _batching(manifest, overrides)
     model.full = graph(manifest.full_model)
