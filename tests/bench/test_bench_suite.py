@@ -1,0 +1,95 @@
+"""The benchmark suite's pieces against a real server: counts and structure only, never timings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import report, run
+from bench.inprocess import InProcess
+from bench.machine import machine_info, process_cpu_s
+from bench.payloads import COMMITTED, infer_request, manifest, model_input
+from bench.served import client_chain, served
+from bench.server_process import ServerProcess
+
+MODEL = "digits_cnn"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess(COMMITTED, ["--log-level", "WARNING", *run.MAIN_FLAGS]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def inprocess() -> InProcess:
+    return InProcess(COMMITTED)
+
+
+def test_loadgen_against_a_real_server(server: ServerProcess) -> None:
+    _, spec = manifest(COMMITTED, MODEL)
+    x = model_input(spec, 4)
+    cell = served(server.address, MODEL, x, 4, 0.5, 0.1, server.process.pid)
+    result = cell.result
+    assert result.requests > 0 and result.errors == 0
+    assert result.p50_ms <= result.p95_ms <= result.p99_ms
+    assert result.response_bytes > 4 * 10 * 4  # 4 rows of 10 FP32 logits, plus the message around them
+    assert cell.bytes_moved == len(infer_request(MODEL, x).SerializeToString()) + result.response_bytes
+    assert result.client_cpu_s > 0 and cell.server_cpu_s > 0
+
+
+def test_unknown_model_counts_errors_not_latencies(server: ServerProcess) -> None:
+    _, spec = manifest(COMMITTED, MODEL)
+    with pytest.raises(Exception, match="NOT_FOUND"):  # loadgen's connect call already fails
+        served(server.address, "no_such_model", model_input(spec, 1), 1, 0.2, 0.0)
+
+
+def test_client_chain_moves_the_activations(server: ServerProcess, inprocess: InProcess) -> None:
+    _, spec = manifest(COMMITTED, MODEL)
+    x = model_input(spec, 2)
+    blocks = [(b.name, [s.name for s in b.inputs]) for b in inprocess.blocks(MODEL)]
+    client = client_chain(server.address, blocks, x, 0.3, 0.0)
+    chain = served(server.address, f"{MODEL}.chain", x, 1, 0.3, 0.0)
+    assert client.result.requests > 0 and client.result.errors == 0
+    # Every block boundary crosses the wire twice; the server chain sends the input and gets logits.
+    activations = sum(a.nbytes for feeds in inprocess.block_inputs(MODEL, x)[1:] for a in feeds.values())
+    assert client.bytes_moved > chain.bytes_moved + 2 * activations
+
+
+def test_inprocess_runs_the_server_endpoints(inprocess: InProcess) -> None:
+    _, spec = manifest(COMMITTED, MODEL)
+    x = model_input(spec, 3)
+    times = inprocess.time_runs(f"{MODEL}.chain", x, 0.0, min_runs=5)
+    assert len(times) >= 5 and all(t > 0 for t in times)
+    feeds = inprocess.block_inputs(MODEL, x)
+    assert len(feeds) == len(inprocess.blocks(MODEL))
+    assert all(next(iter(f.values())).shape[0] == 3 for f in feeds)
+
+
+def test_one_tiny_suite_run_writes_the_report(tmp_path: Path) -> None:
+    plan = run.Plan(batches=(1,), cell_s={1: 0.2}, warmup_s={1: 0.05}, min_runs={1: 3},
+                    client_chain_batches=(1,), sweep_s=0.2, compare_s=0.2)
+    data = run.measure_model(MODEL, plan, repeats=1, kserve=False, profile=False, out=tmp_path)
+    results = {"machine": machine_info(), "repeats": 1, "quick": True, "served_flags": run.MAIN_FLAGS,
+               "models": {MODEL: data}, "wall_s": 0.0}
+    summary = report.write(results, tmp_path)
+    for records in data["cells"].values():
+        for record in records:
+            assert record.get("errors", 0) == 0 and (record.get("requests") or record.get("runs")) > 0
+    assert set(summary["models"][MODEL]["served_vs_inprocess"]) == {"full/b1", "block/b1", "chain/b1"}
+    assert sorted(summary["models"][MODEL]["sweep"]) == run.SWEEP
+    goals = {g["goal"]: g for g in summary["goals"]}
+    assert goals["per-request overhead at batch 1 <= 300 us p50"]["measured"] is not None
+    text = (tmp_path / "results.md").read_text()
+    assert "## Goals" in text and "### Concurrency sweep" in text
+    assert (tmp_path / "latency.png").stat().st_size > 0 and (tmp_path / "throughput.png").stat().st_size > 0
+
+
+def test_machine_info_and_process_cpu() -> None:
+    info = machine_info()
+    assert info["logical_cores"] and info["versions"]["onnxruntime"] != "not installed"
+    import os
+
+    assert process_cpu_s(os.getpid()) > 0
