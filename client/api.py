@@ -23,6 +23,7 @@ from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 from layerserve.proto import tensors
 from layerserve.proto.repository_pb2 import Block, ModelManifest
+from layerserve.proto.tensors import TensorSpec
 
 from .connection import DEFAULT_ADDRESS, ConnectionSettings, call_metadata, open_channel
 from .errors import ServerError
@@ -34,18 +35,6 @@ Where = Literal["client", "server"]
 Response = TypeVar("Response")
 # The server's own limit for the built-in models (ServingConfig.max_batch_size).
 DEFAULT_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor's name, protocol datatype and shape (-1 for dynamic dimensions)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return tensors.format_spec(self.datatype, self.shape)
 
 
 @dataclass(frozen=True)

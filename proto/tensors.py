@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -112,6 +113,28 @@ def numpy_dtype(datatype: str) -> np.dtype:
 def format_spec(datatype: str, shape: Sequence[int]) -> str:
     """``FP32 [-1,128,2,2]``: how tensors are named in every message we write."""
     return f"{datatype} [{','.join(str(int(d)) for d in shape)}]"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor a model takes or gives: name, protocol datatype, shape (-1 for the batch or any free dimension).
+
+    The value type the server validates against and the client reads metadata into;
+    ``str()`` is the form every message uses (``FP32 [-1,128,2,2]``).
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return format_spec(self.datatype, self.shape)
+
+    def matches(self, shape: Sequence[int]) -> bool:
+        """Whether a concrete ``shape`` fits this spec (same rank, fixed dimensions equal)."""
+        return len(shape) == len(self.shape) and all(
+            want == -1 or want == got for want, got in zip(self.shape, shape, strict=True)
+        )
 
 
 def element_count(shape: Sequence[int], what: str = "tensor") -> int:

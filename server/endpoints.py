@@ -16,29 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerserve.proto.tensors import datatype_of, format_spec
+from layerserve.proto.tensors import TensorSpec, datatype_of, format_spec
 
 from .errors import InvalidInput
 
 CHAIN = "chain"
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor an endpoint takes or gives; -1 marks the batch (or any free) dimension."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return format_spec(self.datatype, self.shape)
-
-    def matches(self, shape: Sequence[int]) -> bool:
-        """Whether a concrete ``shape`` fits this spec (same rank, fixed dimensions equal)."""
-        return len(shape) == len(self.shape) and all(
-            want == -1 or want == got for want, got in zip(self.shape, shape, strict=True)
-        )
 
 
 @dataclass(frozen=True)
