@@ -35,7 +35,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import errors, logs, metrics, runtime, security
+from . import allocator, errors, logs, metrics, runtime, security
 from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
@@ -199,6 +199,7 @@ async def serve(settings: Settings, reuse_port: bool = False, serve_metrics: boo
 def run(settings: Settings) -> int:
     """The ``layerserve serve`` entry point; returns the process exit code."""
     logs.configure(settings.log_level, settings.log_format)
+    allocator.retain_freed_memory()
     try:
         if settings.workers > 1:
             return _run_workers(settings)
@@ -217,6 +218,7 @@ def run(settings: Settings) -> int:
 
 def _worker(settings: Settings) -> None:
     logs.configure(settings.log_level, settings.log_format)
+    allocator.retain_freed_memory()
     try:
         asyncio.run(serve(settings, reuse_port=True, serve_metrics=False))
     except DeviceUnavailable as error:

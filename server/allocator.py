@@ -1,0 +1,53 @@
+"""Keep freed heap memory in the process: large tensors otherwise cost page faults on every request.
+
+glibc's malloc serves blocks over 128 KiB with fresh ``mmap`` s and gives the top of
+each heap back to the kernel once 128 KiB of it is free. A server that receives,
+runs and answers megabyte tensors then pays for new zeroed pages on every
+request: measured on ``digits_cnn.00_stem`` at batch 64 (256 KiB in, 1 MiB out),
+~1,250 minor page faults and ~3 ms of kernel time per request, two thirds of the
+server's CPU (docs/BENCHMARKS.md, "Performance levers (measured)"). Raising both
+thresholds lets the next request reuse the same pages; the resident size then
+follows the largest working set instead of shrinking after each request.
+
+Only glibc is tuned; an explicit ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
+in the environment (glibc's own knobs) wins and leaves this alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Blocks up to this size come from the heap (glibc's largest allowed mmap threshold on 64-bit).
+MMAP_THRESHOLD = 32 << 20
+# Free memory at a heap's top is returned to the kernel only past this size.
+TRIM_THRESHOLD = 256 << 20
+
+
+def retain_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; True if it did.
+
+    Does nothing (False) outside glibc or when the environment sets either threshold.
+    """
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return False
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(
+            _M_TRIM_THRESHOLD, TRIM_THRESHOLD
+        ) == 1
+    except (OSError, AttributeError):
+        done = False
+    if not done:
+        log.warning("could not raise glibc's malloc thresholds; large tensors will cost page faults")
+    return done
