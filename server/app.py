@@ -2,7 +2,7 @@
 
 One process runs one ``grpc.aio`` server on one event loop; ONNX Runtime runs on
 ``instances`` worker threads (docs/BENCHMARKS.md, "Server concurrency design",
-has the measurements behind this). ``--workers N`` starts N such processes on
+has the measurements behind this). ``--workers N`` (default: one per usable core) starts N such processes on
 one port through SO_REUSEPORT; the parent serves their summed metrics and
 forwards SIGTERM.
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -44,6 +46,8 @@ from .repository import Repository
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -91,7 +95,7 @@ def load(settings: Settings) -> DataPlane:
                     extra={"fields": {"model": model.name, "providers": model.providers,
                                       "available": runtime.available_providers()}},
                 )
-    return DataPlane(repository, settings.instances, settings.max_queue_size)
+    return DataPlane(repository, settings.instance_count, settings.max_queue_size)
 
 
 class _Captured:
@@ -168,7 +172,7 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
     log.info(
         "serving",
         extra={"fields": {"grpc": f"{settings.host}:{port}", "metrics_port": metrics_port, "device": settings.device,
-                          "instances": settings.instances, "intra_op_threads": settings.intra_op_threads,
+                          "instances": settings.instance_count, "intra_op_threads": settings.intra_op_threads,
                           "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
                           "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
                           "models": dataplane.repository.served_names()}},
@@ -201,7 +205,7 @@ def run(settings: Settings) -> int:
     logs.configure(settings.log_level, settings.log_format)
     allocator.retain_freed_memory()
     try:
-        if settings.workers > 1:
+        if settings.worker_count > 1:
             return _run_workers(settings)
         asyncio.run(serve(settings))
     except DeviceUnavailable as error:
@@ -216,7 +220,20 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def _worker(settings: Settings) -> None:
+def _die_with_parent() -> None:
+    """Have the kernel kill this worker when the parent dies, even by SIGKILL (Linux; elsewhere a no-op).
+
+    Otherwise an orphaned worker would keep answering on the port after its server was killed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _worker(settings: Settings, parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        raise SystemExit(1)
     logs.configure(settings.log_level, settings.log_format)
     allocator.retain_freed_memory()
     try:
@@ -236,12 +253,14 @@ def _run_workers(settings: Settings) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
     security.load_tokens(settings)  # refuse bad access settings once, before any worker starts
     security.server_credentials(settings)
+    runtime.requested_providers(settings.device)  # DeviceUnavailable once, here, for a build without CUDA
     port = settings.port or _free_port(settings.host)
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
-    child = settings.replace(port=port, workers=1)
-    workers = [context.Process(target=_worker, args=(child,), name=f"worker-{i}") for i in range(settings.workers)]
+    child = settings.replace(port=port, workers=1, instances=settings.instance_count)
+    workers = [context.Process(target=_worker, args=(child, os.getpid()), name=f"worker-{i}")
+               for i in range(settings.worker_count)]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -255,7 +274,7 @@ def _run_workers(settings: Settings) -> int:
             process.start()
         if settings.metrics_port >= 0:
             metrics.serve_http(settings.host, settings.metrics_port)
-        log.info("workers started", extra={"fields": {"workers": settings.workers, "grpc": f"{settings.host}:{port}",
+        log.info("workers started", extra={"fields": {"workers": settings.worker_count, "grpc": f"{settings.host}:{port}",
                                                       "pids": [p.pid for p in workers]}})
         while not stopping and all(process.is_alive() for process in workers):
             with contextlib.suppress(InterruptedError):
@@ -269,4 +288,6 @@ def _run_workers(settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [process.exitcode for process in workers]
     log.info("workers stopped", extra={"fields": {"exit_codes": codes}})
+    if 2 in codes:  # a worker refused to start (its log says why), as a single process would have
+        return 2
     return 0 if stopping and all(code == 0 for code in codes) else 1

@@ -16,6 +16,15 @@ def _bool(text: str) -> bool:
     return lowered in {"1", "true", "yes", "on"}
 
 
+def _count_or_auto(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand."""
     defaults = Settings()
@@ -32,11 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--metrics-port", type=int, help=f"Prometheus HTTP port, -1 disables (default {defaults.metrics_port})")
     add("--device", choices=["cpu", "cuda", "auto"], help="execution provider: cuda refuses to start if CUDA does "
         "not load; auto falls back to the CPU (default cpu)")
-    add("--workers", type=int, help="server processes sharing the port through SO_REUSEPORT (default 1)")
+    add("--workers", type=_count_or_auto, metavar="N|auto", help="server processes sharing the port through "
+        "SO_REUSEPORT; auto: one per usable core (default auto)")
     add("--max-message-bytes", type=int, help=f"largest gRPC message either way (default {defaults.max_message_bytes})")
     add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
     add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")
-    add("--instances", type=int, help=f"concurrent model runs / worker threads (default {defaults.instances})")
+    add("--instances", type=_count_or_auto, metavar="N|auto", help="concurrent model runs (worker threads) per "
+        "process, 0 runs them on the event loop; auto: usable cores / workers (default auto)")
     add("--dynamic-batching", type=_bool, metavar="BOOL", help="override every manifest's dynamic_batching")
     add("--max-batch-size", type=int, help="override every manifest's max_batch_size (0: no limit)")
     add("--max-queue-delay-us", type=int, help="override every manifest's max_queue_delay_us")
@@ -59,8 +70,10 @@ def _serve(args: argparse.Namespace) -> int:
     from . import app, settings
 
     flags = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(Settings)}
+    # "auto" given as a flag must win over a variable, so it is not None here: its stand-in value.
+    auto = {name: settings.AUTO[name] for name, value in flags.items() if value == "auto"}
     try:
-        chosen = settings.from_sources(flags)
+        chosen = settings.from_sources(flags, auto=auto)
     except (ValueError, TypeError) as error:
         print(f"layerserve serve: {error}", file=sys.stderr)
         return 2

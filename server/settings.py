@@ -18,6 +18,8 @@ from typing import Literal
 
 Device = Literal["cpu", "cuda", "auto"]
 ENV_PREFIX = "LAYERSERVE_"
+# Fields that take "auto" (flag or variable), and the value that stands for it.
+AUTO: dict[str, object] = {"workers": 0, "instances": None}
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,9 @@ class Settings:
     # Prometheus over HTTP; a negative port turns metrics off.
     metrics_port: int = 8002
     device: Device = "cpu"
-    # Processes sharing the port through SO_REUSEPORT; 1 serves in this process.
-    workers: int = 1
+    # Processes sharing the port through SO_REUSEPORT; 1 serves in this process; 0 ("auto"): one per
+    # usable core (docs/BENCHMARKS.md, "Performance levers (measured)").
+    workers: int = 0
     # Both directions; larger messages fail with RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 * 1024 * 1024
     # ONNX Runtime threads per session. Few and non-spinning: gRPC needs the cores too
@@ -40,8 +43,9 @@ class Settings:
     intra_op_threads: int = 1
     allow_spinning: bool = False
     # Threads that run sessions; also the number of batches one model may run at once
-    # (Triton's instance count). 0 runs sessions on the event loop itself.
-    instances: int = 2
+    # (Triton's instance count). 0 runs sessions on the event loop itself; None ("auto"): usable
+    # cores / workers, at least 1, so all workers' runs together fill the cores once.
+    instances: int | None = None
     # Dynamic batching: None keeps each manifest's ServingConfig.
     dynamic_batching: bool | None = None
     max_batch_size: int | None = None
@@ -66,9 +70,29 @@ class Settings:
     # Health checks need a token too (off: probes such as Kubernetes' carry none).
     auth_health: bool = False
 
+    @property
+    def worker_count(self) -> int:
+        """``workers``, with 0 ("auto") resolved to the usable cores."""
+        return self.workers or usable_cores()
+
+    @property
+    def instance_count(self) -> int:
+        """``instances`` per worker, with None ("auto") resolved to usable cores / workers (at least 1)."""
+        if self.instances is not None:
+            return self.instances
+        return max(1, usable_cores() // self.worker_count)
+
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _field_type(name: str) -> type:
@@ -81,6 +105,8 @@ def _field_type(name: str) -> type:
 
 
 def _parse(name: str, text: str) -> object:
+    if name in AUTO and text.strip().lower() == "auto":
+        return AUTO[name]
     kind = _field_type(name)
     if kind is bool:
         lowered = text.strip().lower()
@@ -90,8 +116,15 @@ def _parse(name: str, text: str) -> object:
     return kind(text)
 
 
-def from_sources(flags: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def from_sources(
+    flags: Mapping[str, object] | None = None,
+    environ: Mapping[str, str] | None = None,
+    auto: Mapping[str, object] | None = None,
+) -> Settings:
     """Settings from environment variables overridden by ``flags`` (None values are unset flags).
+
+    ``auto`` names fields given as "auto" on the command line, with their stand-in values (AUTO);
+    they win over the environment like any flag.
 
     Raises ValueError for a malformed variable or an out-of-range value.
     """
@@ -104,6 +137,7 @@ def from_sources(flags: Mapping[str, object] | None = None, environ: Mapping[str
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
+    values.update(auto or {})
     settings = Settings(**values)
     return validate(settings)
 
@@ -112,9 +146,11 @@ def validate(settings: Settings) -> Settings:
     """Check value ranges; returns ``settings`` or raises ValueError naming the field."""
     if settings.device not in ("cpu", "cuda", "auto"):
         raise ValueError(f"device must be cpu, cuda or auto, got {settings.device!r}")
-    if settings.instances < 0:
-        raise ValueError(f"instances must be >= 0 (0: run on the event loop), got {settings.instances}")
-    for name in ("workers", "intra_op_threads", "max_queue_size", "max_message_bytes"):
+    if settings.instances is not None and settings.instances < 0:
+        raise ValueError(f"instances must be >= 0 (0: run on the event loop) or auto, got {settings.instances}")
+    if settings.workers < 0:
+        raise ValueError(f"workers must be >= 1, or 0 / auto for one per usable core, got {settings.workers}")
+    for name in ("intra_op_threads", "max_queue_size", "max_message_bytes"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
     if settings.max_batch_size is not None and settings.max_batch_size < 0:

@@ -129,7 +129,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _server(repository: Path, tmp: Path, name: str) -> ServerProcess:
-    return ServerProcess(repository, ["--metrics-port", "-1", "--log-level", "WARNING"], log_path=tmp / f"{name}.log")
+    # One process per server: these tests read ModelStatistics, which describes one worker only.
+    return ServerProcess(repository, ["--metrics-port", "-1", "--log-level", "WARNING", "--workers", "1"],
+                         log_path=tmp / f"{name}.log")
 
 
 def _inferences(address: str) -> int:

@@ -89,6 +89,22 @@ def test_workers_share_the_port_and_sum_metrics(tiny_repository: Path) -> None:
     assert output.count("model loaded") >= 4  # two versions of tiny_cnn in each of two workers
 
 
+def test_workers_die_with_a_killed_parent(tiny_repository: Path) -> None:
+    process, port = start_server(tiny_repository, "--workers", "2", "--metrics-port", "-1")
+    assert one_request(port).shape == (1, 10)
+    process.kill()  # SIGKILL: no drain, no chance to forward a signal
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # orphaned workers would keep answering on the port
+        try:
+            one_request(port)
+        except InferenceServerException:
+            break
+        time.sleep(0.2)
+    with pytest.raises(InferenceServerException):
+        one_request(port)
+
+
 def test_cuda_refused_with_reason_when_not_loadable(tiny_repository: Path) -> None:
     import onnxruntime
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from layerserve.server.settings import Settings, from_sources
+from layerserve.server.settings import Settings, from_sources, usable_cores
 
 
 def test_flags_over_environment_over_defaults() -> None:
@@ -25,10 +25,25 @@ def test_flags_over_environment_over_defaults() -> None:
     [
         ({"LAYERSERVE_ALLOW_SPINNING": "maybe"}, {}, "LAYERSERVE_ALLOW_SPINNING='maybe' is not a boolean"),
         ({}, {"device": "tpu"}, "device must be cpu, cuda or auto, got 'tpu'"),
-        ({}, {"workers": 0}, "workers must be at least 1, got 0"),
+        ({}, {"workers": -1}, "workers must be >= 1, or 0 / auto for one per usable core, got -1"),
         ({"LAYERSERVE_INSTANCES": "-1"}, {}, "instances must be >= 0"),
     ],
 )
 def test_bad_values_are_refused(environ, flags, message) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         from_sources(flags, environ)
+
+
+def test_workers_and_instances_default_to_auto_from_the_usable_cores() -> None:
+    cores = usable_cores()
+    settings = from_sources({}, {})
+    assert (settings.workers, settings.instances) == (0, None)
+    assert settings.worker_count == cores
+    assert settings.instance_count == max(1, cores // cores)
+    one = from_sources({"workers": 1}, {})
+    assert (one.worker_count, one.instance_count) == (1, cores)
+    assert from_sources({}, {"LAYERSERVE_WORKERS": "3", "LAYERSERVE_INSTANCES": "0"}).instance_count == 0
+    # "auto" spelled out, in a variable or as a flag (which wins over the variable)
+    assert from_sources({}, {"LAYERSERVE_WORKERS": "auto"}).worker_count == cores
+    chosen = from_sources({}, {"LAYERSERVE_INSTANCES": "4"}, auto={"instances": None})
+    assert chosen.instances is None
