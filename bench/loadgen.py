@@ -3,8 +3,9 @@
 The generator shares the machine's two cores with the server under test, so it
 is built to cost as little as possible: requests are serialized once, sent as
 raw bytes through a generic unary call (no protobuf work per request on either
-side of the client), with ``concurrency`` coroutines on one grpc.aio channel per
-coroutine group. Its own CPU time is measured and reported, so a result can say
+side of the client), with ``concurrency`` coroutines, each on its own grpc.aio channel
+(TCP connection) by default: independent clients hold a connection each, and a server
+with SO_REUSEPORT workers only spreads connections, never one connection's requests. Its own CPU time is measured and reported, so a result can say
 how much of the machine the caller took.
 """
 
@@ -125,16 +126,17 @@ def run_load(
     duration: float = 3.0,
     warmup: float = 0.5,
     method: str = MODEL_INFER,
-    channels: int = 1,
+    channels: int | None = None,
 ) -> LoadResult:
     """Drive ``method`` at ``address`` with ``concurrency`` requests in flight for ``duration`` seconds.
 
     ``payload`` is a serialized request (e.g. ``ModelInferRequest.SerializeToString()``).
-    ``channels`` connections share the coroutines round-robin; independent clients each hold
-    their own connection, so ``channels=concurrency`` models them (the kernel spreads
-    connections across SO_REUSEPORT workers, never the requests of one connection).
+    ``channels`` connections share the coroutines round-robin; the default (None) is one per
+    coroutine, as ``concurrency`` independent clients would hold (the kernel spreads connections
+    across SO_REUSEPORT workers, never the requests of one connection); 1 multiplexes them all.
     Requests that fail are counted in ``errors``, never in the latencies.
     """
+    channels = concurrency if channels is None else channels
     return asyncio.run(_run(address, payload, concurrency, duration, warmup, method, channels))
 
 

@@ -54,10 +54,25 @@ def machine_info() -> dict[str, object]:
     }
 
 
-def process_cpu_s(pid: int) -> float:
-    """User+system CPU seconds the process ``pid`` has used so far (Linux /proc), NaN if unreadable."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def process_cpu_s(pid: int) -> float:
+    """User+system CPU seconds ``pid`` and its live child processes (``--workers``) have used so far.
+
+    Linux /proc; NaN if ``pid`` is unreadable.
+    """
+    fields = _stat(pid)
+    if fields is None:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != pid:
+            child = _stat(int(entry.name))
+            if child is not None and int(child[1]) == pid:
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -64,7 +64,7 @@ def summarize(raw: str, seconds: float, rate: int = RATE, top: int = 12) -> dict
     share = {name: round(100.0 * n / total, 1) for name, n in areas.most_common()} if total else {}
     return {
         "busy_samples": total,
-        "gil_held_share": round(total / (seconds * rate), 2),  # of the wall time, with --gil
+        "gil_held_share": round(total / (seconds * rate), 2),  # of the wall time, summed over processes
         "area_percent": share,
         "top_functions_percent": {name: round(100.0 * n / total, 1) for name, n in leaves.most_common(top)},
     }
@@ -81,7 +81,7 @@ def profile_during(pid: int, seconds: float, work: Callable[[], object],
     with tempfile.TemporaryDirectory() as folder:
         raw_path = Path(folder) / "stacks.txt"
         command = [str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(RATE),
-                   "--format", "raw", "--output", str(raw_path), "--nonblocking", "--gil"]
+                   "--format", "raw", "--output", str(raw_path), "--nonblocking", "--gil", "--subprocesses"]
         box: dict[str, object] = {}
         spy = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         worker = threading.Thread(target=lambda: box.setdefault("result", work()))

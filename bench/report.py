@@ -207,15 +207,18 @@ def markdown(results: dict, summary: dict, plots: list[str]) -> str:
         f"{m['memory_gib']} GiB; {m['os']}; Python {m['python']}.",
         f"- Software: {versions}.",
         f"- Load average (1 min) {m['load_average_1m']:.1f} at the start, {m.get('load_average_1m_end', float('nan')):.1f} "
-        "at the end: the machine was shared with other jobs, so absolute numbers are noisy; the ratios are measured "
-        "side by side (same repeat) and are the ones to read.",
+        "at the end (above ~1 means other jobs shared the machine and absolute numbers are noisy); the ratios are "
+        "measured side by side (same repeat) and are the ones to read.",
         f"- Served configuration: `layerserve serve {' '.join(results['served_flags'])}` (dynamic batching on, no "
-        "added queue delay, 2 instances, 1 intra-op thread); in-process = the same server endpoints "
+        "added queue delay; default `--workers auto` = one process per usable core on one port, `--instances auto` = "
+        "usable cores / workers, 1 intra-op thread); in-process = the same server endpoints "
         "(`Repository.load(...).endpoint(name).run`), same sessions, one run at a time.",
         "- Load generator: `bench/loadgen.py` (closed loop, pre-serialized requests, grpc.aio) runs **inside the "
         "bench process on the same two cores, not pinned** (pinning one core each would halve the server). It is "
         "accounted for instead: every served cell records the generator's CPU per request and its share of a core "
-        "(tables below); the server's own CPU per request is read from /proc.",
+        "(tables below); the server's own CPU per request (all its processes) is read from /proc. Every coroutine of "
+        "the generator has its own connection, as independent clients would (`channels=concurrency`), for every "
+        "server compared.",
         "- `resnet18_shaped` has random weights: it is a speed test only, never an accuracy result.",
         "",
         "## Goals",
@@ -281,7 +284,7 @@ def markdown(results: dict, summary: dict, plots: list[str]) -> str:
             top = ", ".join(f"`{k}` {v} %" for k, v in list(prof["top_functions_percent"].items())[:8])
             work = prof.get("work") or {}
             lines += ["", f"**py-spy, {label}, c=16** (`py-spy record --gil`, 4 s, {work.get('throughput', 0):.0f} "
-                      f"req/s while sampled): GIL held {prof['gil_held_share'] * 100:.0f} % of the time; of the "
+                      f"req/s while sampled): GIL held {prof['gil_held_share'] * 100:.0f} % of the time (summed over the server's processes); of the "
                       f"GIL-holding samples: {areas}. Top innermost frames: {top}."]
         lines.append("")
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
