@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.address:
         result = run(args.address, reference, args.requests)
     else:
-        from bench.server_process import ServerProcess
+        from layerserve.server.launcher import ServerProcess
 
         with ServerProcess(args.models, ["--log-level", "ERROR"]) as server:
             result = run(server.address, reference, args.requests)

@@ -38,12 +38,12 @@ import grpc
 import numpy as np
 
 from bench.loadgen import run_load
-from bench.server_process import ServerProcess
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, tensors
 from layerserve.proto.manifest import iter_repository, read_manifest
 from layerserve.server import runtime
+from layerserve.server.launcher import ServerProcess
 
 PARITY_TOLERANCE = 1e-3
 CUDA = runtime.CUDA

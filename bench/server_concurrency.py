@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.loadgen import run_load
-from bench.server_process import ServerProcess
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import manifest as manifests
 from layerserve.proto import tensors
+from layerserve.server.launcher import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,9 +25,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.loadgen import MODEL_INFER, run_load
-from bench.server_process import ServerProcess
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto.manifest import read_manifest, version_folders
+from layerserve.server.launcher import ServerProcess
 
 SAMPLE_EVERY_S = 5.0
 WARMUP_S = 60.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.served import served
-from bench.server_process import ServerProcess
+from layerserve.server.launcher import ServerProcess
 
 # label -> a context manager factory giving a started server (with .address and .process)
 Servers = dict[str, Callable[[], ServerProcess]]

@@ -15,7 +15,7 @@ import numpy as np
 
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
-from layerserve.proto.tensors import TensorCodecError, datatype_of, decode_input
+from layerserve.proto.tensors import TensorCodecError, add_raw_output, decode_input
 
 from .dataplane import DataPlane, Stats
 from .endpoints import TensorSpec
@@ -59,9 +59,7 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarray]) -> None:
     """Append every output as raw contents (one copy: the bytes the message holds)."""
     for name, array in outputs.items():
-        array = np.ascontiguousarray(array)
-        response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-        response.raw_output_contents.append(array.tobytes())
+        add_raw_output(response, name, array)
 
 
 def _tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[pb.ModelMetadataResponse.TensorMetadata]:

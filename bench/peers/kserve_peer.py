@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.server_process import ServerProcess, free_port
+from layerserve.server.launcher import ServerProcess, free_port
 
 KSERVE_VERSION = "0.21.0"
 VENV = Path(__file__).resolve().parent.parent / ".venv-kserve"

@@ -12,7 +12,7 @@ from bench.inprocess import InProcess
 from bench.machine import machine_info, process_cpu_s
 from bench.payloads import COMMITTED, infer_request, manifest, model_input
 from bench.served import client_chain, served
-from bench.server_process import ServerProcess
+from layerserve.server.launcher import ServerProcess
 
 MODEL = "digits_cnn"
 

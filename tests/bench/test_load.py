@@ -9,7 +9,7 @@ import pytest
 
 from bench import load
 from bench.peers import kserve_peer
-from bench.server_process import ServerProcess
+from layerserve.server.launcher import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["full", "block", "chain", "client_chain"]
