@@ -14,6 +14,8 @@ MODELS ?= models
 STAMP_SERVE := $(VENV)/.stamp-serve
 STAMP_DEV   := $(VENV)/.stamp-dev
 STAMP_GPU   := $(VENV)/.stamp-gpu
+# KServe's ModelServer, the peer the benchmarks and one load test compare against, in its own venv.
+STAMP_KSERVE := bench/.venv-kserve/.kserve-0.21.0
 
 .PHONY: help setup setup-dev setup-gpu serve test lint proto models bench load gpu-check clean
 
@@ -39,6 +41,9 @@ $(STAMP_DEV): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -q -e '.[export,client,load,dev]'
 	@touch $@ $(STAMP_SERVE)
 
+$(STAMP_KSERVE): | $(STAMP_DEV)
+	$(PY) -c "from bench.peers.kserve_peer import ensure_venv; ensure_venv()"
+
 setup: $(STAMP_SERVE)
 setup-dev: $(STAMP_DEV)
 
@@ -60,7 +65,7 @@ serve: $(STAMP_SERVE)
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP_DEV) lint
+test: $(STAMP_DEV) $(STAMP_KSERVE) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP_DEV)
@@ -70,7 +75,7 @@ models: $(STAMP_DEV)
 	$(VENV)/bin/layerserve train digits_cnn --out $(MODELS)
 	$(VENV)/bin/layerserve train digits_resnet --out $(MODELS)
 
-bench: $(STAMP_DEV)
+bench: $(STAMP_DEV) $(STAMP_KSERVE)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 load: $(STAMP_DEV)

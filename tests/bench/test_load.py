@@ -48,8 +48,6 @@ def test_unknown_model_fails_the_run(server: ServerProcess, tmp_path: Path) -> N
     assert all(row.requests == 0 for row in load.read_stats(tmp_path / "stats.json"))
 
 
-@pytest.mark.skipif(not (kserve_peer.VENV / f".kserve-{kserve_peer.KSERVE_VERSION}").exists(),
-                    reason="KServe peer venv not created (python -m bench.run creates it)")
 def test_any_oip_server_kserve_full(tmp_path: Path) -> None:
     with kserve_peer.KServePeer(REPO_ROOT / "models" / "digits_cnn" / "1" / "model.onnx", "digits_cnn") as peer:
         code = load.main(["--server", peer.address, "--targets", "full", "--users", "2", "--duration", "3s",
