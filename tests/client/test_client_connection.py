@@ -4,41 +4,25 @@ certificates are made with the openssl binary for each run."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from certificates import AVAILABLE as OPENSSL_AVAILABLE
+from certificates import make as make_certificates
 from client_support import MODELS, ServerProcess, samples
 
 from layerserve.client import ConnectionSettings, LayerClient, ServerError
 
 TOKEN = "s3cret"
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _certificate(folder: Path, name: str, san: str) -> None:
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext", cwd=folder)
+pytestmark = pytest.mark.skipif(not OPENSSL_AVAILABLE, reason="needs the openssl binary")
 
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
-             "-out", "ca.pem", "-days", "1", "-subj", "/CN=layerserve-test-ca", cwd=folder)
-    _certificate(folder, "server", "DNS:localhost,IP:127.0.0.1")
-    _certificate(folder, "client", "DNS:client")
+    folder = make_certificates(tmp_path_factory.mktemp("tls"))
     (folder / "tokens").write_text(f"{TOKEN}\n")
     return folder
 
