@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
-from .endpoints import Endpoint, validate_inputs
+from .endpoints import CHAIN, Endpoint, validate_inputs
 from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
 
@@ -135,10 +136,8 @@ class DataPlane:
         unrun (RequestExpired), as is one whose caller cancelled (its task is cancelled).
         Raises ModelNotFound, ModelUnavailable, InvalidInput, QueueFull, RequestExpired.
         """
-        start = time.perf_counter()
         endpoint = self.repository.endpoint(model, version)
-        stats = self.stats[(endpoint.name, endpoint.version)]
-        try:
+        with self._accounted(endpoint):
             names = endpoint.check_outputs(outputs)
             rows = endpoint.validate(inputs)
             if endpoint.batching.enabled and endpoint.batched:
@@ -151,12 +150,20 @@ class DataPlane:
                 begun = time.perf_counter()
                 results = await call_on(self.executor, endpoint.run, inputs)
                 self._record(endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
+        return InferResult(endpoint, {name: results[name] for name in names})
+
+    @contextmanager
+    def _accounted(self, endpoint: Endpoint) -> Iterator[None]:
+        """Count the request as a success or a failure of ``endpoint`` (Triton's success/fail durations)."""
+        stats = self.stats[(endpoint.name, endpoint.version)]
+        start = time.perf_counter()
+        try:
+            yield
         except BaseException:  # cancellation included: the request failed for its caller
             stats.fail.add(time.perf_counter() - start)
             raise
         stats.success.add(time.perf_counter() - start)
         stats.last_inference_ms = int(time.time() * 1000)
-        return InferResult(endpoint, {name: results[name] for name in names})
 
     async def chain(
         self,
@@ -183,11 +190,16 @@ class DataPlane:
             if not start <= index < stop:
                 raise InvalidInput(f"{model} chain keeps block {index}, which is outside [{start}, {stop})")
         first = version_.endpoints[f"{model}.{blocks[start].name}"]
-        label = f"{model} chain [{start}, {stop}) block {blocks[start].name}"
-        validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
-        graphs = version_.blocks[start:stop]
-        relative = [index - start for index in keep]
-        outputs, kept = await call_on(self.executor, runtime.chain, graphs, inputs, relative)
+        # Chain RPCs count in the statistics and metrics of the model's chain endpoint.
+        chain_endpoint = version_.endpoints[f"{model}.{CHAIN}"]
+        with self._accounted(chain_endpoint):
+            label = f"{model} chain [{start}, {stop}) block {blocks[start].name}"
+            rows = validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
+            graphs = version_.blocks[start:stop]
+            relative = [index - start for index in keep]
+            begun = time.perf_counter()
+            outputs, kept = await call_on(self.executor, runtime.chain, graphs, inputs, relative)
+            self._record(chain_endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
         named = dict(outputs)
         for index in sorted(kept):
             block = blocks[start + index].name

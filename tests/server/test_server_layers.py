@@ -91,3 +91,26 @@ def test_chain_input_mismatch_names_the_block(layers) -> None:
     assert caught.value.details() == (
         "tiny_cnn chain [2, 3) block 02_head has no input 'x' (got FP32 [1,1,8,8]); it expects 'h2' FP32 [-1,8,4,4]"
     )
+
+
+def _chain_statistics(client) -> dict:
+    (stats,) = client.get_inference_statistics("tiny_cnn.chain", "2", as_json=True)["model_stats"]
+    infer = stats["inference_stats"]
+    return {
+        "success": int(infer.get("success", {}).get("count", 0)),
+        "fail": int(infer.get("fail", {}).get("count", 0)),
+        "inference_count": int(stats.get("inference_count", 0)),
+        "execution_count": int(stats.get("execution_count", 0)),
+    }
+
+
+def test_chain_rpcs_count_in_the_chain_endpoints_statistics(layers, client) -> None:
+    before = _chain_statistics(client)
+    layers.Chain(chain_request(0, None, [], "x", np.zeros((3, 1, 8, 8), np.float32)))
+    with pytest.raises(grpc.RpcError):
+        layers.Chain(chain_request(2, None, [], "x", np.zeros((1, 1, 8, 8), np.float32)))
+    after = _chain_statistics(client)
+    assert after["success"] - before["success"] == 1
+    assert after["fail"] - before["fail"] == 1
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert after["execution_count"] - before["execution_count"] == 1
