@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
 from .grpc_layers import LayerServicer
+from .launcher import free_port
 from .repository import Repository
 from .settings import Settings
 
@@ -243,18 +243,12 @@ def _worker(settings: Settings, parent: int) -> None:
         raise SystemExit(2) from None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def _run_workers(settings: Settings) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
     security.load_tokens(settings)  # refuse bad access settings once, before any worker starts
     security.server_credentials(settings)
     runtime.requested_providers(settings.device)  # DeviceUnavailable once, here, for a build without CUDA
-    port = settings.port or _free_port(settings.host)
+    port = settings.port or free_port(settings.host)
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from server_harness import free_port
 from tritonclient.utils import InferenceServerException
+
+from layerserve.server.launcher import free_port
 
 
 def start_server(repository: Path, *flags: str) -> tuple[subprocess.Popen, int]:
