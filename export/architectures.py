@@ -8,6 +8,8 @@ them into block names (``00_stem``, ``01_stage1``, ..., ``NN_head``).
   1x1-projection skips) + global-pool head; 1x32x32 -> 10 logits.
 * ``resnet18_shaped``: ResNet-18's layout on 3x224x224 with random weights, for
   benchmarks only (never trained, never committed, never reported as accurate).
+* ``resnet50_shaped``: ResNet-50's layout (bottlenecks, [3, 4, 6, 3], 25.6M
+  parameters) on 3x224x224 with random weights, likewise for benchmarks only.
 """
 
 from __future__ import annotations
@@ -61,6 +63,31 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50's block: 1x1 reduce, 3x3, 1x1 expand (x4), plus a skip (projected when the shape changes)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
 class ResNet(nn.Module):
     """Stem, residual stages (``stage1``...), global average pool and a linear head."""
 
@@ -68,17 +95,24 @@ class ResNet(nn.Module):
         self,
         stem: nn.Sequential,
         widths: tuple[int, ...],
-        blocks_per_stage: int,
+        blocks_per_stage: int | tuple[int, ...],
         classes: int,
+        bottleneck: bool = False,
     ) -> None:
         super().__init__()
         self.stem = stem
+        counts = blocks_per_stage if isinstance(blocks_per_stage, tuple) else (blocks_per_stage,) * len(widths)
         cin = widths[0]
-        for i, width in enumerate(widths, start=1):
+        for i, (width, count) in enumerate(zip(widths, counts, strict=True), start=1):
             stride = 1 if i == 1 else 2
-            blocks = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(blocks_per_stage - 1)]
+            if bottleneck:
+                blocks = [Bottleneck(cin, width, stride)]
+                cin = width * Bottleneck.expansion
+                blocks += [Bottleneck(cin, width) for _ in range(count - 1)]
+            else:
+                blocks = [BasicBlock(cin, width, stride)] + [BasicBlock(width, width) for _ in range(count - 1)]
+                cin = width
             self.add_module(f"stage{i}", nn.Sequential(*blocks))
-            cin = width
         self.stages = len(widths)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
 
@@ -102,13 +136,22 @@ def digits_resnet() -> nn.Module:
 
 def resnet18_shaped() -> nn.Module:
     """ResNet-18's layout (float32 [N,3,224,224] -> [N,1000]) with random weights; benchmarks only."""
-    stem = nn.Sequential(
+    return ResNet(_imagenet_stem(), widths=(64, 128, 256, 512), blocks_per_stage=2, classes=1000)
+
+
+def resnet50_shaped() -> nn.Module:
+    """ResNet-50's layout (float32 [N,3,224,224] -> [N,1000], 25.6M parameters) with random weights; benchmarks only."""
+    return ResNet(_imagenet_stem(), widths=(64, 128, 256, 512), blocks_per_stage=(3, 4, 6, 3), classes=1000,
+                  bottleneck=True)
+
+
+def _imagenet_stem() -> nn.Sequential:
+    return nn.Sequential(
         nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
         nn.BatchNorm2d(64),
         nn.ReLU(),
         nn.MaxPool2d(3, stride=2, padding=1),
     )
-    return ResNet(stem, widths=(64, 128, 256, 512), blocks_per_stage=2, classes=1000)
 
 
 @dataclass(frozen=True)
@@ -135,6 +178,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "resnet18_shaped": Architecture(
         "resnet18_shaped", resnet18_shaped,
         "resnet18_shaped: ResNet-18 layout on 3x224x224, random weights (benchmarks only)",
+        (3, 224, 224), False,
+    ),
+    "resnet50_shaped": Architecture(
+        "resnet50_shaped", resnet50_shaped,
+        "resnet50_shaped: ResNet-50 layout (bottlenecks, 3-4-6-3) on 3x224x224, random weights (benchmarks only)",
         (3, 224, 224), False,
     ),
 }

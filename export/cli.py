@@ -1,4 +1,8 @@
-"""``layerserve train | export | split``: export's subcommands (torch and onnx imported in handlers only)."""
+"""``layerserve train | export | split``: export's subcommands (torch and onnx imported in handlers only).
+
+Refusals (ExportError) print one line, ``layerserve <command>: <what is wrong and what to do>``,
+and exit 2.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,40 @@ if TYPE_CHECKING:
     from layerserve.proto.repository_pb2 import ModelManifest
 
 
+def _depth(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a depth of 1 or more, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a depth of 1 or more, got {value}")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected the per-sample shape like 3,224,224, got {text!r}") from None
+
+
+def _add_image_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("preprocessing recorded in the manifest (layerserve compare --images applies it)")
+    group.add_argument("--resize", type=int, help="shorter side before the centre crop (default: crop/0.875 for "
+                       "RGB, the crop for grey)")
+    group.add_argument("--mean", help="per-channel mean of [0,1] pixels (default: ImageNet's for RGB, 0 for grey)")
+    group.add_argument("--std", help="per-channel std (default: ImageNet's for RGB, 1 for grey)")
+    group.add_argument("--labels", help="class names: a text file with one per line, or a comma-separated list")
+
+
+def _add_depth(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--depth", type=_depth, default=None, metavar="auto|N",
+                        help="module depth of a block: 1 = top-level modules (layer1), 2 = one level finer "
+                        "(layer1.0); auto (default) opens containers that hold most of the model (features)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``export`` and ``split`` to the ``layerserve`` parser."""
     train = subparsers.add_parser("train", help="train a built-in model and write its repository (models/NAME/1)")
@@ -21,22 +59,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--epochs", type=int, default=None, help="override the default epoch count")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=_guarded(_train))
 
-    export = subparsers.add_parser("export", help="export a built-in architecture (untrained, seeded) to ONNX")
-    export.add_argument("name", help="digits_cnn, digits_resnet or resnet18_shaped")
-    export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    export = subparsers.add_parser(
+        "export",
+        help="export your own PyTorch model (--model FILE.py:NAME) to a model repository, or a built-in to ONNX",
+        description="With --model: export your nn.Module (a class or a factory, called without arguments) with the "
+        "dynamo exporter and a dynamic batch, check parity with PyTorch, split it at its own module tree and write "
+        "the model folder --out (version 1 inside). With a built-in NAME: write its untrained ONNX file to --out.",
+    )
+    export.add_argument("name", nargs="?", help="a built-in architecture: digits_cnn, digits_resnet, resnet18_shaped, "
+                        "resnet50_shaped")
+    export.add_argument("--model", metavar="FILE.py:NAME", help="your model: FILE.py:NAME or package.module:NAME")
+    export.add_argument("--input-shape", type=_shape, metavar="C,H,W", help="per-sample input shape (with --model)")
+    export.add_argument("--weights", type=Path, help="state_dict to load (with --model; without it the model is "
+                        "seeded and untrained, and the manifest says so)")
+    export.add_argument("--out", type=Path, required=True, help="with --model: the model folder to write; "
+                        "with NAME: the ONNX file to write")
+    export.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    export.add_argument("--onnx", type=Path, help="with --model: also save the exported full graph here")
     export.add_argument("--seed", type=int, default=0)
-    export.set_defaults(handler=_export)
+    _add_depth(export)
+    _add_image_flags(export)
+    export.set_defaults(handler=_guarded(_export))
 
     split = subparsers.add_parser("split", help="split an ONNX model into blocks and write a model repository")
     split.add_argument("model", type=Path, help="ONNX file with one image input")
     split.add_argument("--out", type=Path, required=True, help="model folder to write (version 1 goes inside)")
-    split.add_argument("--granularity", choices=("layer", "cut"), default="layer")
+    split.add_argument("--granularity", choices=("layer", "cut"), default="layer",
+                       help="layer: one block per module (see --depth); cut: a block between every two cuts")
+    _add_depth(split)
     split.add_argument("--at", default=None, help="comma-separated tensor names to cut at")
     split.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
-    split.add_argument("--check-batch", type=int, default=2, help="random inputs for the chain check")
-    split.set_defaults(handler=_split)
+    split.add_argument("--fixed-batch", action="store_true",
+                       help="keep a fixed batch dimension as it is (default: make it dynamic where that provably "
+                       "changes no answer)")
+    _add_image_flags(split)
+    split.set_defaults(handler=_guarded(_split))
+
+
+def _guarded(handler):
+    """Run ``handler``; an ExportError (or an unwritable path) is one line on stderr and exit code 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .errors import ExportError
+
+        try:
+            return handler(args)
+        except ExportError as error:
+            print(f"layerserve {args.command}: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
+            print(f"layerserve {args.command}: {error.strerror or error}: {error.filename or ''}".rstrip(": "),
+                  file=sys.stderr)
+            return 2
+
+    return run
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -51,14 +129,56 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(text: str | None) -> list[str]:
+    if not text:
+        return []
+    path = Path(text)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _preprocessing(args: argparse.Namespace, input_shape):
+    from .preprocessing import image_preprocessing, parse_floats
+
+    return image_preprocessing(
+        input_shape, args.resize, parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
+    )
+
+
 def _export(args: argparse.Namespace) -> int:
+    from .errors import ExportError
+
+    if (args.model is None) == (args.name is None):
+        raise ExportError("give either a built-in NAME or --model FILE.py:NAME (see layerserve export --help)")
+    if args.model is None:
+        return _export_builtin(args)
+    if args.input_shape is None:
+        raise ExportError("--model needs --input-shape, the per-sample input shape such as 3,224,224")
+    from rich.console import Console
+
+    from .user_model import UserModel, export_user_model
+
+    user = UserModel(args.model, args.input_shape, args.weights, args.seed, _labels(args.labels))
+    name = args.name or args.out.name
+    manifest = export_user_model(user, args.out.parent, name, args.depth, _preprocessing(args, args.input_shape),
+                                 args.onnx)
+    _print_summary(Console(), manifest, args.out / manifest.version)
+    return 0
+
+
+def _export_builtin(args: argparse.Namespace) -> int:
     import onnx
 
     from .architectures import architecture
+    from .errors import ExportError
     from .onnx_export import export_onnx
     from .train import seed_everything
 
-    arch = architecture(args.name)
+    try:
+        arch = architecture(args.name)
+    except KeyError as error:
+        raise ExportError(f"{error.args[0]}; for your own model use --model FILE.py:NAME") from None
     seed_everything(args.seed)
     proto = export_onnx(arch.build(), arch.input_shape)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,23 +188,32 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    import time
+
     from rich.console import Console
 
-    from .graph import SplitError
-    from .imported import split_to_repository
+    from .imported import SplitOptions, split_to_repository
 
-    console = Console()
-    at = [name.strip() for name in args.at.split(",") if name.strip()] if args.at else None
-    try:
-        manifest = split_to_repository(args.model, args.out, args.name, args.granularity, at, args.check_batch)
-    except SplitError as error:
-        print(f"split refused: {error}", file=sys.stderr)
-        return 2
-    _print_summary(console, manifest, args.out / manifest.version)
+    at = tuple(name.strip() for name in args.at.split(",") if name.strip()) if args.at else ()
+    options = SplitOptions(granularity=args.granularity, at=at, depth=args.depth, make_dynamic=not args.fixed_batch)
+    began = time.perf_counter()
+    manifest = split_to_repository(args.model, args.out, args.name, options, _preprocessing_for_file(args),
+                                   _labels(args.labels))
+    _print_summary(Console(), manifest, args.out / manifest.version, time.perf_counter() - began)
     return 0
 
 
-def _print_summary(console: Console, manifest: ModelManifest, folder: Path) -> None:
+def _preprocessing_for_file(args: argparse.Namespace):
+    """The preprocessing flags for a file whose input shape the split finds: None when none were given."""
+    if args.resize is None and args.mean is None and args.std is None:
+        return None
+    from .graph import read_model
+    from .imported import per_sample_shape
+
+    return _preprocessing(args, per_sample_shape(read_model(args.model)))
+
+
+def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seconds: float | None = None) -> None:
     from rich.table import Table
 
     from layerserve.proto.tensors import format_spec
@@ -105,4 +234,12 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path) -> N
     p = manifest.provenance
     if p.heldout_samples:
         console.print(f"held-out accuracy {p.heldout_accuracy:.4f} on {p.heldout_samples} samples (ONNX)")
-    console.print(f"export max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g}")
+    if p.weights:
+        console.print(f"weights: {p.weights}")
+    for note in p.notes:
+        console.print(f"note: {note}")
+    console.print(
+        f"export max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g} "
+        f"({p.chain_max_rel_diff:.2g} of the output's scale)"
+        + (f", {seconds:.1f} s" if seconds is not None else "")
+    )

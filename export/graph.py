@@ -14,20 +14,26 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from .errors import SplitError
+
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
-
-class SplitError(ValueError):
-    """A model cannot be split as asked; the message says why, naming the tensors involved."""
+__all__ = ["LoadedModel", "SplitError", "ancestor_nodes", "consumers", "descendants", "load_model"]
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for splitting: proto (shapes inferred) and its IR view, node-aligned."""
+    """A model ready for splitting: proto (every tensor typed) and its IR view, node-aligned.
+
+    ``fixed_batch`` is None when the graph takes any batch size, else the only one it
+    takes; ``notes`` say what loading changed (IR version, batch dimension).
+    """
 
     proto: onnx.ModelProto
     ir_model: ir.Model
     node_index: dict[ir.Node, int]
+    fixed_batch: int | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def graph(self) -> ir.Graph:
@@ -37,6 +43,13 @@ class LoadedModel:
     def input(self) -> ir.Value:
         """The one image input (``load_model`` refuses models with several)."""
         return self.graph.inputs[0]
+
+    @property
+    def check_sizes(self) -> tuple[int, ...]:
+        """Batch sizes the chain check runs at: two for a dynamic batch, the fixed one otherwise."""
+        from .batch import check_sizes
+
+        return check_sizes(self.fixed_batch)
 
     def value(self, name: str) -> ir.Value:
         """The value called ``name``; SplitError when the graph has none."""
@@ -53,47 +66,52 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     return values
 
 
-def load_model(source: str | Path | onnx.ModelProto) -> LoadedModel:
-    """Load ``source``, infer shapes, and check it has exactly one graph input.
+def read_model(source: str | Path) -> onnx.ModelProto:
+    """An ONNX file with its external data (read from the file's folder); SplitError for anything else."""
+    path = Path(source)
+    if not path.is_file():
+        raise SplitError(f"{source}: no such file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # onnx raises DecodeError, ValueError, ... for garbage
+        first = " ".join(str(error).split())[:200]
+        raise SplitError(f"{source} is not an ONNX model ({type(error).__name__}: {first})") from None
+    if not proto.graph.node:
+        raise SplitError(f"{source} is not an ONNX model (no graph nodes)")
+    return proto
+
+
+def load_model(source: str | Path | onnx.ModelProto, make_dynamic: bool = True) -> LoadedModel:
+    """Load ``source`` and bring it into the form splitting needs (see export/foreign.py, export/batch.py).
 
     Initializers listed as graph inputs (old exporters did this) do not count as
-    inputs. Raises SplitError for a file that is not ONNX, a graph with several inputs,
-    or control-flow nodes (If/Loop/Scan).
+    inputs; old IR versions are raised; a fixed batch dimension is made dynamic
+    when that provably changes nothing (``make_dynamic``), else kept and recorded;
+    tensors ONNX cannot type are typed by ONNX Runtime. Raises SplitError for a file
+    that is not ONNX, a graph with several inputs, a non-float input, control-flow
+    nodes (If/Loop/Scan), or a graph ONNX Runtime cannot run.
     """
-    if isinstance(source, onnx.ModelProto):
-        proto = source
-    else:
-        try:
-            proto = onnx.load(str(source))
-        except Exception as error:  # onnx raises DecodeError, ValueError, ... for garbage
-            raise SplitError(f"{source} is not an ONNX model ({type(error).__name__}: {error})") from None
-        if not proto.graph.node:
-            raise SplitError(f"{source} is not an ONNX model (no graph nodes)")
-    proto = _drop_initializer_inputs(proto)
+    from .batch import check_sizes, resolve_batch
+    from .foreign import infer_types, modernize
+
+    proto = source if isinstance(source, onnx.ModelProto) else read_model(source)
     control_flow = sorted(
         {node.op_type for node in proto.graph.node if any(a.type in _GRAPH_ATTRIBUTES for a in node.attribute)}
     )
     if control_flow:
         # Subgraphs read outer tensors implicitly; cut finding does not follow those edges.
         raise SplitError(f"the graph has control-flow nodes ({', '.join(control_flow)}); splitting them is not supported")
+    proto, notes = modernize(proto)
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
-        raise SplitError(f"the graph has {len(inputs)} inputs ({', '.join(inputs)}); splitting needs exactly one image input")
-    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
+        raise SplitError(f"the graph has {len(inputs)} inputs ({listed}); splitting needs exactly one image input")
+    resolution = resolve_batch(proto, make_dynamic)
+    proto = infer_types(resolution.proto, check_sizes(resolution.fixed))
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
-    return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index)
-
-
-def _drop_initializer_inputs(proto: onnx.ModelProto) -> onnx.ModelProto:
-    initializers = {tensor.name for tensor in proto.graph.initializer}
-    if not any(value.name in initializers for value in proto.graph.input):
-        return proto
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    keep = [value for value in proto.graph.input if value.name not in initializers]
-    del proto.graph.input[:]
-    proto.graph.input.extend(keep)
-    return proto
+    return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,
+                       notes=(*notes, f"batch {resolution.note}"))
 
 
 def consumers(value: ir.Value) -> list[ir.Node]:

@@ -1,61 +1,96 @@
 """Splitting an ONNX file from elsewhere (``layerserve split``) into a model repository.
 
-Contract of :func:`split_to_repository`: load ``source`` (refusing non-ONNX files and
-graphs with several inputs), split it, check the chain on seeded random inputs
-(standard normal, ``check_batch`` samples, symbolic dimensions taken as 1 after the
-batch), and write ``<out>/1``. No samples, no accuracy: the model is "imported".
+Contract of :func:`split_to_repository`: load ``source`` (refusing non-ONNX files,
+graphs with several inputs and what ONNX Runtime cannot run; bringing old IR
+versions, untyped tensors and fixed batch dimensions into shape, see
+export/foreign.py and export/batch.py), split it, check the chain on seeded random
+inputs (standard normal; at batch sizes 1 and 2 when the batch is dynamic, at the
+fixed size otherwise; symbolic dimensions after the batch taken as 1), and write
+``<out>/1``. No samples, no accuracy: the model is "imported".
 """
 
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import onnx
 
-from layerserve.proto.repository_pb2 import ModelManifest, Provenance
-from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
+from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
 
-from .graph import LoadedModel, SplitError, load_model
-from .parity import chain_check
+from .foreign import probe_input
+from .graph import LoadedModel, load_model
+from .parity import CHAIN_TOLERANCE, ChainReport, chain_check
+from .preprocessing import image_preprocessing
 from .repository import write_repository
-from .split import split
+from .split import SplitResult, split
 
 CHECK_SEED = 0
 
 
-def random_inputs(model: LoadedModel, batch: int, seed: int = CHECK_SEED) -> np.ndarray:
-    """Seeded standard-normal inputs of the graph input's shape with batch ``batch``."""
-    value = model.input
-    dims = [batch] + [d if isinstance(d, int) else 1 for d in list(value.shape)[1:]]
-    dtype = numpy_dtype(ONNX_ELEM_TYPES[int(value.dtype)])
-    if dtype.kind != "f":
-        raise SplitError(f"input {value.name!r} is {dtype}; the chain check feeds floating-point images")
-    return np.random.default_rng(seed).standard_normal(dims).astype(dtype)
+@dataclass(frozen=True)
+class SplitOptions:
+    """How to split: granularity (``layer``/``cut``), cut tensors (``at``), module depth (None: auto)."""
+
+    granularity: str = "layer"
+    at: tuple[str, ...] = ()
+    depth: int | None = None
+    make_dynamic: bool = True
+    tolerance: float = CHAIN_TOLERANCE
+
+
+def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResult, ChainReport]:
+    """Split ``model`` and check the chain at every batch size the model is checked at (the worst report)."""
+    result = split(model, options.granularity, list(options.at) or None, options.depth)
+    reports = [
+        chain_check(model.proto, result, probe_input(model.proto, batch, CHECK_SEED)[1], options.tolerance)
+        for batch in model.check_sizes
+    ]
+    return result, max(reports, key=lambda report: report.max_rel_diff)
+
+
+def per_sample_shape(proto: onnx.ModelProto) -> list[int]:
+    """The input's shape after the batch dimension (-1 for symbolic dimensions)."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
 
 
 def split_to_repository(
     source: Path,
     out: Path,
     name: str | None = None,
-    granularity: str = "layer",
-    at: list[str] | None = None,
-    check_batch: int = 2,
+    options: SplitOptions = SplitOptions(),
+    preprocessing: Preprocessing | None = None,
+    labels: list[str] | None = None,
 ) -> ModelManifest:
-    """Split ``source`` and write its repository version ``<out>/1``; SplitError when refused."""
+    """Split ``source`` and write its repository version ``<out>/1``; SplitError when refused.
+
+    ``preprocessing``: how pictures become the input (default: torchvision-style for image inputs).
+    """
     from .builtin import tool_versions
 
-    model = load_model(source)
-    result = split(model, granularity, at)
-    report = chain_check(model.proto, result, random_inputs(model, check_batch))
+    model = load_model(source, options.make_dynamic)
+    result, report = checked_split(model, options)
     provenance = Provenance(
         architecture="imported",
         chain_max_abs_diff=report.max_abs_diff,
+        chain_max_rel_diff=report.max_rel_diff,
         tool_versions=tool_versions(),
         created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
         source=str(source),
         granularity=result.granularity,
+        notes=list(model.notes),
     )
     out = Path(out)
-    return write_repository(out.parent, name or out.name, model.proto, result, provenance,
-                            description=f"imported from {Path(source).name}")
+    return write_repository(
+        out.parent,
+        name or out.name,
+        model.proto,
+        result,
+        provenance,
+        description=f"imported from {Path(source).name}",
+        labels=labels,
+        preprocessing=preprocessing or image_preprocessing(per_sample_shape(model.proto)),
+        fixed_batch=model.fixed_batch,
+    )

@@ -22,6 +22,7 @@ from layerserve.proto.repository_pb2 import (
     Block,
     FileRef,
     ModelManifest,
+    Preprocessing,
     Provenance,
     SampleSet,
     ServingConfig,
@@ -34,6 +35,13 @@ from .stats import bytes_per_sample, flops_per_sample, parameter_count
 
 VERSION = "1"
 SERVING_DEFAULTS = ServingConfig(max_batch_size=64, dynamic_batching=True, max_queue_delay_us=500)
+
+
+def serving_config(fixed_batch: int | None) -> ServingConfig:
+    """The defaults, or for a fixed-batch model Triton's "no batching": max_batch_size 0, nothing merged."""
+    if fixed_batch is None:
+        return ServingConfig(**{field.name: value for field, value in SERVING_DEFAULTS.ListFields()})
+    return ServingConfig(max_batch_size=0, dynamic_batching=False)
 
 
 def tensor_spec(info: onnx.ValueInfoProto) -> TensorSpec:
@@ -69,8 +77,13 @@ def write_repository(
     labels: list[str] | None = None,
     samples: tuple[np.ndarray, np.ndarray, str] | None = None,
     version: str = VERSION,
+    preprocessing: Preprocessing | None = None,
+    fixed_batch: int | None = None,
 ) -> ModelManifest:
-    """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest."""
+    """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest.
+
+    ``fixed_batch``: the only batch size the graph takes (None: any), which decides the serving defaults.
+    """
     version_dir = Path(root) / name / version
     if version_dir.exists():
         shutil.rmtree(version_dir)
@@ -86,9 +99,11 @@ def write_repository(
         outputs=[tensor_spec(o) for o in full.graph.output],
         provenance=provenance,
         labels=labels or [],
-        serving=SERVING_DEFAULTS,
+        serving=serving_config(fixed_batch),
         input_bytes_per_sample=bytes_per_sample(full.graph.input[0]),
     )
+    if preprocessing is not None:
+        manifest.preprocessing.CopyFrom(preprocessing)
     for block in result.blocks:
         path = version_dir / "blocks" / f"{block.name}.onnx"
         onnx.save(block.proto, str(path))

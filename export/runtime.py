@@ -10,6 +10,8 @@ its own copy of this setting (server/ never imports export/).
 
 from __future__ import annotations
 
+import re
+
 import onnxruntime as ort
 
 CPU_PROVIDERS = ["CPUExecutionProvider"]
@@ -37,3 +39,21 @@ def session_options(
 def cpu_session(model: bytes | str, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for serialized ONNX bytes or a file path."""
     return ort.InferenceSession(model, sess_options=options or session_options(), providers=CPU_PROVIDERS)
+
+
+def probe_session(model: bytes) -> ort.InferenceSession:
+    """A CPU session with graph optimizations off: quick to create, every requested tensor computed as written."""
+    options = session_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, sess_options=options, providers=CPU_PROVIDERS)
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+MAX_REASON = 300
+
+
+def describe_runtime_error(error: BaseException) -> str:
+    """ONNX Runtime's message as one bounded line (its ``[ONNXRuntimeError] : 2 : ...`` prefix dropped)."""
+    text = " ".join(str(error).split())
+    text = _ORT_PREFIX.sub("", text)
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"

@@ -2,9 +2,11 @@
 
 Granularities:
 
-* ``layer`` (default): one block per top-level module (``stem``, ``stage1``, ...,
-  ``head``) when the exporter recorded scopes; without scopes, one block per weighted
-  layer (a Conv/Gemm/MatMul with the ops that follow it up to the next one).
+* ``layer`` (default): one block per module at ``depth`` of the model's module tree
+  (``stem``, ``layer1``, ..., ``fc``; export/naming.py says how the automatic depth
+  opens containers such as ``features``) when the exporter recorded scopes; without
+  scopes, one block per weighted layer (a Conv/Gemm/MatMul with the ops that follow
+  it up to the next one).
 * ``cut``: a block between every pair of consecutive single-tensor cuts.
 * ``at``: cut exactly at the named tensors (refused, naming the crossing tensors,
   when one is not a single-tensor cut).
@@ -26,7 +28,7 @@ import onnx_ir as ir
 from .cuts import require_cuts, single_tensor_cuts
 from .extract import extract
 from .graph import LoadedModel, SplitError, descendants
-from .naming import WEIGHTED_OPS, block_label, block_name, top_scope
+from .naming import WEIGHTED_OPS, block_label, block_name, scope_labels
 
 GRANULARITIES = ("layer", "cut", "at")
 
@@ -55,18 +57,26 @@ class SplitResult:
     granularity: str
 
 
-def plan_cuts(model: LoadedModel, granularity: str = "layer", at: list[str] | None = None) -> list[ir.Value]:
-    """The cut tensors for ``granularity`` in graph order (SplitError for an unknown granularity or bad ``at``)."""
+def plan_cuts(
+    model: LoadedModel, granularity: str = "layer", at: list[str] | None = None, depth: int | None = None
+) -> list[ir.Value]:
+    """The cut tensors for ``granularity`` in graph order (SplitError for an unknown granularity or bad ``at``).
+
+    ``depth``: which level of the module tree makes a ``layer`` block (None: automatic).
+    """
     if at:
         return require_cuts(model, at)
     if granularity not in ("layer", "cut"):
         raise SplitError(f"unknown granularity {granularity!r} (use one of {', '.join(GRANULARITIES)})")
+    if depth is not None and depth < 1:
+        raise SplitError(f"depth must be 1 (top-level modules) or more, or auto; got {depth}")
     cuts = single_tensor_cuts(model)
     if granularity == "cut" or not cuts:
         return cuts
     segments = _segments(model, cuts)
-    if any(top_scope(node) for segment in segments for node in segment):
-        labels = _scope_labels(segments)
+    scopes = scope_labels(list(model.graph), depth)
+    if any(scopes.values()):
+        labels = _segment_labels(segments, scopes)
         return [cut for i, cut in enumerate(cuts) if labels[i] != labels[i + 1]]
     # No scopes: close a block before each weighted op, so each block holds one layer;
     # a graph without weighted ops falls back to every cut.
@@ -87,25 +97,28 @@ def _segments(model: LoadedModel, cuts: list[ir.Value]) -> list[list[ir.Node]]:
     return segments
 
 
-def _scope_labels(segments: list[list[ir.Node]]) -> list[str | None]:
-    """Each segment's top-level scope (its last scoped node's); unscoped segments inherit the previous one."""
+def _segment_labels(segments: list[list[ir.Node]], scopes: dict[ir.Node, str | None]) -> list[str | None]:
+    """Each segment's scope (its last scoped node's); unscoped segments inherit the previous one."""
     labels: list[str | None] = []
     for segment in segments:
-        scope = next((top_scope(n) for n in reversed(segment) if top_scope(n)), None)
+        scope = next((scopes[n] for n in reversed(segment) if scopes[n]), None)
         labels.append(scope if scope is not None else (labels[-1] if labels else None))
     return labels
 
 
-def split(model: LoadedModel, granularity: str = "layer", at: list[str] | None = None) -> SplitResult:
+def split(
+    model: LoadedModel, granularity: str = "layer", at: list[str] | None = None, depth: int | None = None
+) -> SplitResult:
     """Split ``model`` into standalone blocks whose chain computes the full graph."""
-    cuts = plan_cuts(model, granularity, at)
+    cuts = plan_cuts(model, granularity, at, depth)
     if not cuts and granularity != "cut":
         raise SplitError("the graph has no single-tensor cut between its input and its output")
     graph_input = model.input.name
     graph_outputs = [v.name for v in model.graph.outputs]
     segments = _segments(model, cuts)
     taken = {v.name for node in model.graph for v in node.outputs} | {graph_input}
-    names = [block_name(i, block_label(segment, granularity)) for i, segment in enumerate(segments)]
+    labels = scope_labels(list(model.graph), depth) if granularity == "layer" else None
+    names = [block_name(i, block_label(segment, labels)) for i, segment in enumerate(segments)]
     bounds = [[graph_input], *[[cut.name] for cut in cuts], graph_outputs]
     rename = {}
     for i, cut in enumerate(cuts):

@@ -27,7 +27,7 @@ from . import grpc_service_pb2 as grpc__service__pb2
 from . import repository_pb2 as repository__pb2
 
 
-DESCRIPTOR = _private_pool.POOL.AddSerializedFile(b'\n\x10layerserve.proto\x12\rlayerserve.v1\x1a\x12grpc_service.proto\x1a\x10repository.proto\">\n\x11ListBlocksRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xa5\x01\n\x12ListBlocksResponse\x12.\n\x08manifest\x18\x01 \x01(\x0b\x32\x1c.layerserve.v1.ModelManifest\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x17\n\x0f\x66ull_model_name\x18\x03 \x01(\t\x12\x19\n\x11\x62lock_model_names\x18\x04 \x03(\t\x12\x18\n\x10\x63hain_model_name\x18\x05 \x01(\t\"\xa1\x01\n\x0c\x43hainRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x11\n\x04stop\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04keep\x18\x05 \x03(\x05\x12-\n\x07request\x18\x06 \x01(\x0b\x32\x1c.inference.ModelInferRequestB\x07\n\x05_stop\"T\n\rChainResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1d.inference.ModelInferResponse\x12\x12\n\nblocks_run\x18\x02 \x03(\t2\xa9\x01\n\x0cLayerService\x12S\n\nListBlocks\x12 .layerserve.v1.ListBlocksRequest\x1a!.layerserve.v1.ListBlocksResponse\"\x00\x12\x44\n\x05\x43hain\x12\x1b.layerserve.v1.ChainRequest\x1a\x1c.layerserve.v1.ChainResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _private_pool.POOL.AddSerializedFile(b'\n\x10layerserve.proto\x12\rlayerserve.v1\x1a\x12grpc_service.proto\x1a\x10repository.proto\">\n\x11ListBlocksRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xc0\x01\n\x12ListBlocksResponse\x12.\n\x08manifest\x18\x01 \x01(\x0b\x32\x1c.layerserve.v1.ModelManifest\x12\x11\n\tproviders\x18\x02 \x03(\t\x12\x17\n\x0f\x66ull_model_name\x18\x03 \x01(\t\x12\x19\n\x11\x62lock_model_names\x18\x04 \x03(\t\x12\x18\n\x10\x63hain_model_name\x18\x05 \x01(\t\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x03\"\xa1\x01\n\x0c\x43hainRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\x05\x12\x11\n\x04stop\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04keep\x18\x05 \x03(\x05\x12-\n\x07request\x18\x06 \x01(\x0b\x32\x1c.inference.ModelInferRequestB\x07\n\x05_stop\"\x7f\n\rChainResponse\x12/\n\x08response\x18\x01 \x01(\x0b\x32\x1d.inference.ModelInferResponse\x12\x12\n\nblocks_run\x18\x02 \x03(\t\x12)\n\x04kept\x18\x03 \x03(\x0b\x32\x1b.layerserve.v1.BlockOutputs\"g\n\x0c\x42lockOutputs\x12\x13\n\x0b\x62lock_index\x18\x01 \x01(\x05\x12\x12\n\nblock_name\x18\x02 \x01(\t\x12.\n\x07outputs\x18\x03 \x01(\x0b\x32\x1d.inference.ModelInferResponse2\xa9\x01\n\x0cLayerService\x12S\n\nListBlocks\x12 .layerserve.v1.ListBlocksRequest\x1a!.layerserve.v1.ListBlocksResponse\"\x00\x12\x44\n\x05\x43hain\x12\x1b.layerserve.v1.ChainRequest\x1a\x1c.layerserve.v1.ChainResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBLOCKSREQUEST']._serialized_start=73
   _globals['_LISTBLOCKSREQUEST']._serialized_end=135
   _globals['_LISTBLOCKSRESPONSE']._serialized_start=138
-  _globals['_LISTBLOCKSRESPONSE']._serialized_end=303
-  _globals['_CHAINREQUEST']._serialized_start=306
-  _globals['_CHAINREQUEST']._serialized_end=467
-  _globals['_CHAINRESPONSE']._serialized_start=469
-  _globals['_CHAINRESPONSE']._serialized_end=553
-  _globals['_LAYERSERVICE']._serialized_start=556
-  _globals['_LAYERSERVICE']._serialized_end=725
+  _globals['_LISTBLOCKSRESPONSE']._serialized_end=330
+  _globals['_CHAINREQUEST']._serialized_start=333
+  _globals['_CHAINREQUEST']._serialized_end=494
+  _globals['_CHAINRESPONSE']._serialized_start=496
+  _globals['_CHAINRESPONSE']._serialized_end=623
+  _globals['_BLOCKOUTPUTS']._serialized_start=625
+  _globals['_BLOCKOUTPUTS']._serialized_end=728
+  _globals['_LAYERSERVICE']._serialized_start=731
+  _globals['_LAYERSERVICE']._serialized_end=900
 # @@protoc_insertion_point(module_scope)

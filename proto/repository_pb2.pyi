@@ -53,7 +53,7 @@ class Block(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., file: _Optional[_Union[FileRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., parameters: _Optional[int] = ..., flops: _Optional[int] = ..., output_bytes_per_sample: _Optional[int] = ..., op_types: _Optional[_Iterable[str]] = ..., first_node: _Optional[str] = ..., last_node: _Optional[str] = ...) -> None: ...
 
 class Provenance(_message.Message):
-    __slots__ = ("architecture", "dataset", "seed", "heldout_accuracy", "export_max_abs_diff", "chain_max_abs_diff", "tool_versions", "created", "source", "granularity", "training_epochs", "train_samples", "heldout_samples")
+    __slots__ = ("architecture", "dataset", "seed", "heldout_accuracy", "export_max_abs_diff", "chain_max_abs_diff", "tool_versions", "created", "source", "granularity", "training_epochs", "train_samples", "heldout_samples", "chain_max_rel_diff", "notes", "weights")
     class ToolVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,9 @@ class Provenance(_message.Message):
     TRAINING_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     HELDOUT_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     architecture: str
     dataset: str
     seed: int
@@ -87,7 +90,28 @@ class Provenance(_message.Message):
     training_epochs: int
     train_samples: int
     heldout_samples: int
-    def __init__(self, architecture: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., heldout_accuracy: _Optional[float] = ..., export_max_abs_diff: _Optional[float] = ..., chain_max_abs_diff: _Optional[float] = ..., tool_versions: _Optional[_Mapping[str, str]] = ..., created: _Optional[str] = ..., source: _Optional[str] = ..., granularity: _Optional[str] = ..., training_epochs: _Optional[int] = ..., train_samples: _Optional[int] = ..., heldout_samples: _Optional[int] = ...) -> None: ...
+    chain_max_rel_diff: float
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    weights: str
+    def __init__(self, architecture: _Optional[str] = ..., dataset: _Optional[str] = ..., seed: _Optional[int] = ..., heldout_accuracy: _Optional[float] = ..., export_max_abs_diff: _Optional[float] = ..., chain_max_abs_diff: _Optional[float] = ..., tool_versions: _Optional[_Mapping[str, str]] = ..., created: _Optional[str] = ..., source: _Optional[str] = ..., granularity: _Optional[str] = ..., training_epochs: _Optional[int] = ..., train_samples: _Optional[int] = ..., heldout_samples: _Optional[int] = ..., chain_max_rel_diff: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ..., weights: _Optional[str] = ...) -> None: ...
+
+class Preprocessing(_message.Message):
+    __slots__ = ("resize", "crop_height", "crop_width", "mean", "std", "color", "background")
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CROP_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    COLOR_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    resize: int
+    crop_height: int
+    crop_width: int
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    color: str
+    background: str
+    def __init__(self, resize: _Optional[int] = ..., crop_height: _Optional[int] = ..., crop_width: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., color: _Optional[str] = ..., background: _Optional[str] = ...) -> None: ...
 
 class SampleSet(_message.Message):
     __slots__ = ("file", "count", "description")
@@ -112,7 +136,7 @@ class ServingConfig(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., dynamic_batching: _Optional[bool] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("format", "name", "version", "description", "full_model", "inputs", "outputs", "blocks", "provenance", "samples", "labels", "serving", "input_bytes_per_sample")
+    __slots__ = ("format", "name", "version", "description", "full_model", "inputs", "outputs", "blocks", "provenance", "samples", "labels", "serving", "input_bytes_per_sample", "preprocessing")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +150,7 @@ class ModelManifest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     INPUT_BYTES_PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     format: int
     name: str
     version: str
@@ -139,4 +164,5 @@ class ModelManifest(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[str]
     serving: ServingConfig
     input_bytes_per_sample: int
-    def __init__(self, format: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., full_model: _Optional[_Union[FileRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., samples: _Optional[_Union[SampleSet, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., serving: _Optional[_Union[ServingConfig, _Mapping]] = ..., input_bytes_per_sample: _Optional[int] = ...) -> None: ...
+    preprocessing: Preprocessing
+    def __init__(self, format: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., full_model: _Optional[_Union[FileRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., samples: _Optional[_Union[SampleSet, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., serving: _Optional[_Union[ServingConfig, _Mapping]] = ..., input_bytes_per_sample: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ...) -> None: ...

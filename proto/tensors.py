@@ -130,6 +130,12 @@ class TensorSpec:
     def __str__(self) -> str:
         return format_spec(self.datatype, self.shape)
 
+    def row_bytes(self) -> int | None:
+        """Bytes of one row (every dimension after the first); None when one of them is free (-1)."""
+        if any(d < 0 for d in self.shape[1:]):
+            return None
+        return math.prod(self.shape[1:]) * numpy_dtype(self.datatype).itemsize
+
     def matches(self, shape: Sequence[int]) -> bool:
         """Whether a concrete ``shape`` fits this spec (same rank, fixed dimensions equal)."""
         return len(shape) == len(self.shape) and all(

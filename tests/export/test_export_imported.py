@@ -10,8 +10,8 @@ import pytest
 
 from layerserve.cli.main import main
 from layerserve.export.cuts import crossing_tensors, single_tensor_cuts
+from layerserve.export.foreign import probe_input
 from layerserve.export.graph import load_model
-from layerserve.export.imported import random_inputs
 from layerserve.export.parity import chain_check
 from layerserve.export.runtime import cpu_session
 from layerserve.export.split import split
@@ -100,7 +100,7 @@ def test_each_cut_of_a_foreign_model_splits_alone_with_parity(foreign: Path) -> 
     cuts = single_tensor_cuts(model)
     # Inside the Inception and dense blocks every tensor has a sibling branch: no cut there.
     assert not any(cut.producer().name.startswith(("/mixed/b", "/mixed/pool", "/dense/layers")) for cut in cuts)
-    x = random_inputs(model, 2)
+    _, x = probe_input(model.proto, 2)
     for cut in cuts:
         assert crossing_tensors(model, cut) == []
         assert chain_check(model.proto, split(model, at=[cut.name]), x).max_abs_diff <= 1e-5
@@ -142,4 +142,4 @@ def test_layer_granularity_without_scopes_gives_one_block_per_weighted_layer(for
     model = load_model(proto)
     result = split(model, "layer")
     assert [b.name for b in result.blocks] == ["00_conv", "01_conv", "02_conv", "03_gemm"]
-    assert chain_check(model.proto, result, random_inputs(model, 2)).max_abs_diff <= 1e-5
+    assert chain_check(model.proto, result, probe_input(model.proto, 2)[1]).max_abs_diff <= 1e-5

@@ -62,9 +62,13 @@ def test_chain_middle_blocks_with_kept_activation(layers, tiny_repository: Path)
     answer = layers.Chain(chain_request(1, None, [1], "h1", h1))
     assert list(answer.blocks_run) == ["01_stage1", "02_head"]
     outputs = tensors.outputs_by_name(answer.response)
-    assert list(outputs) == ["logits", "01_stage1/h2"]
+    assert list(outputs) == ["logits"]
     np.testing.assert_allclose(outputs["logits"], logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(outputs["01_stage1/h2"], h2, rtol=1e-5, atol=1e-5)
+    # Kept activations travel in their own field, under the block's and the tensor's own names.
+    assert [(k.block_index, k.block_name) for k in answer.kept] == [(1, "01_stage1")]
+    kept = tensors.outputs_by_name(answer.kept[0].outputs)
+    assert list(kept) == ["h2"]
+    np.testing.assert_allclose(kept["h2"], h2, rtol=1e-5, atol=1e-5)
     first_only = tensors.outputs_by_name(layers.Chain(chain_request(0, 1, [], "x", x)).response)
     np.testing.assert_allclose(first_only["h1"], h1, rtol=1e-5, atol=1e-5)
 

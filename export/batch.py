@@ -1,0 +1,180 @@
+"""The batch dimension of a graph from elsewhere: dynamic, made dynamic, or honestly fixed.
+
+``torch.onnx.export(model, x, "m.onnx")`` (the TorchScript-based exporter without
+``dynamic_axes``) writes a graph whose input is ``[1, 3, 224, 224]`` and whose
+Reshapes carry the 1 in constant shapes (``[1, -1]`` for a flatten, ``[1, 2, 24,
+28, 28]`` for a channel shuffle). Served as if the batch were free, merged
+requests break inside those Reshapes.
+
+:func:`resolve_batch` decides, by running the graph on ONNX Runtime:
+
+* the input's first dimension is symbolic and the graph runs at two batch sizes,
+  with each row's answer independent of the others: **dynamic**, unchanged;
+* otherwise, when ``make_dynamic`` allows: the first dimension of the input and
+  the outputs becomes the symbolic ``batch`` and every input-dependent Reshape
+  whose constant target shape starts with the fixed batch gets ``0`` there
+  (ONNX's "copy this dimension from the input"). The rewrite is kept only when
+  the new graph, at the fixed batch, at 1 row and at one row more, gives each row
+  exactly what the original graph gives it: **made dynamic**;
+* else **fixed**: the manifest says the fixed size, the server never merges
+  requests for it, and other batch sizes are refused with expected and got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import SplitError
+from .foreign import BATCH_DIM, probe_input
+
+# Rows of the rewritten graph must match the original's this closely (relative to the output's scale).
+ROW_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class BatchResolution:
+    """The graph to split and serve, and what its batch dimension is."""
+
+    proto: onnx.ModelProto
+    # None: dynamic (any batch); an int: the only batch size the graph accepts.
+    fixed: int | None
+    note: str
+
+
+def check_sizes(fixed: int | None) -> tuple[int, ...]:
+    """Batch sizes a graph is run at to check it: two for a dynamic batch, the fixed one otherwise."""
+    return (1, 2) if fixed is None else (fixed,)
+
+
+def declared_batch(proto: onnx.ModelProto) -> int | None:
+    """The input's first dimension when it is a number, None when it is symbolic."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return None
+
+
+def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchResolution:
+    """Decide the batch dimension of ``proto`` (see the module docstring); SplitError if the graph does not run."""
+    declared = declared_batch(proto)
+    if declared is None:
+        failure = _row_independence_failure(proto, proto, 1)
+        if failure is None:
+            return BatchResolution(proto, None, "dynamic")
+        # Symbolic in name only: something inside is fixed at one row.
+        fixed, reason = 1, f"declared dynamic, but {failure}"
+        original = _with_batch(proto, 1)
+    else:
+        fixed, reason, original = declared, f"fixed at {declared} in the graph", proto
+    if make_dynamic:
+        candidate, rewritten = _dynamic_candidate(original, fixed)
+        if _row_independence_failure(original, candidate, fixed) is None:
+            what = f"{rewritten} Reshape target shape{'s' if rewritten != 1 else ''} rewritten" if rewritten else "no rewrite needed"
+            return BatchResolution(candidate, None, f"made dynamic ({reason}; {what}; checked row by row)")
+    return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {fixed} rows)")
+
+
+def _with_batch(proto: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for value in [copy.graph.input[0], *copy.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = size
+    return copy
+
+
+def _input_dependent(graph: onnx.GraphProto) -> set[str]:
+    found = {graph.input[0].name}
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if any(name in found for name in node.input):
+            found.update(name for name in node.output if name)
+    return found
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {tensor.name: tensor for tensor in graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and node.output:
+                arrays[node.output[0]] = numpy_helper.to_array(value)
+    arrays.update({name: numpy_helper.to_array(tensor) for name, tensor in values.items()})
+    return arrays
+
+
+def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelProto, int]:
+    """``proto`` with a symbolic batch on its input and outputs and batch-carrying Reshape shapes rewritten."""
+    candidate = onnx.ModelProto()
+    candidate.CopyFrom(proto)
+    graph = candidate.graph
+    for value in [graph.input[0], *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims and (not dims[0].HasField("dim_value") or dims[0].dim_value == fixed):
+            dims[0].Clear()
+            dims[0].dim_param = BATCH_DIM
+    del graph.value_info[:]  # shapes inferred for the fixed batch are stale
+    dependent = _input_dependent(graph)
+    constants = _constants(graph)
+    taken = {name for node in graph.node for name in [*node.input, *node.output]} | set(constants)
+    rewritten = 0
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in dependent:
+            continue
+        shape = constants.get(node.input[1])
+        if shape is None or shape.ndim != 1 or len(shape) == 0 or int(shape[0]) != fixed:
+            continue
+        allow_zero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
+        if allow_zero:
+            continue  # 0 would mean a zero-sized dimension, not "copy"
+        new_shape = shape.copy()
+        new_shape[0] = 0
+        name = _fresh(f"{node.input[1]}_dynamic_batch", taken)
+        graph.initializer.append(numpy_helper.from_array(new_shape.astype(np.int64), name))
+        node.input[1] = name
+        rewritten += 1
+    return candidate, rewritten
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    candidate, index = name, 1
+    while candidate in taken:
+        candidate, index = f"{name}_{index}", index + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _row_independence_failure(original: onnx.ModelProto, candidate: onnx.ModelProto, fixed: int) -> str | None:
+    """None when ``candidate`` gives every row what ``original`` gives it at ``fixed`` rows, at ``fixed``, 1 and
+    ``fixed + 1`` rows; otherwise why not (one line)."""
+    from .runtime import cpu_session, describe_runtime_error
+
+    try:
+        reference_session = cpu_session(original.SerializeToString())
+        name, rows = probe_input(original, fixed)
+        reference = reference_session.run(None, {name: rows})
+    except SplitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
+    try:
+        session = cpu_session(candidate.SerializeToString())
+        for size in sorted({fixed, 1, fixed + 1}):
+            picks = np.arange(size) % fixed
+            got = session.run(None, {name: rows[picks]})
+            for want, have in zip(reference, got, strict=True):
+                want = want[picks]
+                if have.shape != want.shape:
+                    return f"at {size} rows an output is {list(have.shape)}, expected {list(want.shape)}"
+                scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
+                if want.size and float(np.max(np.abs(have - want))) > ROW_TOLERANCE * scale:
+                    return f"at {size} rows the answers differ from one row at a time"
+    except Exception as error:  # noqa: BLE001 - a graph that does not run at that size
+        return f"it does not run at another batch size ({describe_runtime_error(error)})"
+    return None

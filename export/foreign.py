@@ -1,0 +1,152 @@
+"""Bringing ONNX files from elsewhere into the form splitting needs, losslessly.
+
+Users bring graphs from the ONNX Model Zoo era (IR version 3, initializers listed
+as graph inputs, or IR 3 without them, which the checker refuses although ONNX
+Runtime runs it), graphs whose tensors ONNX's shape inference cannot type, and
+weights stored as external data. What ONNX Runtime runs, splitting should accept:
+
+* :func:`modernize` drops initializers from the graph inputs and raises the IR
+  version to at least 4 (where initializers need not be inputs). Nothing about
+  the computation changes.
+* :func:`infer_types` runs ONNX's shape inference and, for the tensors it leaves
+  untyped, asks ONNX Runtime: the probe graph outputs those tensors, and their
+  types and shapes come from running it at two batch sizes (a dimension that
+  follows the batch is the batch).
+
+External data is read by ``onnx.load`` from the model file's folder; blocks are
+written self-contained.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
+
+from .errors import SplitError
+
+MIN_IR_VERSION = 4
+# ONNX Runtime runs the default domain from opset 7 on.
+MIN_OPSET = 7
+BATCH_DIM = "batch"
+
+
+def modernize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy with initializers removed from the inputs and IR version >= 4; notes say what changed."""
+    notes: list[str] = []
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and opset < MIN_OPSET:
+        raise SplitError(
+            f"the graph uses opset {opset}; ONNX Runtime runs opset {MIN_OPSET} and later: convert it first with "
+            f"onnx.version_converter.convert_version(model, {MIN_OPSET})"
+        )
+    proto = _copy(proto)
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    listed = [value for value in proto.graph.input if value.name in initializers]
+    if listed:
+        keep = [value for value in proto.graph.input if value.name not in initializers]
+        del proto.graph.input[:]
+        proto.graph.input.extend(keep)
+        notes.append(f"{len(listed)} initializers removed from the graph inputs")
+    if proto.ir_version < MIN_IR_VERSION:
+        notes.append(f"IR version {proto.ir_version} raised to {MIN_IR_VERSION}")
+        proto.ir_version = MIN_IR_VERSION
+    return proto, notes
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
+
+
+def shape_inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX shape inference with data propagation; the graph unchanged when inference itself fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference errors on graphs ONNX Runtime still runs
+        return proto
+
+
+def _typed(info: onnx.ValueInfoProto) -> bool:
+    tensor = info.type.tensor_type
+    return (
+        info.type.HasField("tensor_type")
+        and tensor.elem_type != 0
+        and tensor.HasField("shape")
+        and all(d.HasField("dim_value") or d.HasField("dim_param") for d in tensor.shape.dim)
+    )
+
+
+def untyped_tensors(proto: onnx.ModelProto) -> list[str]:
+    """Node outputs with no complete type and shape after inference (graph outputs included)."""
+    known = {info.name for info in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input] if _typed(info)}
+    return [name for node in proto.graph.node for name in node.output if name and name not in known]
+
+
+def infer_types(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> onnx.ModelProto:
+    """``proto`` with every node output typed: ONNX's inference first, ONNX Runtime runs for the rest.
+
+    ``batch_sizes``: the batch sizes the graph accepts (two for a dynamic batch, one for
+    a fixed one). A dimension that differs between the runs is the symbolic ``batch``.
+    """
+    proto = shape_inferred(proto)
+    missing = untyped_tensors(proto)
+    if not missing:
+        return proto
+    runs = [_probe(proto, missing, batch) for batch in batch_sizes]
+    infos = {info.name: index for index, info in enumerate(proto.graph.value_info)}
+    outputs = {info.name: info for info in proto.graph.output}
+    for name in missing:
+        arrays = [run[name] for run in runs]
+        dims: list[int | str] = []
+        for axis, size in enumerate(arrays[0].shape):
+            varies = any(a.ndim != arrays[0].ndim or a.shape[axis] != size for a in arrays[1:])
+            dims.append(BATCH_DIM if varies and axis == 0 else size)
+        elem = helper.np_dtype_to_tensor_dtype(arrays[0].dtype)
+        info = helper.make_tensor_value_info(name, elem, dims)
+        if name in outputs:
+            outputs[name].CopyFrom(info)
+        elif name in infos:
+            proto.graph.value_info[infos[name]].CopyFrom(info)
+        else:
+            proto.graph.value_info.append(info)
+    return proto
+
+
+def probe_input(proto: onnx.ModelProto, batch: int, seed: int = 0) -> tuple[str, np.ndarray]:
+    """The graph input's name and seeded standard-normal data with ``batch`` rows (other free dimensions 1)."""
+    value = proto.graph.input[0]
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+    if not dims:
+        raise SplitError(f"input {value.name!r} is a scalar; splitting needs a batched image input [N,C,H,W]")
+    dims[0] = batch
+    datatype = ONNX_ELEM_TYPES.get(tensor.elem_type, str(tensor.elem_type))
+    dtype = numpy_dtype(datatype) if datatype in ONNX_ELEM_TYPES.values() else None
+    if dtype is None or dtype.kind != "f":
+        raise SplitError(
+            f"input {value.name!r} is {datatype}; layerserve splits models whose one input is a floating-point image"
+        )
+    return value.name, np.random.default_rng(seed).standard_normal(dims).astype(dtype)
+
+
+def _probe(proto: onnx.ModelProto, names: list[str], batch: int) -> dict[str, np.ndarray]:
+    from .runtime import describe_runtime_error, probe_session
+
+    probe = _copy(proto)
+    present = {info.name for info in probe.graph.output}
+    for name in names:
+        if name not in present:
+            probe.graph.output.add().name = name  # untyped: ONNX Runtime types it
+    try:
+        session = probe_session(probe.SerializeToString())
+        input_name, data = probe_input(proto, batch)
+        values = session.run(names, {input_name: data})
+    except SplitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        raise SplitError(f"ONNX Runtime cannot run the graph to type its tensors: {describe_runtime_error(error)}") from None
+    return dict(zip(names, values, strict=True))

@@ -1,0 +1,68 @@
+"""The preprocessing recorded in a manifest: how a picture becomes the model's input.
+
+Defaults follow what torchvision users know: for a 3-channel input of H x W,
+``Resize(round(min(H, W) / 0.875))``, ``CenterCrop((H, W))``, ``ToTensor()`` and
+ImageNet's ``Normalize(mean, std)``; for a 1-channel input, resize straight to the
+crop, grey levels in [0, 1], no normalisation. Each can be overridden at export
+time (``--resize``, ``--mean``, ``--std``), and ``layerserve compare --images``
+applies what the manifest says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from layerserve.proto.repository_pb2 import Preprocessing
+
+from .errors import ExportError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's ImageNet evaluation transforms: Resize(256), CenterCrop(224).
+CROP_FRACTION = 224 / 256
+
+
+def image_preprocessing(
+    input_shape: Sequence[int],
+    resize: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    background: str = "",
+) -> Preprocessing | None:
+    """Preprocessing for an input of per-sample shape ``[C, H, W]``; None when it is not an image.
+
+    Raises ExportError when ``mean``/``std`` do not have one value per channel, or a std is 0.
+    """
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3) or min(input_shape[1:]) <= 0:
+        if resize is not None or mean is not None or std is not None:
+            raise ExportError(
+                f"--resize/--mean/--std describe image inputs [C,H,W] with 1 or 3 channels; this input is {list(input_shape)}"
+            )
+        return None
+    channels, height, width = (int(d) for d in input_shape)
+    grey = channels == 1
+    if resize is None:
+        resize = min(height, width) if grey else round(min(height, width) / CROP_FRACTION)
+    mean = list(mean) if mean is not None else ([0.0] if grey else list(IMAGENET_MEAN))
+    std = list(std) if std is not None else ([1.0] if grey else list(IMAGENET_STD))
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ExportError(f"--{name} needs {channels} value{'s' if channels > 1 else ''} (one per channel), got {values}")
+    if any(value == 0 for value in std):
+        raise ExportError(f"--std values must not be 0, got {std}")
+    if resize < min(height, width):
+        raise ExportError(f"--resize {resize} is smaller than the {height}x{width} crop")
+    return Preprocessing(
+        resize=resize, crop_height=height, crop_width=width, mean=mean, std=std,
+        color="L" if grey else "RGB", background=background,
+    )
+
+
+def parse_floats(text: str | None, flag: str) -> list[float] | None:
+    """``"0.485,0.456,0.406"`` -> floats; ExportError naming ``flag`` when it does not parse."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ExportError(f"{flag} takes comma-separated numbers like 0.485,0.456,0.406, not {text!r}") from None
