@@ -4,8 +4,11 @@ The API reads like the protocol (``is_server_live``, ``model_metadata``, ``infer
 and adds the layer-level calls (``blocks``, ``chain``, ``final_only``). Every failed
 RPC raises :class:`~layerserve.client.errors.ServerError` with the server's status
 code and message, unchanged. Tensors are encoded by ``layerserve.proto.tensors``
-(raw contents); requests larger than ``batch_size`` rows are split along axis 0
-and the answers concatenated, so callers may pass a whole data set.
+(raw contents). Inputs are split along axis 0 into requests the model and the
+wire can take, and the answers concatenated, so callers may pass a whole data
+set: at most ``batch_size`` rows, exactly the model's batch when it is fixed, and
+never more than fits the smaller of the client's and the server's message limit
+(client/sizing.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .errors import ServerError
 from .fit import fit as fit_to
 from .fit import per_sample
 from .placement import Placement
+from .sizing import rows_per_request, total_row_bytes
 
 Where = Literal["client", "server"]
 Response = TypeVar("Response")
@@ -57,6 +61,8 @@ class ModelBlocks:
     full_model_name: str
     block_model_names: tuple[str, ...]
     chain_model_name: str
+    # The server's message limit in bytes (0: not advertised).
+    max_message_bytes: int = 0
 
     @property
     def blocks(self) -> Sequence[Block]:
@@ -88,27 +94,51 @@ class ModelBlocks:
         spec = self.blocks[index].inputs[0]
         return TensorSpec(spec.name, spec.datatype, tuple(spec.shape))
 
+    def output_specs(self, index: int) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in self.blocks[index].outputs)
+
+
+def fixed_batch(specs: Sequence[TensorSpec]) -> int | None:
+    """The batch size a model's inputs fix (their first dimension), None when it is free (-1)."""
+    sizes = {spec.shape[0] for spec in specs if spec.shape}
+    return sizes.pop() if len(sizes) == 1 and next(iter(sizes)) > 0 else None
+
+
+def _row_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    return sum(a.nbytes // len(a) for a in arrays.values() if a.ndim and len(a))
+
 
 @dataclass
 class ChainResult:
     """Output of blocks ``[start, stop)`` plus the kept activations.
 
     ``outputs`` holds the last block's outputs by tensor name; ``kept`` the
-    activations asked for, named ``"<block name>/<tensor>"`` in block order;
-    ``addresses`` which server ran each block (block name -> address).
+    activations asked for, by block name then tensor name, in block order (tensor
+    names are kept as the graph has them, ``/`` and all); ``addresses`` which server
+    ran each block (block name -> address).
     """
 
     outputs: dict[str, np.ndarray]
-    kept: dict[str, np.ndarray] = field(default_factory=dict)
+    kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     blocks_run: list[str] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
 
     @property
     def output(self) -> np.ndarray:
         """The only output of the last block (ValueError if it has several)."""
-        if len(self.outputs) != 1:
-            raise ValueError(f"the last block has {len(self.outputs)} outputs: {list(self.outputs)}")
-        return next(iter(self.outputs.values()))
+        return _only(self.outputs, "the last block")
+
+    def kept_output(self, block: str) -> np.ndarray:
+        """The only kept output of ``block`` (KeyError if it was not kept, ValueError if it has several)."""
+        if block not in self.kept:
+            raise KeyError(f"block {block!r} was not kept (kept: {list(self.kept)})")
+        return _only(self.kept[block], f"block {block!r}")
+
+
+def _only(outputs: Mapping[str, np.ndarray], what: str) -> np.ndarray:
+    if len(outputs) != 1:
+        raise ValueError(f"{what} has {len(outputs)} outputs: {list(outputs)}")
+    return next(iter(outputs.values()))
 
 
 def _batches(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
@@ -160,8 +190,10 @@ class LayerClient:
         self.batch_size = batch_size
         self._metadata = call_metadata(self.settings)
         self._endpoints: dict[str, _Endpoint] = {}
-        self._model_metadata: dict[tuple[str, str], ModelMetadata] = {}
+        self._model_metadata: dict[tuple[str, str, str], ModelMetadata] = {}
         self._blocks: dict[tuple[str, str], ModelBlocks] = {}
+        # address -> the server's advertised message limit (0: none advertised)
+        self._server_limits: dict[str, int] = {}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -217,8 +249,8 @@ class LayerClient:
         return list(self._call(self._endpoint().inference.RepositoryIndex, request, "RepositoryIndex").models)
 
     def model_metadata(self, model: str, version: str = "", address: str | None = None) -> ModelMetadata:
-        """ModelMetadata for ``model``, cached per (model, version)."""
-        key = (model, version)
+        """ModelMetadata for ``model``, cached per (model, version, server)."""
+        key = (model, version, address or self.address)
         if key not in self._model_metadata:
             request = pb.ModelMetadataRequest(name=model, version=version)
             answer = self._call(self._endpoint(address).inference.ModelMetadata, request, "ModelMetadata")
@@ -243,6 +275,7 @@ class LayerClient:
         if key not in self._blocks:
             request = lpb.ListBlocksRequest(model_name=model, model_version=version)
             answer = self._call(self._endpoint().layers.ListBlocks, request, "ListBlocks")
+            self._server_limits.setdefault(self.address, answer.max_message_bytes)
             self._blocks[key] = ModelBlocks(
                 manifest=answer.manifest,
                 providers=tuple(answer.providers),
@@ -250,8 +283,29 @@ class LayerClient:
                 block_model_names=tuple(answer.block_model_names)
                 or tuple(f"{model}.{b.name}" for b in answer.manifest.blocks),
                 chain_model_name=answer.chain_model_name or f"{model}.chain",
+                max_message_bytes=answer.max_message_bytes,
             )
         return self._blocks[key]
+
+    def message_limit(self, model: str, address: str | None = None) -> int:
+        """The largest message both this client and the server at ``address`` take, in bytes.
+
+        The server's limit comes from ListBlocks (asked once per server); a server
+        without the layerserve extension advertises none, and the client's own applies.
+        """
+        address = address or self.address
+        if address not in self._server_limits:
+            try:
+                request = lpb.ListBlocksRequest(model_name=model)
+                answer = self._call(self._endpoint(address).layers.ListBlocks, request, "ListBlocks")
+                self._server_limits[address] = answer.max_message_bytes
+            except ServerError as error:
+                if error.code != grpc.StatusCode.UNIMPLEMENTED:
+                    return self.settings.max_message_bytes  # ask again next time
+                self._server_limits[address] = 0
+        server = self._server_limits[address]
+        own = self.settings.max_message_bytes
+        return min(own, server) if server else own
 
     # -- inference --------------------------------------------------------------------
 
@@ -276,14 +330,24 @@ class LayerClient:
     ) -> dict[str, np.ndarray]:
         """ModelInfer: ``x`` (one array for a one-input model, or a dict by input name) -> outputs by name.
 
-        Rows beyond ``batch_size`` go in several requests whose outputs are
-        concatenated. ``address`` overrides the server (placement uses it).
-        Raises ServerError with the server's message (e.g. INVALID_ARGUMENT on a shape mismatch).
+        The rows go in as many requests as the model's batch and the message limits
+        need (module docstring); their outputs are concatenated. ``address`` overrides
+        the server (placement uses it). Raises ServerError with the server's message
+        (e.g. INVALID_ARGUMENT on a shape mismatch).
         """
         named = self._named_inputs(model, x, version, address)
         endpoint = self._endpoint(address)
+        metadata = self.model_metadata(model, version, address)
+        answer = [spec for spec in metadata.outputs if not outputs or spec.name in outputs]
+        rows = rows_per_request(
+            self.batch_size,
+            self.message_limit(model, address),
+            _row_bytes(named),
+            total_row_bytes(spec.row_bytes() for spec in answer),
+            fixed_batch(metadata.inputs),
+        )
         parts = []
-        for batch in _batches(named, self.batch_size):
+        for batch in _batches(named, rows):
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             for name, array in batch.items():
                 tensors.add_raw_input(request, name, array)
@@ -356,7 +420,7 @@ class LayerClient:
             result.blocks_run.append(block.name)
             result.addresses[block.name] = address
             if index in kept:
-                result.kept.update({f"{block.name}/{name}": value for name, value in current.items()})
+                result.kept[block.name] = current
         result.outputs = current
         return result
 
@@ -371,8 +435,16 @@ class LayerClient:
             spec = blocks.blocks[segment.start].inputs[0]
             feed = np.asarray(current, dtype=tensors.numpy_dtype(spec.datatype))
             segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
-            parts, run = [], []
-            for batch in _batches({spec.name: feed}, self.batch_size):
+            answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
+            rows = rows_per_request(
+                self.batch_size,
+                self.message_limit(model, segment.address),
+                _row_bytes({spec.name: feed}),
+                total_row_bytes(s.row_bytes() for index in answered for s in blocks.output_specs(index)),
+                fixed_batch([blocks.input_spec(segment.start)]),
+            )
+            parts, kept_parts, run = [], [], []
+            for batch in _batches({spec.name: feed}, rows):
                 request = lpb.ChainRequest(
                     model_name=model, model_version=version, start=segment.start, stop=segment.stop, keep=segment_keep
                 )
@@ -380,10 +452,11 @@ class LayerClient:
                 tensors.add_raw_input(request.request, spec.name, batch[spec.name])
                 answer = self._call(endpoint.layers.Chain, request, "Chain")
                 parts.append(tensors.outputs_by_name(answer.response))
+                kept_parts.append({k.block_name: tensors.outputs_by_name(k.outputs) for k in answer.kept})
                 run = list(answer.blocks_run)
-            merged = _concat(parts)
-            outputs = {name: value for name, value in merged.items() if "/" not in name}
-            result.kept.update({name: value for name, value in merged.items() if "/" in name})
+            outputs = _concat(parts)
+            for name in kept_parts[0] if kept_parts else ():
+                result.kept[name] = _concat([part[name] for part in kept_parts])
             result.blocks_run.extend(run)
             result.addresses.update({name: segment.address for name in run})
             if len(outputs) != 1 and segment.stop < stop:

@@ -288,7 +288,8 @@ def _chain(args: argparse.Namespace) -> int:
             _print_json({
                 "model": args.model, "where": args.where, "blocks_run": result.blocks_run, "addresses": result.addresses,
                 "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in result.outputs.items()},
-                "kept": {k: {"shape": list(v.shape), "data": v} for k, v in result.kept.items()},
+                "kept": {block: {k: {"shape": list(v.shape), "data": v} for k, v in outputs.items()}
+                         for block, outputs in result.kept.items()},
             })
             return 0
         run = Table("block", "ran at", title=f"{args.model}: chain in the {args.where}")
@@ -296,9 +297,10 @@ def _chain(args: argparse.Namespace) -> int:
             run.add_row(name, result.addresses.get(name, args.server))
         _console().print(run)
         if result.kept:
-            kept = Table("kept", "shape", "dtype", "min", "max", "mean", title="kept activations")
-            for name, value in result.kept.items():
-                kept.add_row(*_describe(name, value))
+            kept = Table("block", "tensor", "shape", "dtype", "min", "max", "mean", title="kept activations")
+            for block, outputs in result.kept.items():
+                for name, value in outputs.items():
+                    kept.add_row(block, *_describe(name, value))
             _console().print(kept)
         _predictions(result.outputs, _class_names(client, args.model), f"output of {result.blocks_run[-1]}")
     return 0

@@ -268,9 +268,11 @@ def skip_matrix(
     blocks = client.blocks(model)
     labels = np.asarray(labels)
     n = len(blocks)
-    kept = client.chain(model, images, where="server", keep=range(n - 1)).kept if n > 1 else {}
+    sources = [np.asarray(images)]
+    if n > 1:
+        chained = client.chain(model, images, where="server", keep=range(n - 1))
+        sources += [chained.kept_output(b.name) for b in blocks.blocks[: n - 1]]
     on_step("activations")
-    sources = [np.asarray(images)] + [kept[_kept_name(kept, b.name)] for b in blocks.blocks[: n - 1]]
     accuracy = np.full((n, n), np.nan)
     for i, source in enumerate(sources):  # source i is the input of block i
         for j in range(i, n):
@@ -286,15 +288,8 @@ def skip_matrix(
     )
 
 
-def _kept_name(kept: dict[str, np.ndarray], block: str) -> str:
-    matches = [name for name in kept if name.split("/", 1)[0] == block]
-    if len(matches) != 1:
-        raise ValueError(f"expected one kept activation of block {block}, got {matches}")
-    return matches[0]
-
-
 def activations(client: LayerClient, model: str, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Every block's output for one image ``[1, *input]`` (server chain keeping all), by kept name."""
+    """Every block's output for one image ``[1, *input]`` (server chain keeping all), by block name."""
     n = len(client.blocks(model))
     result = client.chain(model, image, where="server", keep=range(n))
-    return result.kept
+    return {block: result.kept_output(block) for block in result.kept}

@@ -95,7 +95,7 @@ def load(settings: Settings) -> DataPlane:
                     extra={"fields": {"model": model.name, "providers": model.providers,
                                       "available": runtime.available_providers()}},
                 )
-    return DataPlane(repository, settings.instance_count, settings.max_queue_size)
+    return DataPlane(repository, settings.instance_count, settings.max_queue_size, settings.max_message_bytes)
 
 
 class _Captured:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
-from .endpoints import CHAIN, Endpoint, validate_inputs
+from .endpoints import CHAIN, Endpoint, answer_row_bytes, check_answer_size, validate_inputs
 from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
 
@@ -65,8 +65,20 @@ class InferResult:
 
 
 @dataclass(frozen=True)
+class KeptOutputs:
+    """One kept block's outputs, by tensor name."""
+
+    block_index: int
+    block_name: str
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
 class ChainResult:
-    outputs: dict[str, np.ndarray]  # last block's outputs, then "<block>/<tensor>" for kept ones
+    """The last block's outputs by tensor name, the kept blocks' outputs in block order, and what ran."""
+
+    outputs: dict[str, np.ndarray]
+    kept: list[KeptOutputs]
     blocks_run: list[str]
     model: ModelVersion
 
@@ -76,13 +88,18 @@ class DataPlane:
 
     ``instances`` worker threads run sessions (0: run them on the event loop
     itself); an endpoint with dynamic batching gets a Batcher allowed
-    ``instances`` concurrent runs (one when 0).
+    ``instances`` concurrent runs (one when 0). ``max_message_bytes`` is the
+    transport's limit: a request whose answer would exceed it is refused before
+    it runs (0: no check).
     """
 
-    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024) -> None:
+    def __init__(
+        self, repository: Repository, instances: int = 1, max_queue_size: int = 1024, max_message_bytes: int = 0
+    ) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
+        self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
@@ -134,12 +151,14 @@ class DataPlane:
 
         ``deadline`` is a ``time.monotonic()`` instant: a request still queued past it is dropped
         unrun (RequestExpired), as is one whose caller cancelled (its task is cancelled).
-        Raises ModelNotFound, ModelUnavailable, InvalidInput, QueueFull, RequestExpired.
+        Raises ModelNotFound, ModelUnavailable, InvalidInput, AnswerTooLarge, QueueFull, RequestExpired.
         """
         endpoint = self.repository.endpoint(model, version)
         with self._accounted(endpoint):
             names = endpoint.check_outputs(outputs)
             rows = endpoint.validate(inputs)
+            check_answer_size(endpoint.name, rows, endpoint.answer_row_bytes(names), self.max_message_bytes,
+                              endpoint.batched)
             if endpoint.batching.enabled and endpoint.batched:
                 results = await self._batcher(endpoint).infer(inputs, rows, deadline)
             else:
@@ -176,7 +195,8 @@ class DataPlane:
     ) -> ChainResult:
         """Run blocks [start, stop) of ``model`` on one request, returning kept activations too.
 
-        Raises ModelNotFound, ModelUnavailable, InvalidInput (bad range, bad keep, bad inputs).
+        Raises ModelNotFound, ModelUnavailable, InvalidInput (bad range, bad keep, bad inputs),
+        AnswerTooLarge (the last and kept outputs would exceed the message limit).
         """
         version_ = self.repository.model(model, version)
         if model != version_.name:
@@ -195,16 +215,22 @@ class DataPlane:
         with self._accounted(chain_endpoint):
             label = f"{model} chain [{start}, {stop}) block {blocks[start].name}"
             rows = validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
+            answered = {stop - 1, *keep}
+            row_bytes = [
+                answer_row_bytes(version_.endpoints[f"{model}.{blocks[index].name}"].outputs, first.batched)
+                for index in sorted(answered)
+            ]
+            total = None if any(b is None for b in row_bytes) else sum(row_bytes)
+            check_answer_size(f"{model} chain [{start}, {stop})", rows, total, self.max_message_bytes, first.batched)
             graphs = version_.blocks[start:stop]
             relative = [index - start for index in keep]
             begun = time.perf_counter()
             outputs, kept = await call_on(self.executor, runtime.chain, graphs, inputs, relative)
             self._record(chain_endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
-        named = dict(outputs)
-        for index in sorted(kept):
-            block = blocks[start + index].name
-            named.update({f"{block}/{tensor}": array for tensor, array in kept[index].items()})
-        return ChainResult(named, [block.name for block in blocks[start:stop]], version_)
+        kept_outputs = [
+            KeptOutputs(start + index, blocks[start + index].name, kept[index]) for index in sorted(kept)
+        ]
+        return ChainResult(dict(outputs), kept_outputs, [block.name for block in blocks[start:stop]], version_)
 
     async def close(self) -> None:
         """Finish batched runs in flight and stop the worker threads."""

@@ -18,9 +18,12 @@ import numpy as np
 
 from layerserve.proto.tensors import TensorSpec, datatype_of, format_spec
 
-from .errors import InvalidInput
+from .errors import AnswerTooLarge, InvalidInput
 
 CHAIN = "chain"
+# What a response carries besides its tensors' bytes (names, shapes, ids): generous, so the
+# estimate errs on the refusing side.
+RESPONSE_OVERHEAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,10 @@ class Endpoint:
         """
         return validate_inputs(self.name, self.inputs, inputs, self.batching.max_batch_size, self.batched)
 
+    def answer_row_bytes(self, outputs: Sequence[str] = ()) -> int | None:
+        """Bytes per request row of the answer (``outputs``, or all); None when a dimension is free."""
+        return answer_row_bytes([spec for spec in self.outputs if not outputs or spec.name in outputs], self.batched)
+
     def check_outputs(self, requested: Sequence[str]) -> list[str]:
         """The output names to return: ``requested`` (checked) or all outputs when empty."""
         known = [spec.name for spec in self.outputs]
@@ -75,6 +82,39 @@ class Endpoint:
             if name not in known:
                 raise InvalidInput(f"{self.name} has no output {name!r}; it gives {_listing(self.outputs)}")
         return list(requested) or known
+
+
+def answer_row_bytes(specs: Sequence[TensorSpec], batched: bool = True) -> int | None:
+    """Bytes the tensors ``specs`` take per request row (their whole size when not ``batched``); None if unknown."""
+    total = 0
+    for spec in specs:
+        row = spec.row_bytes()
+        if row is None or (not batched and spec.shape[:1] and spec.shape[0] < 0):
+            return None
+        total += row * (spec.shape[0] if not batched and spec.shape else 1)
+    return total
+
+
+def check_answer_size(label: str, rows: int, row_bytes: int | None, limit: int, batched: bool = True) -> None:
+    """Refuse (AnswerTooLarge) a request whose answer of ``rows`` rows would exceed ``limit`` bytes.
+
+    The message names the size, the limit and the largest batch that fits, so the
+    client can split its request instead of losing the computation to gRPC's own
+    RESOURCE_EXHAUSTED after the run.
+    """
+    if row_bytes is None or not limit:
+        return
+    rows = rows if batched else 1
+    answer = rows * row_bytes + RESPONSE_OVERHEAD_BYTES
+    if answer <= limit:
+        return
+    fits = max(0, (limit - RESPONSE_OVERHEAD_BYTES) // row_bytes) if row_bytes else 0
+    advice = (
+        f"send at most {fits} rows per request" if batched and fits
+        else "raise the server's --max-message-bytes"
+    )
+    size = f"{answer:,} bytes ({rows} rows x {row_bytes:,} bytes)" if batched else f"{answer:,} bytes"
+    raise AnswerTooLarge(f"{label} would answer {size}, over the server's message limit of {limit:,} bytes; {advice}")
 
 
 def validate_inputs(

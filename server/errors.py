@@ -49,6 +49,12 @@ class InvalidInput(ServerError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class AnswerTooLarge(ServerError):
+    """The answer to a request would exceed the message limit; refused before anything runs."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class QueueFull(ServerError):
     """The model's batching queue is at its bound; the client should retry later."""
 

@@ -29,6 +29,7 @@ class LayerServicer(lpb_grpc.LayerServiceServicer):
             full_model_name=model.name,
             block_model_names=model.block_names,
             chain_model_name=f"{model.name}.{CHAIN}",
+            max_message_bytes=self.dataplane.max_message_bytes,
         )
 
     @handled
@@ -46,4 +47,8 @@ class LayerServicer(lpb_grpc.LayerServiceServicer):
             model_name=request.model_name, model_version=result.model.version, id=request.request.id
         )
         encode_outputs(response, result.outputs)
-        return lpb.ChainResponse(response=response, blocks_run=result.blocks_run)
+        answer = lpb.ChainResponse(response=response, blocks_run=result.blocks_run)
+        for kept in result.kept:
+            block = answer.kept.add(block_index=kept.block_index, block_name=kept.block_name)
+            encode_outputs(block.outputs, kept.outputs)
+        return answer

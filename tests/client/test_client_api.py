@@ -105,9 +105,11 @@ def test_client_and_server_chains_equal_the_full_graph(client: LayerClient, mode
     assert np.array_equal(in_client.output.argmax(1), full.argmax(1))
     assert in_client.blocks_run == on_server.blocks_run == [b.name for b in blocks.blocks]
     assert list(in_client.kept) == list(on_server.kept) and len(in_client.kept) == len(blocks)
-    for name, value in in_client.kept.items():
-        assert np.array_equal(value, on_server.kept[name]), name
-    assert np.array_equal(list(in_client.kept.values())[-1], in_client.output)
+    for block, outputs in in_client.kept.items():
+        assert list(outputs) == list(on_server.kept[block]), block
+        for tensor, value in outputs.items():
+            assert np.array_equal(value, on_server.kept[block][tensor]), (block, tensor)
+    assert np.array_equal(in_client.kept_output(blocks.blocks[-1].name), in_client.output)
 
 
 def test_partial_chain_is_the_composition_of_its_blocks(client: LayerClient) -> None:
