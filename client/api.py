@@ -194,6 +194,12 @@ class LayerClient:
         self._blocks: dict[tuple[str, str], ModelBlocks] = {}
         # address -> the server's advertised message limit (0: none advertised)
         self._server_limits: dict[str, int] = {}
+        # Called after each inference request with (served name, rows done, rows in the call): progress bars.
+        self.on_request: Callable[[str, int, int], None] | None = None
+
+    def _report(self, served: str, done: int, total: int) -> None:
+        if self.on_request is not None:
+            self.on_request(served, done, total)
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -346,7 +352,7 @@ class LayerClient:
             total_row_bytes(spec.row_bytes() for spec in answer),
             fixed_batch(metadata.inputs),
         )
-        parts = []
+        parts, done, total = [], 0, len(next(iter(named.values()))) if named else 0
         for batch in _batches(named, rows):
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             for name, array in batch.items():
@@ -354,6 +360,8 @@ class LayerClient:
             for name in outputs:
                 request.outputs.add(name=name)
             parts.append(tensors.outputs_by_name(self._call(endpoint.inference.ModelInfer, request, "ModelInfer")))
+            done += len(next(iter(batch.values())))
+            self._report(model, done, total)
         return _concat(parts)
 
     def infer_array(self, model: str, x: np.ndarray, version: str = "", address: str | None = None) -> np.ndarray:
@@ -454,6 +462,7 @@ class LayerClient:
                 parts.append(tensors.outputs_by_name(answer.response))
                 kept_parts.append({k.block_name: tensors.outputs_by_name(k.outputs) for k in answer.kept})
                 run = list(answer.blocks_run)
+                self._report(blocks.chain_model_name, sum(len(next(iter(p.values()))) for p in parts), len(feed))
             outputs = _concat(parts)
             for name in kept_parts[0] if kept_parts else ():
                 result.kept[name] = _concat([part[name] for part in kept_parts])

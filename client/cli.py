@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare = _add(subparsers, "compare", _compare, "the experiment: full graph vs chains vs final blocks alone")
     compare.add_argument("model")
     compare.add_argument("--start", help="where the final-only paths start (default: the last conv block)")
+    compare.add_argument("--images", type=Path, metavar="DIR", help="your labelled pictures: DIR/<class>/<picture> "
+                         "(torchvision's ImageFolder layout), preprocessed as the model's manifest says")
     compare.add_argument("--samples", type=Path, help="labelled .npz (default: the model's samples under --models)")
     compare.add_argument("--models", type=Path, default=Path("models"), help="model repository for the samples")
     compare.add_argument("--limit", type=int, help="use only the first N samples")
@@ -134,21 +136,34 @@ def _jsonable(value: object) -> object:
 
 
 @contextmanager
-def _progress(total: int, description: str) -> Iterator[Callable[[str], None]]:
-    """A rich progress bar on stderr when it is a terminal (never in pipes or logs); yields ``step(label)``."""
+def _progress(total: int, description: str, client=None) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar on stderr when it is a terminal (never in pipes or logs); yields ``step(label)``.
+
+    With ``client``, the bar also shows the rows of the request under way (its ``on_request`` hook).
+    """
     if not sys.stderr.isatty():
         yield lambda label: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[rows]}"))
     with Progress(*columns, console=_console(stderr=True), transient=True) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, rows="")
 
         def step(label: str) -> None:
-            progress.update(task, advance=1, description=f"{description}: {label}")
+            progress.update(task, advance=1, description=f"{description}: {label}", rows="")
 
-        yield step
+        def rows(served: str, done: int, rows_total: int) -> None:
+            progress.update(task, rows=f"{served} {done}/{rows_total} rows")
+
+        if client is not None:
+            client.on_request = rows
+        try:
+            yield step
+        finally:
+            if client is not None:
+                client.on_request = None
 
 
 # -- blocks ------------------------------------------------------------------------------
@@ -207,11 +222,21 @@ def _blocks(args: argparse.Namespace) -> int:
 # -- infer and chain ---------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace, spec) -> np.ndarray:
+def _load(args: argparse.Namespace, spec, preprocessing=None) -> np.ndarray:
     from .images import load_input
 
     invert = {"auto": None, "yes": True, "no": False}[args.invert]
-    return load_input(args.input, spec, invert)
+    return load_input(args.input, spec, invert, preprocessing)
+
+
+def _preprocessing(client, model: str):
+    """The manifest's preprocessing of ``model``'s owner, or None from a server without the extension."""
+    from .errors import ServerError
+
+    try:
+        return client.blocks(model).manifest.preprocessing
+    except ServerError:
+        return None
 
 
 def _describe(name: str, value: np.ndarray) -> list[str]:
@@ -253,7 +278,7 @@ def _class_names(client, model: str) -> list[str]:
 def _infer(args: argparse.Namespace) -> int:
     with _client(args) as client:
         spec = client.model_metadata(args.model).inputs[0]
-        x = _load(args, spec)
+        x = _load(args, spec, _preprocessing(client, args.model))
         outputs = client.infer(args.model, {spec.name: x})
         if args.json:
             _print_json({"model": args.model, "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in outputs.items()}})
@@ -279,7 +304,7 @@ def _chain(args: argparse.Namespace) -> int:
         start = found.index(args.start)
         stop = len(found) if args.stop is None else args.stop
         spec = found.input_spec(start)
-        x = _load(args, spec)
+        x = _load(args, spec, found.manifest.preprocessing if start == 0 else None)
         if args.fit:
             x = fit(x, per_sample(spec.shape), args.fit)
         keep = list(range(start, stop)) if args.keep.strip() == "all" else _keep(args.keep)
@@ -309,11 +334,19 @@ def _chain(args: argparse.Namespace) -> int:
 # -- compare -----------------------------------------------------------------------------
 
 
-def _samples(args: argparse.Namespace, manifest) -> tuple[np.ndarray, np.ndarray]:
+def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
+    manifest = found.manifest
+    if args.images is not None:
+        from .images import read_image_folder
+
+        images, labels, _ = read_image_folder(args.images, found.input_spec(0), manifest.preprocessing,
+                                              list(manifest.labels), args.limit)
+        return images, labels
     path = args.samples
     if path is None:
         if not manifest.samples.file.path:
-            raise ValueError(f"{manifest.name} lists no samples; pass --samples FILE.npz")
+            raise ValueError(f"{manifest.name} lists no samples; pass --images DIR (one subfolder of pictures per "
+                             "class) or --samples FILE.npz")
         path = args.models / manifest.name / manifest.version / manifest.samples.file.path
     with np.load(path) as archive:
         images, labels = archive["images"], archive["labels"]
@@ -328,21 +361,21 @@ def _compare(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         found = client.blocks(args.model)
-        images, labels = _samples(args, found.manifest)
+        images, labels = _samples(args, found)
         start = None if args.start is None else found.index(args.start)
-        with _progress(experiment.compare_steps(FITS), "paths") as step:
+        with _progress(experiment.compare_steps(FITS), "paths", client) as step:
             report = experiment.compare(
                 client, args.model, images, labels, start=start, where=args.where, seed=args.seed, on_step=step
             )
         if not args.no_curve:
             total = experiment.skip_curve_steps(len(found), args.every, FITS)
-            with _progress(total, "skip curve") as step:
+            with _progress(total, "skip curve", client) as step:
                 report.skip_curve = experiment.skip_curve(
                     client, args.model, images, labels, every=args.every, seed=args.seed, on_step=step
                 )
         if args.matrix_samples > 0:
             count = args.matrix_samples
-            with _progress(experiment.skip_matrix_steps(len(found)), "skip matrix") as step:
+            with _progress(experiment.skip_matrix_steps(len(found)), "skip matrix", client) as step:
                 report.skip_matrix = experiment.skip_matrix(
                     client, args.model, images[:count], labels[:count], fit=args.matrix_fit, seed=args.seed,
                     on_step=step,

@@ -33,8 +33,22 @@ def _quiet(_: str) -> None:
     pass
 
 
+def as_logits(output: np.ndarray) -> np.ndarray:
+    """``[N, classes]`` from a classifier's output: SqueezeNet-style ``[N, classes, 1, 1]`` is flattened.
+
+    ValueError (one line) for an output that is not one score per class and sample.
+    """
+    output = np.asarray(output)
+    if output.ndim > 2 and all(d == 1 for d in output.shape[2:]):
+        output = output.reshape(output.shape[0], output.shape[1])
+    if output.ndim != 2:
+        raise ValueError(f"the model's output is {list(output.shape)}; comparing paths needs class scores [N, classes]")
+    return output
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of ``[N, classes]`` logits, computed stably in float64."""
+    logits = as_logits(logits)
     shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
@@ -131,6 +145,7 @@ class CompareReport:
 
 def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: np.ndarray, fit: str | None = None) -> PathResult:
     """Score ``logits`` ``[N, classes]`` against ``labels`` ``[N]`` and the full graph's logits."""
+    logits, full = as_logits(logits), as_logits(full)
     p, q = softmax(full), softmax(logits)
     predictions = q.argmax(axis=1)
     kl = np.sum(p * (np.log(p + EPSILON) - np.log(q + EPSILON)), axis=1)
@@ -175,7 +190,9 @@ def compare(
     Paths: the full graph; the client chain; the server chain; blocks from
     ``start`` (default: the last conv block) on the raw image, whose refusal is
     recorded as the path's ``error``; and the same blocks after each fit adapter
-    (run ``where`` the caller says). Raises ServerError for any other failure.
+    (run ``where`` the caller says). A path that fails (the server refuses, an
+    answer is not class scores) records its error and the others still run; only
+    the full graph, every path's reference, must succeed (its ServerError is raised).
     """
     blocks = client.blocks(model)
     names = [b.name for b in blocks.blocks]
@@ -184,23 +201,24 @@ def compare(
     every = f"{names[0]}..{names[-1]}"
     final = f"{names[start]}..{names[-1]}"
 
-    full = client.infer_array(blocks.full_model_name, images)
+    full = as_logits(client.infer_array(blocks.full_model_name, images))
     paths = [score("full graph", "model.onnx", full, full, labels)]
     on_step("full graph")
+
+    def attempt(name: str, span: str, run: Callable[[], np.ndarray], fit: str | None = None) -> None:
+        try:
+            paths.append(score(name, span, run(), full, labels, fit=fit))
+        except (ServerError, ValueError) as error:
+            paths.append(PathResult(name, span, fit=fit, error=str(error)))
+        on_step(name)
+
     for mode in ("client", "server"):
-        chained = client.chain(model, images, where=mode).output
-        paths.append(score(f"{mode} chain", every, chained, full, labels))
-        on_step(f"{mode} chain")
-    try:
-        raw = client.final_only(model, images, fit=None, start=start, where=where).output
-        paths.append(score("final only, raw image", final, raw, full, labels))
-    except ServerError as error:
-        paths.append(PathResult("final only, raw image", final, error=str(error)))
-    on_step("final only, raw image")
+        attempt(f"{mode} chain", every, lambda mode=mode: client.chain(model, images, where=mode).output)
+    attempt("final only, raw image", final,
+            lambda: client.final_only(model, images, fit=None, start=start, where=where).output)
     for method in fits:
-        fitted = client.final_only(model, images, fit=method, start=start, where=where, seed=seed).output
-        paths.append(score(f"final only, {method}", final, fitted, full, labels, fit=method))
-        on_step(f"final only, {method}")
+        attempt(f"final only, {method}", final, lambda method=method: client.final_only(
+            model, images, fit=method, start=start, where=where, seed=seed).output, fit=method)
     return CompareReport(
         model=model,
         samples=len(images),
@@ -234,7 +252,7 @@ def skip_curve(
     """
     blocks = client.blocks(model)
     labels = np.asarray(labels)
-    whole = float(np.mean(client.chain(model, images, where="server").output.argmax(1) == labels))
+    whole = float(np.mean(as_logits(client.chain(model, images, where="server").output).argmax(1) == labels))
     on_step("skip 0")
     skipped = [0, *range(every, len(blocks), every)]
     accuracy: dict[str, list[float]] = {method: [whole] for method in fits}
@@ -242,7 +260,7 @@ def skip_curve(
         target = per_sample(blocks.input_spec(k).shape)
         for method in fits:
             logits = client.chain(model, fit_to(images, target, method, seed), start=k, where="server").output
-            accuracy[method].append(float(np.mean(logits.argmax(1) == labels)))
+            accuracy[method].append(float(np.mean(as_logits(logits).argmax(1) == labels)))
             on_step(f"skip {k}, {method}")
     return SkipCurve(skipped=skipped, start_blocks=[blocks.blocks[k].name for k in skipped], accuracy=accuracy)
 
@@ -278,7 +296,7 @@ def skip_matrix(
         for j in range(i, n):
             fitted = fit_to(source, per_sample(blocks.input_spec(j).shape), fit, seed)
             logits = client.chain(model, fitted, start=j, where="server").output
-            accuracy[i, j] = float(np.mean(logits.argmax(1) == labels))
+            accuracy[i, j] = float(np.mean(as_logits(logits).argmax(1) == labels))
             on_step(f"source {i} -> block {j}")
     return SkipMatrix(
         fit=fit,

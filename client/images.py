@@ -1,27 +1,34 @@
-"""Loading inputs from files: ``.npy`` / ``.npz`` arrays, or PNG/JPEG images through Pillow.
+"""Loading inputs from files: ``.npy`` / ``.npz`` arrays, PNG/JPEG images, and image folders.
 
 Contract of :func:`load_input`: the result is a C-contiguous array of the
 model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``.
 
 * ``.npy``: the array as stored; one sample without its batch axis gets one.
 * ``.npz``: its ``images`` array (a layerserve samples file), else its only array.
-* images: converted to grey (one channel) or RGB (three), resized to the
-  input's height and width with box filtering, scaled to [0, 1] (the built-in
-  digits' range). The digits are bright ink on black, so a picture that is
-  mostly light (dark ink on paper) is inverted unless ``invert`` says otherwise.
+* images: what the manifest's ``preprocessing`` says (torchvision's evaluation
+  transforms: resize the shorter side, centre-crop, scale to [0, 1], normalise
+  per channel; a "dark"-background model gets a mostly light picture inverted).
+  Without one (a server that does not say): resized to the input's size, [0, 1].
+
+:func:`read_image_folder` reads torchvision's ImageFolder layout (one subfolder per
+class, pictures inside) into images and labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from layerserve.proto import tensors
+from layerserve.proto.repository_pb2 import Preprocessing
 
 from .api import TensorSpec
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+# What Pillow reads that people keep pictures in (torchvision's IMG_EXTENSIONS, the common ones).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -37,26 +44,62 @@ def load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def load_image(path: Path, spec: TensorSpec, invert: bool | None = None) -> np.ndarray:
-    """A PNG/JPEG (anything Pillow opens) as ``[1, C, H, W]`` in [0, 1] for an NCHW ``spec``."""
+def image_shape(spec: TensorSpec) -> tuple[int, int, int]:
+    """``(C, H, W)`` of an NCHW image input with 1 or 3 channels; ValueError (one line) for anything else."""
+    if len(spec.shape) != 4 or spec.shape[1] not in (1, 3) or min(spec.shape[2:]) <= 0:
+        raise ValueError(f"pictures need an image input [N,C,H,W] with 1 or 3 channels and a fixed size; "
+                         f"input {spec.name!r} is {spec}")
+    channels, height, width = (int(d) for d in spec.shape[1:])
+    return channels, height, width
+
+
+def default_preprocessing(spec: TensorSpec) -> Preprocessing:
+    """For servers whose manifest says nothing: resize straight to the input's size, [0, 1], no normalisation."""
+    channels, height, width = image_shape(spec)
+    return Preprocessing(resize=0, crop_height=height, crop_width=width, mean=[0.0] * channels,
+                         std=[1.0] * channels, color="L" if channels == 1 else "RGB")
+
+
+def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None = None,
+               invert: bool | None = None) -> np.ndarray:
+    """One picture as ``[C, H, W]`` of the input's dtype, by ``preprocessing`` (module docstring).
+
+    ``invert`` overrides the background rule (True/False); raises PIL's UnidentifiedImageError
+    for a file that is not a picture.
+    """
     from PIL import Image, ImageOps
 
-    if len(spec.shape) != 4 or spec.shape[1] not in (1, 3) or min(spec.shape[2:]) <= 0:
-        raise ValueError(f"an image file needs an NCHW input with 1 or 3 channels, not {spec}")
-    channels, height, width = spec.shape[1:]
+    channels, height, width = image_shape(spec)
+    steps = preprocessing if preprocessing is not None and preprocessing.crop_height else default_preprocessing(spec)
     with Image.open(path) as opened:
         picture = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
-        picture = picture.resize((width, height), Image.Resampling.BOX)
+        if steps.resize:
+            scale = steps.resize / min(picture.size)
+            size = (max(steps.crop_width, round(picture.width * scale)), max(steps.crop_height, round(picture.height * scale)))
+            picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+            left, top = (picture.width - width) // 2, (picture.height - height) // 2
+            picture = picture.crop((left, top, left + width, top + height))
+        else:
+            picture = picture.resize((width, height), Image.Resampling.BOX)
     pixels = np.asarray(picture, dtype=np.float32) / 255.0
     pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     if invert is None:
-        invert = float(pixels.mean()) > 0.5
+        invert = steps.background == "dark" and float(pixels.mean()) > 0.5
     if invert:
         pixels = 1.0 - pixels
-    return np.ascontiguousarray(pixels[None], dtype=tensors.numpy_dtype(spec.datatype))
+    mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((pixels - mean) / std, dtype=tensors.numpy_dtype(spec.datatype))
 
 
-def load_input(path: Path, spec: TensorSpec, invert: bool | None = None) -> np.ndarray:
+def load_image(path: Path, spec: TensorSpec, invert: bool | None = None,
+               preprocessing: Preprocessing | None = None) -> np.ndarray:
+    """A PNG/JPEG (anything Pillow opens) as ``[1, C, H, W]`` for an NCHW ``spec``."""
+    return preprocess(path, spec, preprocessing, invert)[None]
+
+
+def load_input(path: Path, spec: TensorSpec, invert: bool | None = None,
+               preprocessing: Preprocessing | None = None) -> np.ndarray:
     """Read ``path`` as input for a tensor described by ``spec`` (see the module contract).
 
     Raises FileNotFoundError, ValueError for an unusable file, and PIL's
@@ -66,8 +109,48 @@ def load_input(path: Path, spec: TensorSpec, invert: bool | None = None) -> np.n
     if not path.is_file():
         raise FileNotFoundError(f"no such input file: {path}")
     if path.suffix.lower() not in ARRAY_SUFFIXES:
-        return load_image(path, spec, invert)
+        return load_image(path, spec, invert, preprocessing)
     array = load_array(path)
     if array.ndim == len(spec.shape) - 1:
         array = array[None]
     return np.ascontiguousarray(array, dtype=tensors.numpy_dtype(spec.datatype))
+
+
+def read_image_folder(
+    root: Path,
+    spec: TensorSpec,
+    preprocessing: Preprocessing | None = None,
+    class_names: Sequence[str] = (),
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pictures in ``root/<class>/*`` as ``(images [N,C,H,W], labels [N], class folder names)``.
+
+    Labels follow the model's ``class_names`` when every folder is one of them (by
+    name), else torchvision's ImageFolder rule: the sorted folder names, indexed from 0.
+    ``limit`` keeps the first N pictures of the sorted listing. Raises ValueError (one line)
+    for a folder without class subfolders or pictures.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"--images {root} is not a folder of class subfolders (the ImageFolder layout)")
+    classes = sorted(child.name for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not classes:
+        raise ValueError(f"--images {root} has no class subfolders; expected {root}/<class>/<picture>.png")
+    by_name = {name: index for index, name in enumerate(class_names)}
+    index_of = (
+        {name: by_name[name] for name in classes}
+        if class_names and all(name in by_name for name in classes)
+        else {name: index for index, name in enumerate(classes)}
+    )
+    files = [
+        (path, index_of[name])
+        for name in classes
+        for path in sorted((root / name).iterdir())
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not files:
+        raise ValueError(f"--images {root}: no pictures ({', '.join(IMAGE_SUFFIXES)}) in its class subfolders")
+    files = files[:limit] if limit else files
+    images = np.stack([preprocess(path, spec, preprocessing) for path, _ in files])
+    labels = np.asarray([label for _, label in files], dtype=np.int64)
+    return images, labels, classes

@@ -75,7 +75,8 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
         if _row_independence_failure(original, candidate, fixed) is None:
             what = f"{rewritten} Reshape target shape{'s' if rewritten != 1 else ''} rewritten" if rewritten else "no rewrite needed"
             return BatchResolution(candidate, None, f"made dynamic ({reason}; {what}; checked row by row)")
-    return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {fixed} rows)")
+    rows = f"{fixed} row{'s' if fixed != 1 else ''}"
+    return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {rows})")
 
 
 def _with_batch(proto: onnx.ModelProto, size: int) -> onnx.ModelProto:
@@ -153,7 +154,7 @@ def _fresh(name: str, taken: set[str]) -> str:
 def _row_independence_failure(original: onnx.ModelProto, candidate: onnx.ModelProto, fixed: int) -> str | None:
     """None when ``candidate`` gives every row what ``original`` gives it at ``fixed`` rows, at ``fixed``, 1 and
     ``fixed + 1`` rows; otherwise why not (one line)."""
-    from .runtime import cpu_session, describe_runtime_error
+    from .runtime import cpu_session, describe_runtime_error, quiet_options
 
     try:
         reference_session = cpu_session(original.SerializeToString())
@@ -164,7 +165,7 @@ def _row_independence_failure(original: onnx.ModelProto, candidate: onnx.ModelPr
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
         raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
     try:
-        session = cpu_session(candidate.SerializeToString())
+        session = cpu_session(candidate.SerializeToString(), quiet_options())
         for size in sorted({fixed, 1, fixed + 1}):
             picks = np.arange(size) % fixed
             got = session.run(None, {name: rows[picks]})

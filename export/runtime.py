@@ -36,6 +36,14 @@ def session_options(
     return options
 
 
+def quiet_options() -> ort.SessionOptions:
+    """:func:`session_options` that log nothing below FATAL: for runs expected to fail (probing a
+    graph at another batch size), whose errors are caught and explained in one line."""
+    options = session_options()
+    options.log_severity_level = 4
+    return options
+
+
 def cpu_session(model: bytes | str, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for serialized ONNX bytes or a file path."""
     return ort.InferenceSession(model, sess_options=options or session_options(), providers=CPU_PROVIDERS)

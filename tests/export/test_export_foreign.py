@@ -1,0 +1,116 @@
+"""``layerserve split`` on the graphs users bring: both exporters, old IR, fixed batches, external data,
+contrib ops. Each split needs no flag, names blocks after the modules, tells the truth about the batch,
+and its chain of block files reproduces the original file on ONNX Runtime within 1e-4 relative."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cnn_zoo
+import foreign_graphs
+import numpy as np
+import onnx
+import pytest
+
+from layerserve.export.runtime import cpu_session
+from layerserve.proto.manifest import read_manifest
+
+ZOO_MODELS = [f"{arch}_{how}" for arch in cnn_zoo.ZOO for how in foreign_graphs.EXPORTS]
+ALL_MODELS = [*ZOO_MODELS, *foreign_graphs.OTHER_GRAPHS]
+# Module names the automatic depth must give a block (one per architecture; the dynamo exporter may fold a
+# conv into the BatchNorm after it, so the first module of a stem can be the BatchNorm's name).
+EXPECTED_BLOCKS = {
+    "resnet": {"layer1", "layer2", "layer3", "layer4", "fc"},
+    "mobilenet_v3": {"features_1", "features_4", "features_7", "classifier"},
+    "densenet": {"features_denseblock1", "features_transition1", "features_denseblock4", "classifier"},
+    "inception": {"Mixed_5b", "Mixed_5c", "Mixed_6a", "Mixed_6b", "fc"},
+    "shufflenet": {"stage2", "stage3", "stage4", "conv5", "fc"},
+    "efficientnet": {"features_1", "features_3", "features_5", "classifier"},
+    "regnet": {"stem", "trunk_output_block1", "trunk_output_block4", "fc"},
+}
+
+
+def _input(proto: onnx.ModelProto, rows: int, seed: int = 1) -> tuple[str, np.ndarray]:
+    value = proto.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else rows for d in value.type.tensor_type.shape.dim]
+    dims[0] = rows
+    return value.name, np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+
+
+def _relative(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_split_chain_reproduces_the_original_file(foreign_files: dict[str, Path], foreign_repository: Path,
+                                                  model: str) -> None:
+    folder = foreign_repository / model / "1"
+    manifest = read_manifest(folder)
+    original = onnx.load(str(foreign_files[model]))
+    declared = original.graph.input[0].type.tensor_type.shape.dim[0]
+    fixed = manifest.inputs[0].shape[0] != -1
+    # The truth about the batch: -1 only where any batch runs; a fixed graph says its size everywhere.
+    for block in manifest.blocks:
+        assert all((spec.shape[0] != -1) == fixed for spec in [*block.inputs, *block.outputs]), block.name
+    assert manifest.serving.dynamic_batching is not fixed
+    rows = 1 if fixed else 3
+    name, x = _input(original, 1 if declared.HasField("dim_value") else rows)
+    (want,) = cpu_session(str(foreign_files[model])).run(None, {name: x})
+    if rows != len(x):  # a graph fixed at one row that split made dynamic: its rows, one at a time
+        xs = [_input(original, 1, seed)[1] for seed in range(rows)]
+        x = np.concatenate(xs)
+        want = np.concatenate([cpu_session(str(foreign_files[model])).run(None, {name: one})[0] for one in xs])
+    current = x
+    for block in manifest.blocks:
+        (current,) = cpu_session(str(folder / block.file.path)).run(None, {block.inputs[0].name: current})
+    assert current.shape == want.shape
+    assert _relative(current, want) <= 1e-4
+    assert manifest.provenance.chain_max_rel_diff <= 1e-4
+    if model in ZOO_MODELS:
+        arch = model.rsplit("_", 1)[0]
+        names = {block.name.split("_", 1)[1] for block in manifest.blocks}
+        assert EXPECTED_BLOCKS[arch] <= names, sorted(names)
+
+
+@pytest.mark.slow
+def test_torchscript_exports_are_made_dynamic_and_say_so(foreign_repository: Path) -> None:
+    for arch in cnn_zoo.ZOO:
+        manifest = read_manifest(foreign_repository / f"{arch}_torchscript" / "1")
+        assert manifest.inputs[0].shape == [-1, *cnn_zoo.IMAGE_SHAPE]
+        assert any(note.startswith("batch made dynamic (fixed at 1 in the graph") for note in manifest.provenance.notes)
+    # The channel shuffle's five-dimensional Reshapes carried the batch: rewritten, and proven row by row.
+    notes = read_manifest(foreign_repository / "shufflenet_torchscript" / "1").provenance.notes
+    assert any("Reshape target shapes rewritten" in note for note in notes), notes
+
+
+@pytest.mark.slow
+def test_a_batch_that_cannot_be_freed_stays_fixed(foreign_repository: Path) -> None:
+    manifest = read_manifest(foreign_repository / "coordconv_fixed" / "1")
+    assert manifest.inputs[0].shape == [1, 3, 64, 64]
+    assert manifest.serving.max_batch_size == 0 and not manifest.serving.dynamic_batching
+    assert any(note.startswith("batch fixed at 1") for note in manifest.provenance.notes)
+
+
+@pytest.mark.slow
+def test_model_zoo_ir3_is_brought_up_to_date(foreign_files: dict[str, Path], foreign_repository: Path) -> None:
+    original = onnx.load(str(foreign_files["zoo_ir3"]))
+    assert original.ir_version == 3
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(original)
+    manifest = read_manifest(foreign_repository / "zoo_ir3" / "1")
+    assert "IR version 3 raised to 4" in manifest.provenance.notes
+    assert manifest.inputs[0].name == "gpu_0/data_0" and manifest.outputs[0].name == "gpu_0/softmax_1"
+    assert onnx.load(str(foreign_repository / "zoo_ir3" / "1" / "model.onnx")).ir_version >= 4
+
+
+@pytest.mark.slow
+def test_untyped_contrib_op_outputs_are_typed_by_onnx_runtime(foreign_repository: Path) -> None:
+    folder = foreign_repository / "contrib_op" / "1"
+    manifest = read_manifest(folder)
+    # The Gelu output (which ONNX's shape inference cannot type) is a block boundary with a full shape.
+    boundaries = {
+        onnx.load(str(folder / block.file.path)).graph.input[0].doc_string: list(block.inputs[0].shape)
+        for block in manifest.blocks[1:]
+    }
+    assert boundaries["tensor 'g1' of the full model"] == [-1, 8, 16, 16]

@@ -1,0 +1,158 @@
+"""ONNX files the way users bring them, built in the test suite (no downloads, no torchvision).
+
+* the CNN zoo (``cnn_zoo``) exported both ways users export:
+  ``torch.onnx.export(model, x, path, dynamo=False)`` (the TorchScript-based exporter:
+  a fixed batch of 1, tensors named ``/layer1/layer1.0/relu/Relu_output_0``) and the
+  dynamo exporter with a dynamic batch;
+* a Model-Zoo-era graph: IR version 3, initializers not listed as inputs, tensors
+  named ``gpu_0/data_0`` ... ``gpu_0/softmax_1``;
+* a CoordConv-style graph whose batch cannot be made dynamic (a constant [1, ...]
+  tensor concatenated to the input's channels): it must be served fixed;
+* weights in external data files;
+* a graph using an ONNX Runtime contrib op (``com.microsoft.Gelu``) that ONNX's own
+  shape inference cannot type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import cnn_zoo
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+EXPORTS = ("torchscript", "dynamo")
+
+
+def export_zoo_model(name: str, how: str, path: Path) -> Path:
+    """Export ``cnn_zoo`` architecture ``name`` to ``path`` the way ``how`` says (EXPORTS)."""
+    import torch
+
+    model = cnn_zoo.build(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        if how == "torchscript":
+            torch.onnx.export(model, torch.randn(1, *cnn_zoo.IMAGE_SHAPE), str(path), dynamo=False)
+        else:
+            batch = torch.export.Dim("batch", min=1, max=1024)
+            program = torch.onnx.export(model, (torch.randn(2, *cnn_zoo.IMAGE_SHAPE),), dynamo=True,
+                                        dynamic_shapes={"x": {0: batch}})
+            program.save(str(path))
+    return path
+
+
+def _small_torchscript_cnn(path: Path, opset: int = 11) -> onnx.ModelProto:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.randn(1, 3, 32, 32), buffer, dynamo=False, opset_version=opset)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def model_zoo_ir3(path: Path) -> Path:
+    """IR version 3 with initializers that are not graph inputs (the checker refuses it, ONNX Runtime runs it),
+    a symbolic batch, and Caffe2-era tensor names with '/': ``gpu_0/data_0`` in, ``gpu_0/softmax_1`` out."""
+    proto = _small_torchscript_cnn(path, opset=9)
+    initializers = {t.name for t in proto.graph.initializer}
+    special = {proto.graph.input[0].name: "gpu_0/data_0", proto.graph.output[0].name: "gpu_0/softmax_1"}
+
+    def renamed(name: str) -> str:
+        return name if not name or name in initializers else special.get(name, f"gpu_0/{name.strip('/')}")
+
+    for node in proto.graph.node:
+        for field in (node.input, node.output):
+            field[:] = [renamed(name) for name in field]
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.name = renamed(value.name)
+        value.type.tensor_type.shape.dim[0].Clear()
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
+    del proto.graph.value_info[:]
+    proto.ir_version = 3
+    onnx.save(proto, str(path))
+    return path
+
+
+def coordconv_fixed(path: Path) -> Path:
+    """A CoordConv-style CNN exported with the plain one-liner: the coordinate planes are a constant
+    [1, 2, H, W] tensor concatenated to the input, so the graph only ever takes one row."""
+    import torch
+    from torch import nn
+
+    class CoordConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            ys, xs = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+            self.register_buffer("coords", torch.stack([ys, xs])[None])
+            self.conv = nn.Conv2d(5, 8, 3, stride=2, padding=1)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.conv(torch.cat([x, self.coords], 1)))
+            return self.head(x.mean([2, 3]))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CoordConv().eval(), torch.randn(1, 3, 64, 64), str(path), dynamo=False)
+    return path
+
+
+def external_data(path: Path) -> Path:
+    """The small CNN with every weight in a separate data file beside the model."""
+    proto = _small_torchscript_cnn(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=0)
+    return path
+
+
+def contrib_op(path: Path) -> Path:
+    """Conv -> com.microsoft.Gelu -> Conv -> pool -> Gemm: ONNX cannot type what Gelu outputs."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.2, "w1"),
+        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
+        numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32) * 0.2, "w3"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Gelu", ["c1"], ["g1"], domain="com.microsoft", name="gelu"),
+        helper.make_node("Conv", ["g1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3"], ["scores"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "contrib",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+OTHER_GRAPHS = {
+    "zoo_ir3": model_zoo_ir3,
+    "coordconv_fixed": coordconv_fixed,
+    "external_data": external_data,
+    "contrib_op": contrib_op,
+}
