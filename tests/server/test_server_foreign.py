@@ -158,9 +158,9 @@ def test_an_answer_over_the_message_limit_is_refused_before_it_runs(small_limit:
     request = lpb.ChainRequest(model_name="resnet_torchscript", keep=range(len(manifest_blocks)))
     request.request.model_name = "resnet_torchscript.chain"
     tensors.add_raw_input(request.request, manifest_blocks[0].inputs[0].name, x)
-    with grpc.insecure_channel(small_limit, options=[("grpc.max_receive_message_length", 64 << 20)]) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            lpb_grpc.LayerServiceStub(channel).Chain(request, timeout=60)
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(small_limit, options=options) as channel, pytest.raises(grpc.RpcError) as refused:
+        lpb_grpc.LayerServiceStub(channel).Chain(request, timeout=60)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     per_row = sum(b.output_bytes_per_sample for b in manifest_blocks)
     fits = ((4 << 20) - 64 * 1024) // per_row
