@@ -6,6 +6,9 @@ folder uses, so the whole suite can run in one process.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = REPO_ROOT / "models"
 BUILT_IN = ("digits_cnn", "digits_resnet")
 
-__all__ = ["BUILT_IN", "MODELS", "REPO_ROOT", "ServerProcess", "free_port", "samples", "start_server"]
+__all__ = ["BUILT_IN", "MODELS", "REPO_ROOT", "ServerProcess", "free_port", "layerserve", "samples", "start_server"]
+
+
+def layerserve(*args: str, server: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``layerserve ARGS [--server SERVER]`` as a subprocess, as a person would run it."""
+    command = [sys.executable, "-m", "layerserve.cli.main", *args]
+    if server is not None:
+        command += ["--server", server]
+    # Wide enough that rich never wraps a cell the assertions look for.
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 def start_server(tmp_path_factory: pytest.TempPathFactory, name: str) -> ServerProcess:

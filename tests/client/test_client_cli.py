@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from client_support import REPO_ROOT, free_port, samples
+from client_support import free_port, layerserve, samples
 from PIL import Image
-
-
-def layerserve(*args: str, server: str | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "layerserve.cli.main", *args]
-    if server is not None:
-        command += ["--server", server]
-    # Wide enough that rich never wraps a cell the assertions look for.
-    env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_blocks_lists_models_and_blocks(server: str) -> None:
