@@ -46,7 +46,7 @@ def _build(name: str) -> None:
     BUILT.mkdir(parents=True, exist_ok=True)
     source = BUILT.parent / f"{name}.onnx"
     onnx.save(export_onnx(arch.build(), arch.input_shape), str(source))
-    split_to_repository(source, BUILT / name, check_batch=1)
+    split_to_repository(source, BUILT / name)
 
 
 def manifest(root: Path, name: str) -> tuple[Path, ModelManifest]:

@@ -11,9 +11,7 @@ so a bad model is never written.
 from __future__ import annotations
 
 import datetime
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +27,11 @@ from .preprocessing import image_preprocessing
 from .repository import write_repository
 from .split import split
 from .train import TrainConfig, predict_logits, seed_everything, train
+from .versions import tool_versions
 
 EXPORT_TOLERANCE = 1e-4
 # The built-ins' chains reproduce their graphs to float32 rounding; hold them to it.
 CHAIN_TOLERANCE = 1e-5
-TOOLS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "scikit-learn", "numpy")
 
 
 class BuildError(RuntimeError):
@@ -48,17 +46,6 @@ class BuildOptions:
     heldout_fraction: float = 0.25
     min_accuracy: float = 0.97
     show_progress: bool = True
-
-
-def tool_versions() -> dict[str, str]:
-    """Installed versions of the tools that shape the exported bytes."""
-    versions = {"python": platform.python_version()}
-    for tool in TOOLS:
-        try:
-            versions[tool] = metadata.version(tool)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def build(name: str, root: Path, options: BuildOptions = BuildOptions()) -> ModelManifest:

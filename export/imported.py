@@ -68,7 +68,7 @@ def split_to_repository(
 
     ``preprocessing``: how pictures become the input (default: torchvision-style for image inputs).
     """
-    from .builtin import tool_versions
+    from .versions import tool_versions
 
     model = load_model(source, options.make_dynamic)
     result, report = checked_split(model, options)

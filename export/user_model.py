@@ -164,13 +164,13 @@ def export_user_model(
     import onnx
     import torch
 
-    from .builtin import tool_versions
     from .graph import load_model
     from .imported import SplitOptions, checked_split
     from .onnx_export import export_onnx, onnx_logits
     from .parity import relative_diff
     from .preprocessing import image_preprocessing
     from .repository import write_repository
+    from .versions import tool_versions
 
     if not user.input_shape or any(d <= 0 for d in user.input_shape):
         raise ExportError(f"--input-shape takes the per-sample shape like 3,224,224, got {list(user.input_shape)}")

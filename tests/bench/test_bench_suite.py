@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +94,17 @@ def test_machine_info_and_process_cpu() -> None:
     import os
 
     assert process_cpu_s(os.getpid()) > 0
+
+
+@pytest.mark.slow
+def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(tmp_path: Path) -> None:
+    from bench import foreign
+
+    out = tmp_path / "foreign"
+    assert foreign.main(["--model", "digits_cnn", "--repeats", "1", "--seconds", "0.3", "--out", str(out)]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["split_s"]) == {"dynamo", "torchscript"}
+    assert all(cell["median"] > 0 for cell in report["split_s"].values())
+    assert any(note.startswith("batch made dynamic") for note in report["notes"]["torchscript"])
+    assert set(report["served_over_inprocess"]) == {"b1_c1", "b1_c2", "b16_c1", "b16_c2"}
+    assert all(cell["median"] > 0 for cell in report["served_over_inprocess"].values())

@@ -114,3 +114,18 @@ def test_untyped_contrib_op_outputs_are_typed_by_onnx_runtime(foreign_repository
         for block in manifest.blocks[1:]
     }
     assert boundaries["tensor 'g1' of the full model"] == [-1, 8, 16, 16]
+
+
+def test_split_of_an_onnx_file_does_not_import_torch(foreign_files: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import contextlib, io, sys\n"
+        "from layerserve.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main(['split', {str(foreign_files['zoo_ir3'])!r}, '--out', {str(tmp_path / 'm')!r}])\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert shown.stdout.split() == ["0", "False"], shown.stderr
