@@ -207,7 +207,8 @@ def _blocks(args: argparse.Namespace) -> int:
         "#", "block", "served as", "input", "output", "params", "MFLOPs", "out bytes/sample", "ops",
         title=f"{manifest.name} v{manifest.version}: {len(found)} blocks on {', '.join(found.providers)}",
         caption=f"full graph: {found.full_model_name}   server chain: {found.chain_model_name}   "
-        f"held-out accuracy {manifest.provenance.heldout_accuracy:.1%}",
+        + (f"held-out accuracy {manifest.provenance.heldout_accuracy:.1%}" if manifest.provenance.heldout_samples
+           else manifest.provenance.weights or manifest.description),
     )
     for block, served in zip(manifest.blocks, found.block_model_names, strict=True):
         table.add_row(
@@ -367,6 +368,8 @@ def _compare(args: argparse.Namespace) -> int:
             report = experiment.compare(
                 client, args.model, images, labels, start=start, where=args.where, seed=args.seed, on_step=step
             )
+        if args.images is not None:
+            report.samples_label = f"pictures from {args.images}"
         if not args.no_curve:
             total = experiment.skip_curve_steps(len(found), args.every, FITS)
             with _progress(total, "skip curve", client) as step:
@@ -403,7 +406,7 @@ def _print_compare(report) -> None:
     console = _console()
     table = Table(
         "path", "blocks", "accuracy", "agreement", "KL(full‖path)", "top-1 conf.", "result",
-        title=f"{report.model}: {report.samples} held-out samples, chance {report.chance:.0%}",
+        title=f"{report.model}: {report.samples} {report.samples_label}, chance {report.chance:.{0 if report.chance >= 0.01 else 1}%}",
     )
     for p in report.paths:
         if p.error is not None:

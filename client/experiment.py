@@ -122,6 +122,8 @@ class CompareReport:
     paths: list[PathResult]
     skip_curve: SkipCurve | None = None
     skip_matrix: SkipMatrix | None = None
+    # What the samples are, for titles: "held-out samples", "pictures from photos/".
+    samples_label: str = "held-out samples"
 
     def path(self, name: str) -> PathResult:
         """The path called ``name``; KeyError otherwise."""
@@ -137,6 +139,7 @@ class CompareReport:
             "start": self.start,
             "start_block": self.start_block,
             "chance": self.chance,
+            "samples_label": self.samples_label,
             "paths": [p.to_dict() for p in self.paths],
             "skip_curve": self.skip_curve.to_dict() if self.skip_curve else None,
             "skip_matrix": self.skip_matrix.to_dict() if self.skip_matrix else None,

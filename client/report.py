@@ -49,7 +49,7 @@ def plot_paths(report: CompareReport, path: Path) -> Path:
     ax.text(report.chance, len(names) - 0.4, " chance", color=MUTED, fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"accuracy on {report.samples} held-out samples")
+    ax.set_xlabel(f"accuracy on {report.samples} {report.samples_label}")
     ax.set_title(f"{report.model}: every block in order, or only {report.start_block} onwards?")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -207,7 +207,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, str]] = [
-        (plot_paths(report, out_dir / "paths.png").name, "Accuracy of each path on the held-out samples."),
+        (plot_paths(report, out_dir / "paths.png").name, f"Accuracy of each path on the {report.samples_label}."),
         (
             plot_samples(report, images, labels, out_dir / "samples.png").name,
             "Sample digits and what each path predicts (green: right, red: wrong).",
@@ -236,7 +236,7 @@ def write_report(
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.err{{color:{BAD};font-family:monospace}}
 figure{{margin:2em 0}}img{{max-width:100%}}</style></head>
 <body><h1>{html.escape(report.model)}: why run an image through every layer?</h1>
-<p>{report.samples} held-out samples; the final-only paths start at block {html.escape(report.start_block)};
+<p>{report.samples} {html.escape(report.samples_label)}; the final-only paths start at block {html.escape(report.start_block)};
 chance is {report.chance:.0%}.</p>
 {_table(report)}
 {body}

@@ -28,8 +28,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import SplitError
-from .foreign import BATCH_DIM, probe_input
+from .foreign import BATCH_DIM, run_probe
 
 # Rows of the rewritten graph must match the original's this closely (relative to the output's scale).
 ROW_TOLERANCE = 1e-5
@@ -156,14 +155,8 @@ def _row_independence_failure(original: onnx.ModelProto, candidate: onnx.ModelPr
     ``fixed + 1`` rows; otherwise why not (one line)."""
     from .runtime import cpu_session, describe_runtime_error, quiet_options
 
-    try:
-        reference_session = cpu_session(original.SerializeToString())
-        name, rows = probe_input(original, fixed)
-        reference = reference_session.run(None, {name: rows})
-    except SplitError:
-        raise
-    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
-        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
+    rows, reference = run_probe(original, fixed)
+    name = original.graph.input[0].name
     try:
         session = cpu_session(candidate.SerializeToString(), quiet_options())
         for size in sorted({fixed, 1, fixed + 1}):

@@ -133,20 +133,31 @@ def probe_input(proto: onnx.ModelProto, batch: int, seed: int = 0) -> tuple[str,
     return value.name, np.random.default_rng(seed).standard_normal(dims).astype(dtype)
 
 
-def _probe(proto: onnx.ModelProto, names: list[str], batch: int) -> dict[str, np.ndarray]:
-    from .runtime import describe_runtime_error, probe_session
+def run_probe(
+    proto: onnx.ModelProto, batch: int, outputs: list[str] | None = None, optimized: bool = True
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run ``proto`` on ONNX Runtime's CPU provider on :func:`probe_input` rows; returns (rows, outputs).
 
+    ``outputs``: names to fetch (default: the graph outputs); ``optimized`` False skips graph
+    optimizations (quicker to create, tensors computed as written). SplitError, one line, when ONNX
+    Runtime cannot load or run the graph.
+    """
+    from .runtime import cpu_session, describe_runtime_error, probe_session
+
+    name, rows = probe_input(proto, batch)
+    try:
+        serialized = proto.SerializeToString()
+        session = cpu_session(serialized) if optimized else probe_session(serialized)
+        return rows, session.run(outputs, {name: rows})
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
+
+
+def _probe(proto: onnx.ModelProto, names: list[str], batch: int) -> dict[str, np.ndarray]:
     probe = _copy(proto)
     present = {info.name for info in probe.graph.output}
     for name in names:
         if name not in present:
             probe.graph.output.add().name = name  # untyped: ONNX Runtime types it
-    try:
-        session = probe_session(probe.SerializeToString())
-        input_name, data = probe_input(proto, batch)
-        values = session.run(names, {input_name: data})
-    except SplitError:
-        raise
-    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
-        raise SplitError(f"ONNX Runtime cannot run the graph to type its tensors: {describe_runtime_error(error)}") from None
+    _, values = run_probe(probe, batch, names, optimized=False)
     return dict(zip(names, values, strict=True))

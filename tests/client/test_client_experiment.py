@@ -104,3 +104,13 @@ def test_metrics_on_known_logits() -> None:
     p = experiment.softmax(full)
     expected = np.mean(np.sum(p * np.log(p * 3), axis=1))
     assert flat.kl == pytest.approx(expected, rel=1e-9) and flat.confidence == pytest.approx(1 / 3)
+
+
+def test_squeezenet_shaped_outputs_are_read_as_class_scores() -> None:
+    logits = np.random.default_rng(0).standard_normal((6, 1000)).astype(np.float32)
+    labels = logits.argmax(1)
+    shaped = logits[:, :, None, None]  # [N, classes, 1, 1], as SqueezeNet's conv classifier answers
+    result = experiment.score("full graph", "model.onnx", shaped, shaped, labels)
+    assert result.accuracy == 1.0 and result.agreement == 1.0 and result.max_abs_diff == 0.0
+    with pytest.raises(ValueError, match=r"comparing paths needs class scores \[N, classes\]"):
+        experiment.as_logits(np.zeros((6, 8, 2, 2)))
