@@ -8,14 +8,18 @@ used on both sides of a cut lands in both blocks. When the walk meets a tensor t
 depends on the graph input without passing through ``inputs``, the inputs do not
 bound the subgraph and SplitError names those leaking tensors. The block has only
 the initializers it uses, a symbolic ``batch`` first dimension on its inputs and
-outputs, inferred shapes, and passes ``onnx.checker`` with full checks.
+outputs (the fixed size when the model's batch is fixed), inferred shapes, and passes
+``onnx.checker`` (with full checks wherever ONNX's shape inference covers the block's ops).
+
+The block is built on the onnx-ir graph alone: a ``GraphView`` of the walked nodes is
+cloned (fresh nodes and values, tensors shared) and serialized by onnx-ir, so no
+protobuf node is ever looked up by position.
 """
 
 from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
-from onnx import helper
 
 from .graph import LoadedModel, SplitError, descendants
 
@@ -43,26 +47,22 @@ def extract(
             f"block {name!r}: inputs {inputs} do not bound the subgraph computing {outputs}; "
             f"also needed from outside: {listed}"
         )
-    order = sorted(model.node_index[node] for node in nodes)
-    source = model.proto.graph
-    block_nodes = [_renamed(source.node[i], rename) for i in order]
-    used = {n for node in block_nodes for n in node.input if n}
-    initializers = [tensor for tensor in source.initializer if tensor.name in used]
-    block_graph = helper.make_graph(
-        block_nodes,
-        name,
-        [_boundary_info(v, rename, model.fixed_batch) for v in boundary],
-        [_boundary_info(v, rename, model.fixed_batch) for v in targets],
-        initializer=initializers,
+    ordered = sorted(nodes, key=model.node_index.__getitem__)
+    used = {v for node in ordered for v in node.inputs if v is not None and v.is_initializer()}
+    view = ir.GraphView(
+        boundary, targets, nodes=ordered, initializers=sorted(used, key=lambda v: v.name or ""),
+        opset_imports=dict(graph.opset_imports), name=name,
     )
-    block = helper.make_model(
+    block_graph = view.clone()
+    for original, value in [*zip(boundary, block_graph.inputs, strict=True), *zip(targets, block_graph.outputs, strict=True)]:
+        _make_boundary(value, original, rename, model.fixed_batch)
+    block = ir.Model(
         block_graph,
-        opset_imports=list(model.proto.opset_import),
-        ir_version=model.proto.ir_version,
+        ir_version=model.ir_model.ir_version,
         producer_name="layerserve",
-        functions=list(model.proto.functions),
+        functions=list(model.ir_model.functions.values()),
     )
-    return _checked(block, name)
+    return _checked(ir.serde.serialize_model(block), name)
 
 
 def _checked(block: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -112,31 +112,21 @@ def _walk_back(
     return nodes, leaks
 
 
-def _renamed(node: onnx.NodeProto, rename: dict[str, str]) -> onnx.NodeProto:
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    if rename:
-        for field in (copy.input, copy.output):
-            for i, tensor in enumerate(field):
-                if tensor in rename:
-                    field[i] = rename[tensor]
-    return copy
-
-
-def _boundary_info(value: ir.Value, rename: dict[str, str], fixed_batch: int | None) -> onnx.ValueInfoProto:
-    """A block's input/output: the value's dtype and shape, the first dimension ``batch`` unless the batch is fixed."""
-    if value.dtype is None or value.shape is None:
-        raise SplitError(f"tensor {value.name!r} has no inferred type and shape; cannot make it a block boundary")
+def _make_boundary(value: ir.Value, original: ir.Value, rename: dict[str, str], fixed_batch: int | None) -> None:
+    """A block input/output: renamed, the first dimension ``batch`` unless the batch is fixed."""
+    if original.dtype is None or original.shape is None:
+        raise SplitError(f"tensor {original.name!r} has no inferred type and shape; cannot make it a block boundary")
     dims: list[int | str | None] = []
-    for i, dim in enumerate(value.shape):
+    for i, dim in enumerate(original.shape):
         if i == 0 and fixed_batch is None:
             dims.append(BATCH_DIM)
         elif isinstance(dim, int):
             dims.append(dim)
         else:
             dims.append(dim.value if isinstance(dim, ir.SymbolicDim) else None)
-    name = rename.get(value.name, value.name)
-    info = helper.make_tensor_value_info(name, int(value.dtype), dims)
-    if name != value.name:
-        info.doc_string = f"tensor {value.name!r} of the full model"
-    return info
+    value.dtype = original.dtype
+    value.shape = ir.Shape(dims)
+    new = rename.get(original.name, original.name)
+    if new != original.name:
+        value.name = new
+        value.doc_string = f"tensor {original.name!r} of the full model"

@@ -1,9 +1,9 @@
 """Loading an ONNX model for splitting, and the graph questions splitting asks.
 
-A model is held twice: the ``onnx.ModelProto`` (with inferred shapes) that blocks are
-copied from, and an ``onnx_ir.Model`` view of the same graph whose values know their
-producer and their uses, which the cut finding and extraction navigate. Node
-``i`` of the IR graph is node ``i`` of the proto graph.
+Splitting works on one graph model: the ``onnx_ir.Model`` whose values know their
+producer and their uses, which cut finding navigates and extraction clones blocks
+from. The normalized ``onnx.ModelProto`` it was read from is kept only as the bytes
+to write as ``model.onnx`` and to run as the chain check's reference.
 """
 
 from __future__ import annotations
