@@ -113,7 +113,7 @@ def chain_timings(version_dir: Path, device: str, batches: list[int], repeats: i
             "device_chain_over_full": device_t["median_ms"] / full_t["median_ms"],
             "host_chain_over_full": host_t["median_ms"] / full_t["median_ms"],
         }
-    return {"providers": full.providers, "on_cuda": full.on_cuda, "batches": rows}
+    return {"providers": full.providers, "on_cuda": (full.value_device or ("cpu", 0))[0] == "cuda", "batches": rows}
 
 
 def _infer(stub: pb_grpc.GRPCInferenceServiceStub, model: str, name: str, x: np.ndarray) -> np.ndarray:

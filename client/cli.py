@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .connection import DEFAULT_ADDRESS
+from .fit import FITS  # numpy only: the adapters' one table gives the CLI its choices
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -38,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chain.add_argument("--stop", type=int, help="one past the last block to run (default: through the head)")
     chain.add_argument("--where", choices=["client", "server"], default="client", help="who passes activations on")
     chain.add_argument("--keep", default="", help="block indices whose outputs to show: '1,3' or 'all'")
-    chain.add_argument("--fit", choices=["resize", "pad", "project"], help="force the input into block start's shape")
+    chain.add_argument("--fit", choices=FITS, help="force the input into block start's shape")
 
     compare = _add(subparsers, "compare", _compare, "the experiment: full graph vs chains vs final blocks alone")
     compare.add_argument("model")
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--where", choices=["client", "server"], default="client", help="where final-only paths run")
     compare.add_argument("--every", type=int, default=1, help="skip curve step: skip 0, K, 2K, ... blocks")
     compare.add_argument("--matrix-samples", type=int, default=100, help="samples for the skip matrix (0: none)")
-    compare.add_argument("--matrix-fit", choices=["resize", "pad", "project"], default="resize")
+    compare.add_argument("--matrix-fit", choices=FITS, default=FITS[0])
     compare.add_argument("--no-curve", action="store_true", help="skip the skip curve")
     compare.add_argument("--seed", type=int, default=0, help="seed of the project adapter")
     compare.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with pictures to DIR")
@@ -358,7 +359,6 @@ def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
 
 def _compare(args: argparse.Namespace) -> int:
     from . import experiment
-    from .fit import FITS
 
     with _client(args) as client:
         found = client.blocks(args.model)

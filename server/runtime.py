@@ -27,10 +27,34 @@ CUDA = "CUDAExecutionProvider"
 
 
 @dataclass(frozen=True)
+class Device:
+    """One ``--device`` choice: the execution providers its sessions ask for, in preference order
+    (each with its provider options), the one that must really load, and where a chain keeps its
+    intermediates (an OrtValue device, None for host memory)."""
+
+    name: str
+    providers: tuple[tuple[str, dict[str, str]], ...]
+    required: str
+    value_device: tuple[str, int] | None = None
+    install_hint: str = ""
+
+
+# The one table of devices: the settings' validation, the CLI's choices and session creation read it.
+# Adding TensorRT or ROCm is one row (and "auto" tries the rows in order, before the CPU).
+DEVICES: dict[str, Device] = {
+    "cpu": Device("cpu", ((CPU, {}),), CPU),
+    "cuda": Device("cuda", ((CUDA, {"device_id": "0"}), (CPU, {})), CUDA, ("cuda", 0),
+                   "install onnxruntime-gpu (make setup-gpu)"),
+}
+AUTO = "auto"
+DEVICE_CHOICES: tuple[str, ...] = (*DEVICES, AUTO)
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """What every session of a server is created with."""
 
-    device: str = "cpu"  # cpu | cuda | auto
+    device: str = "cpu"  # a DEVICES key, or "auto"
     intra_op_threads: int = 1
     allow_spinning: bool = False
 
@@ -40,19 +64,30 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def resolve_device(device: str) -> Device:
+    """The DEVICES row for ``device``; "auto" picks the first accelerator this build offers, else the CPU.
+
+    Raises DeviceUnavailable when a named accelerator's provider is not in this onnxruntime build.
+    """
+    if device == AUTO:
+        offered = available_providers()
+        return next((d for d in DEVICES.values() if d.name != "cpu" and d.required in offered), DEVICES["cpu"])
+    try:
+        chosen = DEVICES[device]
+    except KeyError:
+        raise DeviceUnavailable(f"unknown device {device!r} (choose one of {', '.join(DEVICE_CHOICES)})") from None
+    if chosen.required not in available_providers():
+        package = "onnxruntime-gpu" if "gpu" in ort.get_device().lower() else "onnxruntime"
+        raise DeviceUnavailable(
+            f"--device {device}: this onnxruntime build ({ort.__version__}, package {package}) offers only "
+            f"{available_providers()}; {chosen.install_hint or 'install a build with ' + chosen.required}"
+        )
+    return chosen
+
+
 def requested_providers(device: str) -> list[str]:
-    """The provider list to create sessions with; DeviceUnavailable if ``cuda`` is not in the build."""
-    if device == "cpu":
-        return [CPU]
-    if CUDA not in available_providers():
-        if device == "cuda":
-            raise DeviceUnavailable(
-                f"--device cuda: this onnxruntime build ({ort.__version__}, package "
-                f"{'onnxruntime-gpu' if 'gpu' in ort.get_device().lower() else 'onnxruntime'}) "
-                f"offers only {available_providers()}; install onnxruntime-gpu (make setup-gpu)"
-            )
-        return [CPU]
-    return [CUDA, CPU]
+    """The provider names sessions are created with; DeviceUnavailable if a named accelerator is not in the build."""
+    return [name for name, _ in resolve_device(device).providers]
 
 
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
@@ -81,22 +116,27 @@ class IOSpec:
 class Graph:
     """One ONNX file as a runnable session.
 
-    ``run`` takes and returns host numpy arrays keyed by tensor name. On CUDA,
-    ``run_on_device`` keeps tensors as OrtValues on the GPU (IOBinding), which
-    ``chain`` uses so intermediates never cross to the host.
+    ``run`` takes and returns host numpy arrays keyed by tensor name. On an
+    accelerator (``value_device``), ``run_on_device`` keeps tensors as OrtValues on
+    it (IOBinding), which ``chain`` uses so intermediates never cross to the host.
     """
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
-        providers = requested_providers(options.device)
+        device = resolve_device(options.device)
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), session_options(options), providers=providers)
+        self.session = ort.InferenceSession(
+            str(path), session_options(options),
+            providers=[name for name, _ in device.providers],
+            provider_options=[dict(values) for _, values in device.providers],
+        )
         self.providers: list[str] = list(self.session.get_providers())
-        if options.device == "cuda" and CUDA not in self.providers:
+        if options.device != AUTO and device.required not in self.providers:
             raise DeviceUnavailable(
-                f"--device cuda: {CUDA} is in this onnxruntime build but did not load for {path.name} "
-                f"(session uses {self.providers}); check the CUDA and cuDNN libraries onnxruntime-gpu needs"
+                f"--device {device.name}: {device.required} is in this onnxruntime build but did not load for "
+                f"{path.name} (session uses {self.providers}); check the libraries that provider needs"
             )
-        self.on_cuda = CUDA in self.providers
+        # Where device-resident chains keep tensors; None when the session fell back to host memory.
+        self.value_device = device.value_device if device.required in self.providers else None
         self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
@@ -111,8 +151,9 @@ class Graph:
         binding = self.session.io_binding()
         for spec in self.inputs:
             binding.bind_ortvalue_input(spec.name, feeds[spec.name])
+        kind, index = self.value_device or ("cpu", 0)
         for name in self._output_names:
-            binding.bind_output(name, "cuda", 0)
+            binding.bind_output(name, kind, index)
         self.session.run_with_iobinding(binding)
         return dict(zip(self._output_names, binding.get_outputs(), strict=True))
 
@@ -131,7 +172,7 @@ def chain(
     outputs, all as host arrays. On CUDA the tensors between graphs stay on the
     device as OrtValues; only the last outputs and kept ones are copied back.
     """
-    if graphs and all(graph.on_cuda for graph in graphs):
+    if graphs and graphs[0].value_device is not None and all(g.value_device == graphs[0].value_device for g in graphs):
         return _chain_on_device(graphs, feeds, keep)
     values: dict[str, np.ndarray] = dict(feeds)
     kept: dict[int, dict[str, np.ndarray]] = {}
@@ -147,8 +188,9 @@ def chain(
 def _chain_on_device(
     graphs: Sequence[Graph], feeds: Mapping[str, np.ndarray], keep: Sequence[int]
 ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
+    kind, index = graphs[0].value_device
     values: dict[str, ort.OrtValue] = {
-        name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+        name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), kind, index)
         for name, array in feeds.items()
     }
     kept: dict[int, dict[str, np.ndarray]] = {}

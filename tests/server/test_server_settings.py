@@ -47,3 +47,19 @@ def test_workers_and_instances_default_to_auto_from_the_usable_cores() -> None:
     assert from_sources({}, {"LAYERSERVE_WORKERS": "auto"}).worker_count == cores
     chosen = from_sources({}, {"LAYERSERVE_INSTANCES": "4"}, auto={"instances": None})
     assert chosen.instances is None
+
+
+def test_one_device_table_gives_the_providers_and_the_choices() -> None:
+    from layerserve.server import runtime
+    from layerserve.server.errors import DeviceUnavailable
+
+    assert runtime.DEVICE_CHOICES == (*runtime.DEVICES, "auto")
+    assert runtime.requested_providers("cpu") == ["CPUExecutionProvider"]
+    # "auto" never refuses: the first accelerator this build offers, else the CPU row.
+    auto = runtime.resolve_device("auto")
+    assert auto.required in runtime.available_providers()
+    with pytest.raises(DeviceUnavailable, match=r"unknown device 'tpu' \(choose one of cpu, cuda, auto\)"):
+        runtime.resolve_device("tpu")
+    if "CUDAExecutionProvider" not in runtime.available_providers():
+        with pytest.raises(DeviceUnavailable, match="install onnxruntime-gpu"):
+            runtime.resolve_device("cuda")
