@@ -2,14 +2,18 @@
 
 Each request enters a bounded queue with a future. One task per endpoint waits
 for a free instance, takes the oldest request, merges the requests already
-waiting (and, while there is room, those arriving within ``max_queue_delay``
-of the oldest one's arrival) up to ``max_batch_size`` rows, runs the merged
-batch once on a worker thread and splits the output rows back: each future
-gets exactly its own rows. A request that would overflow the batch starts the
-next one; requests are never split or reordered.
+waiting up to ``max_batch_size`` rows, runs the merged batch once on a worker
+thread and splits the output rows back: each future gets exactly its own rows.
+A request that would overflow the batch starts the next one; requests are
+never split or reordered.
 
-With a zero delay the batcher is purely adaptive: whatever queued while the
-instances were busy runs together, which costs an idle server nothing.
+The batcher never makes an idle server wait. ``max_queue_delay`` (waiting for
+more requests, counted from the oldest one's arrival) applies only to a batch
+forming *under load*: when the oldest request had to wait for an instance, or
+others were already queued behind it. A lone request on an idle server runs at
+once, whatever the delay; a request that fills the batch by itself runs as it
+is, with no concatenation and no split. So the delay trades latency for larger
+batches only when there is load to batch.
 
 A request whose client cancelled (its future is cancelled when gRPC cancels the
 handler) or whose deadline passed while it waited is dropped from the batch
@@ -52,6 +56,8 @@ class BatchReport:
     requests: int
     compute_s: float
     queue_s: list[float]  # per request: enqueue -> run start
+    # Whether the batch was forming under load, so max_queue_delay could hold it for more requests.
+    delayable: bool = False
 
 
 @dataclass
@@ -154,12 +160,14 @@ class Batcher:
     async def _loop(self) -> None:
         while True:
             first = await self._next()
+            contended = self._slots.locked()  # every instance busy: the request waits, under load
             await self._slots.acquire()
             batch, rows = [first], first.rows
-            deadline = first.enqueued + self.max_queue_delay_s
+            delayable = contended or not self._queue.empty()
+            deadline = first.enqueued + self.max_queue_delay_s if delayable else None
             while rows < self.max_batch_size:
                 if self._queue.empty():
-                    remaining = deadline - time.perf_counter()
+                    remaining = -1.0 if deadline is None else deadline - time.perf_counter()
                     if remaining <= 0:
                         break
                     try:
@@ -175,11 +183,11 @@ class Batcher:
                     break
                 batch.append(pending)
                 rows += pending.rows
-            task = asyncio.get_running_loop().create_task(self._execute(batch, rows))
+            task = asyncio.get_running_loop().create_task(self._execute(batch, rows, delayable))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _execute(self, batch: list[_Pending], rows: int) -> None:
+    async def _execute(self, batch: list[_Pending], rows: int, delayable: bool) -> None:
         try:
             # Clients may have gone while the batch gathered (the delay) or waited for an instance.
             batch = [pending for pending in batch if self._live(pending)]
@@ -206,6 +214,7 @@ class Batcher:
                     pending.future.set_result(own if len(batch) > 1 else outputs)
                 offset += pending.rows
             if self._on_batch is not None:
-                self._on_batch(BatchReport(rows, len(batch), compute_s, [started - p.enqueued for p in batch]))
+                queued = [started - p.enqueued for p in batch]
+                self._on_batch(BatchReport(rows, len(batch), compute_s, queued, delayable))
         finally:
             self._slots.release()

@@ -98,3 +98,42 @@ def test_32_concurrent_clients_get_exactly_their_rows(server, tiny_repository: P
     assert after.inference_count - before.inference_count == sum(len(x) for x, _ in everything)
     # Merged: fewer runs than requests (the fixture's manifests ask for a 2 ms queue delay).
     assert after.execution_count - before.execution_count < requests
+
+
+def test_an_idle_server_never_holds_a_lone_request_for_the_queue_delay() -> None:
+    """The batcher's decision, not a clock: a lone request on a free instance is not delayable, whatever the
+    delay; requests that queue behind a busy instance are, and are merged."""
+    release = threading.Event()
+    seen: list[int] = []
+
+    def run(inputs):
+        seen.append(len(inputs["x"]))
+        release.wait(10)
+        return {"y": inputs["x"] + 1.0}
+
+    reports: list[BatchReport] = []
+
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            # A 60 s delay: were a lone request held for it, the test would hang, not pass.
+            batcher = Batcher(run, pool, max_batch_size=64, max_queue_delay_us=60_000_000, max_queue_size=100,
+                              on_batch=reports.append, label="t")
+            one = np.zeros((1, 2), np.float32)
+            release.set()
+            await batcher.infer({"x": one}, 1)  # idle server, lone request
+            release.clear()
+            busy = asyncio.ensure_future(batcher.infer({"x": one}, 1))  # occupies the only instance
+            await asyncio.sleep(0.05)
+            waiting = [asyncio.ensure_future(batcher.infer({"x": one}, 1)) for _ in range(3)]
+            full = asyncio.ensure_future(batcher.infer({"x": np.zeros((64, 2), np.float32)}, 64))
+            await asyncio.sleep(0.05)
+            release.set()
+            await asyncio.gather(busy, *waiting, full)
+            await batcher.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert [r.delayable for r in reports[:2]] == [False, False]
+    # The three that queued behind the busy instance formed a batch under load: delayable, merged,
+    # and the 64-row request that arrived after them filled a batch by itself and ran as it was.
+    assert reports[2].delayable and reports[2].requests == 3
+    assert seen == [1, 1, 3, 64]
