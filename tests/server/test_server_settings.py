@@ -53,7 +53,7 @@ def test_one_device_table_gives_the_providers_and_the_choices() -> None:
     from layerserve.server import runtime
     from layerserve.server.errors import DeviceUnavailable
 
-    assert runtime.DEVICE_CHOICES == (*runtime.DEVICES, "auto")
+    assert (*runtime.DEVICES, "auto") == runtime.DEVICE_CHOICES
     assert runtime.requested_providers("cpu") == ["CPUExecutionProvider"]
     # "auto" never refuses: the first accelerator this build offers, else the CPU row.
     auto = runtime.resolve_device("auto")
