@@ -2,9 +2,11 @@
 
 Contract of :func:`write_repository`: ``<root>/<name>/<version>/`` ends up holding
 exactly ``model.onnx``, ``blocks/NN_name.onnx`` (one per block, nothing stale),
-``samples.npz`` when samples are given, and ``manifest.json`` describing them with
-sha256 checksums. Files are written byte-for-byte reproducibly (the npz archive
-carries fixed timestamps), so retraining with the same seed yields the same files.
+``blocks/weights.bin`` (every weight once, read by the full graph and the blocks as
+ONNX external data: export/weights.py), ``samples.npz`` when samples are given, and
+``manifest.json`` describing them with sha256 checksums. Files are written
+byte-for-byte reproducibly (the npz archive carries fixed timestamps), so retraining
+with the same seed yields the same files.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from layerserve.proto.tensors import ONNX_ELEM_TYPES
 
 from .split import SplitResult
 from .stats import bytes_per_sample, flops_per_sample, parameter_count
+from .weights import share_weights
 
 VERSION = "1"
+WEIGHTS_FILE = "blocks/weights.bin"
 SERVING_DEFAULTS = ServingConfig(max_batch_size=64, dynamic_batching=True, max_queue_delay_us=500)
 
 
@@ -54,6 +58,12 @@ def tensor_spec(info: onnx.ValueInfoProto) -> TensorSpec:
 def file_ref(version_dir: Path, path: Path) -> FileRef:
     """A FileRef for ``path``, relative to the version folder."""
     return FileRef(path=path.relative_to(version_dir).as_posix(), sha256=sha256_of(path), size_bytes=path.stat().st_size)
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return copy
 
 
 def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -89,7 +99,14 @@ def write_repository(
         shutil.rmtree(version_dir)
     (version_dir / "blocks").mkdir(parents=True)
     full_path = version_dir / "model.onnx"
-    onnx.save(full, str(full_path))
+    block_paths = [version_dir / "blocks" / f"{block.name}.onnx" for block in result.blocks]
+    # Copies: the weights move out of the graphs written, not out of the caller's.
+    written = [(_copy(proto), path) for proto, path in [(full, full_path),
+                                                       *zip((b.proto for b in result.blocks), block_paths, strict=True)]]
+    weights_path = version_dir / WEIGHTS_FILE
+    share_weights(written, weights_path)
+    for proto, path in written:
+        onnx.save(proto, str(path))
     manifest = ModelManifest(
         name=name,
         version=version,
@@ -104,9 +121,11 @@ def write_repository(
     )
     if preprocessing is not None:
         manifest.preprocessing.CopyFrom(preprocessing)
-    for block in result.blocks:
-        path = version_dir / "blocks" / f"{block.name}.onnx"
-        onnx.save(block.proto, str(path))
+    if weights_path.stat().st_size:
+        manifest.weights.CopyFrom(file_ref(version_dir, weights_path))
+    else:
+        weights_path.unlink()
+    for block, path in zip(result.blocks, block_paths, strict=True):
         graph = block.proto.graph
         manifest.blocks.append(
             Block(

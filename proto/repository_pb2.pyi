@@ -136,7 +136,7 @@ class ServingConfig(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., dynamic_batching: _Optional[bool] = ..., max_queue_delay_us: _Optional[int] = ..., preferred_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelManifest(_message.Message):
-    __slots__ = ("format", "name", "version", "description", "full_model", "inputs", "outputs", "blocks", "provenance", "samples", "labels", "serving", "input_bytes_per_sample", "preprocessing")
+    __slots__ = ("format", "name", "version", "description", "full_model", "inputs", "outputs", "blocks", "provenance", "samples", "labels", "serving", "input_bytes_per_sample", "preprocessing", "weights")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class ModelManifest(_message.Message):
     SERVING_FIELD_NUMBER: _ClassVar[int]
     INPUT_BYTES_PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     format: int
     name: str
     version: str
@@ -165,4 +166,5 @@ class ModelManifest(_message.Message):
     serving: ServingConfig
     input_bytes_per_sample: int
     preprocessing: Preprocessing
-    def __init__(self, format: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., full_model: _Optional[_Union[FileRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., samples: _Optional[_Union[SampleSet, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., serving: _Optional[_Union[ServingConfig, _Mapping]] = ..., input_bytes_per_sample: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ...) -> None: ...
+    weights: FileRef
+    def __init__(self, format: _Optional[int] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., description: _Optional[str] = ..., full_model: _Optional[_Union[FileRef, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., samples: _Optional[_Union[SampleSet, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., serving: _Optional[_Union[ServingConfig, _Mapping]] = ..., input_bytes_per_sample: _Optional[int] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., weights: _Optional[_Union[FileRef, _Mapping]] = ...) -> None: ...

@@ -167,6 +167,8 @@ def _load_into(
             detail = str(error).replace(str(path), ref.path)
             raise LoadError(f"{ref.path} does not load: {type(error).__name__}: {detail}") from None
 
+    if verify and manifest.HasField("weights"):
+        _verify(model.path, manifest.weights)  # the data file every graph reads its weights from
     batching = _batching(manifest, overrides)
     model.full = graph(manifest.full_model)
     inputs, outputs = _specs(manifest.inputs), _specs(manifest.outputs)

@@ -24,13 +24,33 @@ def _load(name: str) -> tuple[Path, ModelManifest]:
 @pytest.mark.parametrize("name", NAMES)
 def test_checksums_and_sizes_match_the_manifest(name: str) -> None:
     folder, manifest = _load(name)
-    refs = [manifest.full_model, manifest.samples.file, *(block.file for block in manifest.blocks)]
+    refs = [manifest.full_model, manifest.samples.file, manifest.weights, *(block.file for block in manifest.blocks)]
     for ref in refs:
         path = folder / ref.path
         assert path.stat().st_size == ref.size_bytes, ref.path
         assert sha256_of(path) == ref.sha256, ref.path
     on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     assert on_disk == sorted([*(r.path for r in refs), "manifest.json"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_weight_is_on_disk_once(name: str) -> None:
+    import onnx
+
+    folder, manifest = _load(name)
+    assert manifest.weights.path == "blocks/weights.bin"
+    full = onnx.load(str(folder / manifest.full_model.path), load_external_data=False)
+    external = [t for t in full.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    stored = sum(int(dict((e.key, e.value) for e in t.external_data)["length"]) for t in external)
+    # The full graph's weights are the file's content, once (plus alignment padding under 4 KiB each).
+    assert stored <= manifest.weights.size_bytes < stored + 4096 * len(external)
+    for block in manifest.blocks:
+        graph = onnx.load(str(folder / block.file.path), load_external_data=False).graph
+        inline = [t.name for t in graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= 1024]
+        assert not inline, (block.name, inline)
+        for tensor in graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                assert dict((e.key, e.value) for e in tensor.external_data)["location"] == "weights.bin"
 
 
 @pytest.mark.parametrize("name", NAMES)
