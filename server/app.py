@@ -36,7 +36,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import allocator, errors, logs, metrics, runtime, security
+from . import allocator, errors, limits, logs, metrics, runtime, security
 from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
@@ -95,7 +95,8 @@ def load(settings: Settings) -> DataPlane:
                     extra={"fields": {"model": model.name, "providers": model.providers,
                                       "available": runtime.available_providers()}},
                 )
-    return DataPlane(repository, settings.instance_count, settings.max_queue_size)
+    max_message_bytes = settings.max_message_bytes or limits.message_limit(repository)
+    return DataPlane(repository, settings.instance_count, settings.max_queue_size, max_message_bytes)
 
 
 class _Captured:
@@ -135,8 +136,10 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
-            ("grpc.max_send_message_length", settings.max_message_bytes),
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", dataplane.max_message_bytes),
+            ("grpc.max_receive_message_length", dataplane.max_message_bytes),
+            # SETTINGS_MAX_CONCURRENT_STREAMS: with the message limit, bounds what one connection can pin.
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
             # gRPC turns SO_REUSEPORT on by default, which would let two servers share a port silently.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
@@ -175,6 +178,8 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
                           "instances": settings.instance_count, "intra_op_threads": settings.intra_op_threads,
                           "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
                           "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
+                          "max_message_bytes": dataplane.max_message_bytes,
+                          "max_concurrent_streams": settings.max_concurrent_streams,
                           "models": dataplane.repository.served_names()}},
     )
     return Running(server, port, metrics_port, dataplane, health_servicer)

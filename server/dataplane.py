@@ -79,10 +79,14 @@ class DataPlane:
     ``instances`` concurrent runs (one when 0).
     """
 
-    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024) -> None:
+    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024,
+                 max_message_bytes: int = 64 << 20) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
+        # The gRPC message limit, both ways, this server runs with (``--max-message-bytes``, or derived
+        # from the models by server/limits.py); one value, fixed once the repository is loaded.
+        self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
