@@ -21,7 +21,7 @@ from layerserve.proto.repository_pb2 import FileRef, ModelManifest
 
 from . import runtime
 from .endpoints import CHAIN, Batching, Endpoint, TensorSpec
-from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable
+from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class Repository:
         for name in sorted(self.models, key=len, reverse=True):
             if served == name or served.startswith(name + "."):
                 return name
-        raise ModelNotFound(f"unknown model {served!r}; serving {sorted(self.models) or 'nothing'}")
+        raise ModelNotFound(f"unknown model {quoted(served)}; serving {sorted(self.models) or 'nothing'}")
 
     def model(self, served: str, version: str = "") -> ModelVersion:
         """The version serving ``served`` (empty version: the latest ready one)."""
@@ -233,7 +233,8 @@ class Repository:
         if version:
             if version not in versions:
                 raise ModelNotFound(
-                    f"model {served!r} has no version {version!r}; versions: {', '.join(sorted(versions, key=int))}"
+                    f"model {quoted(served)} has no version {quoted(version)}; "
+                    f"versions: {', '.join(sorted(versions, key=int))}"
                 )
             chosen = versions[version]
         else:
@@ -250,7 +251,8 @@ class Repository:
             return model.endpoints[served]
         except KeyError:
             raise ModelNotFound(
-                f"unknown model {served!r}; {model.name} version {model.version} serves {', '.join(model.endpoints)}"
+                f"unknown model {quoted(served)}; {model.name} version {model.version} serves "
+                f"{', '.join(model.endpoints)}"
             ) from None
 
     def is_ready(self, served: str, version: str = "") -> bool:
