@@ -18,6 +18,7 @@ import numpy as np
 
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
+from .drain import Gate
 from .endpoints import CHAIN, Endpoint, validate_inputs
 from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
@@ -92,6 +93,8 @@ class DataPlane:
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
         self.draining = False
+        # Every RPC passes it (errors.handled); closed on SIGTERM so new ones get UNAVAILABLE.
+        self.gate = Gate()
         # Observers of every merged or direct run (metrics plug in here).
         self.batch_observers: list = []
         # Observers of requests dropped unrun: (endpoint, reason "cancelled" or "deadline").

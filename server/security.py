@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -52,9 +53,20 @@ def load_tokens(settings: Settings) -> list[str]:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from ``tls_cert``/``tls_key`` (PEM); with ``tls_client_ca``, clients must
-    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files."""
+    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files,
+    ValueError on files that are not a matching PEM certificate and key (gRPC itself would only fail
+    at bind time, once per worker)."""
     if settings.tls_cert is None:
         return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+    except ssl.SSLError as error:
+        raise ValueError(f"TLS files do not load (--tls-cert {settings.tls_cert}, --tls-key {settings.tls_key}"
+                         f"{f', --tls-client-ca {settings.tls_client_ca}' if settings.tls_client_ca else ''}): "
+                         f"{error.reason or error}") from None
     pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
     client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
