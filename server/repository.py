@@ -18,6 +18,7 @@ import numpy as np
 
 from layerserve.proto import manifest as manifests
 from layerserve.proto.repository_pb2 import FileRef, ModelManifest
+from layerserve.proto.tensors import format_spec
 
 from . import runtime
 from .endpoints import CHAIN, Batching, Endpoint, TensorSpec
@@ -89,12 +90,22 @@ def _specs(protos: Iterator | list) -> tuple[TensorSpec, ...]:
 
 
 def _check_io(label: str, graph: runtime.Graph, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
-    """The manifest and the ONNX file must agree on names and datatypes."""
+    """The manifest and the ONNX file must agree on names, datatypes and shapes.
+
+    Requests are validated against the manifest and metadata comes from it, so a manifest the file
+    does not honour would refuse right inputs, pass wrong ones on to ONNX Runtime (INTERNAL) and
+    describe outputs wrongly. Shapes must be equal, -1 in the manifest standing for a free (symbolic)
+    dimension in the file.
+    """
     for side, declared, actual in (("inputs", inputs, graph.inputs), ("outputs", outputs, graph.outputs)):
         want = [(spec.name, spec.datatype) for spec in declared]
         have = [(spec.name, spec.datatype) for spec in actual]
         if want != have:
             raise LoadError(f"{label} {side}: manifest declares {want}, {graph.path.name} has {have}")
+        for spec, real in zip(declared, actual, strict=True):
+            if spec.shape != real.shape:
+                raise LoadError(f"{label} {side[:-1]} {spec.name!r}: manifest declares {spec}, {graph.path.name} has "
+                                f"{format_spec(real.datatype, real.shape)}")
 
 
 def _batching(manifest: ModelManifest, overrides: Mapping[str, object]) -> Batching:
