@@ -4,6 +4,7 @@ from its batch before the run (no compute spent on it), counted, and the rest of
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -60,3 +61,66 @@ def test_expired_and_cancelled_requests_are_dropped_before_the_run(slow_server: 
     assert [b.batch_size for b in stats.batch_stats] == [1]
     assert _dropped("cancelled") + _dropped("deadline") - before == 2
     assert stats.inference_stats.fail.count == 2 and stats.inference_stats.success.count == 1
+
+
+# ---------------------------------------------------------------- message and stream limits
+
+
+def _code_of(stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest) -> grpc.StatusCode:
+    try:
+        stub.ModelInfer(request, timeout=60)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_the_default_message_limit_comes_from_the_models(tmp_path: Path) -> None:
+    """tiny_cnn at max_batch_size 4096: its largest tensor, h1 [4096,4,8,8] FP32, is 4 MiB; with headroom
+    (x1.25 + 64 KiB, rounded up to a MiB) the limit is 6 MiB, not the old fixed 64 MiB."""
+    from layerserve.server.settings import Settings
+
+    tiny_repo.build(tmp_path, "wide_cnn", "1", max_batch_size=4096)
+    options = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
+    with ServerThread(Settings(models=tmp_path, port=0, metrics_port=-1)) as running, \
+            grpc.insecure_channel(running.address, options=options) as channel:
+        assert running.running.dataplane.max_message_bytes == 6 << 20
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        over = pb.ModelInferRequest(model_name="wide_cnn")
+        add_raw_input(over, "x", np.zeros((7 * 4096, 1, 8, 8), np.float32))  # 7 MiB
+        assert _code_of(stub, over) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        under = pb.ModelInferRequest(model_name="wide_cnn")
+        add_raw_input(under, "x", np.zeros((5 * 4096, 1, 8, 8), np.float32))  # 5 MiB: read, then too many rows
+        assert _code_of(stub, under) == grpc.StatusCode.INVALID_ARGUMENT
+        fits = pb.ModelInferRequest(model_name="wide_cnn.00_stem")
+        add_raw_input(fits, "x", np.ones((4096, 1, 8, 8), np.float32))  # 1 MiB in, the 4 MiB h1 out
+        assert len(stub.ModelInfer(fits, timeout=60).raw_output_contents[0]) == 4 << 20
+
+
+def test_a_connection_holds_at_most_max_concurrent_streams(slow_server_streams: ServerThread) -> None:
+    """Ten requests at once on one connection to a server allowing two streams: the client holds some
+    back and gRPC refuses others (REFUSED_STREAM, UNAVAILABLE to the client, retryable), so the batching
+    window never sees them all at once. (gRPC admits one stream over the limit while the client learns it.)"""
+    with grpc.insecure_channel(slow_server_streams.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ServerReady(pb.ServerReadyRequest(), timeout=10)  # the server's SETTINGS are known now
+        calls = [stub.ModelInfer.future(_request(float(i), rows=1)) for i in range(10)]
+        codes = []
+        for call in calls:
+            try:
+                codes.append(grpc.StatusCode.OK if call.result(timeout=60) else None)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+        statistics = stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow_cnn", version="1"), timeout=10)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    largest = max(b.batch_size for b in statistics.model_stats[0].batch_stats)
+    assert largest <= 2 + 1, (largest, codes)
+
+
+@pytest.fixture(scope="module")
+def slow_server_streams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    from layerserve.server.settings import Settings
+
+    root = tmp_path_factory.mktemp("streams")
+    tiny_repo.build(root, "slow_cnn", "1", seed=6, max_queue_delay_us=1_000_000)
+    with ServerThread(Settings(models=root, port=0, metrics_port=-1, max_concurrent_streams=2)) as running:
+        yield running
