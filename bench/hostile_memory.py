@@ -2,7 +2,8 @@
 
 Two clients of #13 (item 8), each against a fresh ``layerserve serve --workers 1`` (one process, so
 its VmRSS is the whole server), once with the old limits (64 MiB messages, unlimited streams per
-connection) and once with the defaults (message limit derived from the models, 32 streams):
+connection; the memory janitor's budget then 512 MiB, so it never acts) and once with the defaults
+(message limit derived from the models, 32 streams, janitor budget 64 MiB):
 
 - **refused**: ``--refused`` messages of 65 MiB sent one after the other on one channel; every
   one is refused (RESOURCE_EXHAUSTED). RSS before and after.
@@ -35,7 +36,7 @@ from layerserve.server.launcher import ServerProcess
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 OLD_LIMITS = ["--max-message-bytes", str(64 << 20), "--max-concurrent-streams", str(2**31 - 1)]
-SETTLE_S = 3.0
+SETTLE_S = 7.0  # longer than the server's memory janitor period (5 s)
 
 # The stalled reader: sends every request, then SIGSTOPs itself with the answers unread.
 _STALLED_CLIENT = """
@@ -108,29 +109,42 @@ def stalled_reader(address: str, payload: bytes, streams: int, pid: int, workdir
     return {"while_stalled": held, "after_client_killed": rss_kib(pid)}
 
 
+def _server(models: Path, flags: list[str]) -> ServerProcess:
+    return ServerProcess(models, ["--workers", "1", "--log-level", "WARNING", *flags])
+
+
+def _warm(address: str, payload: bytes) -> None:
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
+        call = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        for _ in range(20):  # sessions, allocator pools
+            call(payload, timeout=60)
+    time.sleep(1.0)
+
+
 def measure(models: Path, flags: list[str], args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    """Both clients, each against its own fresh server started with ``flags``."""
     payload, name, answer_bytes = largest_output_request(models, args.model)
-    with ServerProcess(models, ["--workers", "1", "--log-level", "WARNING", *flags]) as server:
+    with _server(models, flags) as server:
         pid = server.process.pid
-        with grpc.insecure_channel(server.address, options=[("grpc.max_receive_message_length", 1 << 30)]) as channel:
-            call = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
-            for _ in range(20):  # warm: sessions, allocator pools
-                call(payload, timeout=60)
-        time.sleep(1.0)
+        _warm(server.address, payload)
         start = rss_kib(pid)
         codes = refused(server.address, args.refused, args.refused_bytes)
         time.sleep(SETTLE_S)
         after_refused = rss_kib(pid)
+    with _server(models, flags) as server:
+        pid = server.process.pid
+        _warm(server.address, payload)
+        stalled_start = rss_kib(pid)
         stalled = stalled_reader(server.address, payload, args.streams, pid, workdir)
         alive = server.process.poll() is None
     return {
         "flags": flags, "endpoint": name, "answer_bytes": answer_bytes,
-        "rss_kib_start": start,
-        "refused_codes": codes, "rss_kib_after_refused": after_refused,
-        "refused_growth_mib": round((after_refused - start) / 1024, 1),
-        "rss_kib_stalled_reader": stalled["while_stalled"],
-        "stalled_reader_held_mib": round((stalled["while_stalled"] - after_refused) / 1024, 1),
-        "rss_kib_after_stalled_reader_killed": stalled["after_client_killed"],
+        "refused": {"codes": codes, "rss_kib_before": start, "rss_kib_after": after_refused,
+                    "growth_mib": round((after_refused - start) / 1024, 1)},
+        "stalled_reader": {"streams": args.streams, "rss_kib_before": stalled_start,
+                           "rss_kib_while_stalled": stalled["while_stalled"],
+                           "held_mib": round((stalled["while_stalled"] - stalled_start) / 1024, 1),
+                           "rss_kib_after_client_killed": stalled["after_client_killed"]},
         "server_alive": alive,
     }
 

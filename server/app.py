@@ -226,6 +226,7 @@ async def serve(
 ) -> None:
     """Serve until one of ``signals``, then drain."""
     running = await start(settings, reuse_port, serve_metrics)
+    allocator.start_janitor(limits.heap_budget(running.dataplane.max_message_bytes))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in signals:

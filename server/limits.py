@@ -64,3 +64,9 @@ def message_limit(repository: Repository) -> int:
         largest = max(largest, size)
     wanted = math.ceil((largest * HEADROOM + ENVELOPE) / MIB) * MIB
     return min(CEILING, max(FLOOR, wanted))
+
+
+def heap_budget(max_message_bytes: int) -> int:
+    """Resident memory over the start-up size that the allocator may keep (server/allocator.py's
+    janitor): room for many messages at the limit in flight, at least 64 MiB."""
+    return max(64 * MIB, 8 * max_message_bytes)
