@@ -3,7 +3,7 @@
 Two clients of #13 (item 8), each against a fresh ``layerserve serve --workers 1`` (one process, so
 its VmRSS is the whole server), once with the old limits (64 MiB messages, unlimited streams per
 connection; the memory janitor's budget then 512 MiB, so it never acts) and once with the defaults
-(message limit derived from the models, 32 streams, janitor budget 64 MiB):
+(message limit derived from the models, 128 streams, janitor budget 64 MiB):
 
 - **refused**: ``--refused`` messages of 65 MiB sent one after the other on one channel; every
   one is refused (RESOURCE_EXHAUSTED). RSS before and after.
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="digits_cnn")
     parser.add_argument("--refused", type=int, default=8, help="oversized messages to send")
     parser.add_argument("--refused-bytes", type=int, default=65 << 20)
-    parser.add_argument("--streams", type=int, default=200, help="requests the stalled reader sends")
+    parser.add_argument("--streams", type=int, default=400, help="requests the stalled reader sends")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     workdir = Path(os.environ.get("TMPDIR", "/tmp"))

@@ -42,7 +42,7 @@ class Settings:
     max_message_bytes: int | None = None
     # HTTP/2 streams (RPCs in flight) one connection may hold; bounds what a client that never
     # reads its answers can pin (docs/server.md, "Limits").
-    max_concurrent_streams: int = 32
+    max_concurrent_streams: int = 128
     # ONNX Runtime threads per session. Few and non-spinning: gRPC needs the cores too
     # (docs/BENCHMARKS.md, "Server concurrency design").
     intra_op_threads: int = 1
