@@ -4,9 +4,12 @@ The strategies here generate what a careless or hostile client sends: random and
 unicode names, unknown datatypes, wrong ranks, negative and huge dimensions, raw
 byte lengths that disagree with the shape, missing, extra and duplicate inputs,
 empty batches, NaN/Inf, typed and raw contents mixed, unknown parameters, and
-undecodable or truncated protobuf bytes. ``check`` sends one and classifies the
-answer: a client mistake must get a proper status (never UNKNOWN or INTERNAL),
-and an OK answer must equal in-process ONNX Runtime on the same inputs.
+undecodable or truncated protobuf bytes, names of up to 1 MB and random bytes in
+every string field of every request that has one. ``check`` sends one and
+classifies the answer: a client mistake must get a proper status (never UNKNOWN
+or INTERNAL) with a message of at most MAX_DETAILS_BYTES, and an OK answer must
+equal in-process ONNX Runtime on the same inputs; the server's ``/metrics`` must
+stay under METRICS_MAX_BYTES however many names were tried.
 tests/server/test_server_hostile.py runs a bounded number; this script runs many::
 
     python -m bench.fuzz --requests 10000            # against models/ on a server it starts
@@ -20,6 +23,7 @@ import json
 import math
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime as ort
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +39,27 @@ from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto.manifest import read_manifest, version_folders
 from layerserve.proto.tensors import CONTENTS_FIELD, DATATYPES, decode_input
+from layerserve.server.errors import MAX_MESSAGE_BYTES
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 CHAIN = "/layerserve.v1.LayerService/Chain"
 # Codes that are never a right answer to a client's mistake.
 FORBIDDEN = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL})
 TIMEOUT_S = 30.0
+# No status message may be longer (the server cuts echoes; gRPC clients refuse trailers over 16 KiB).
+MAX_DETAILS_BYTES = MAX_MESSAGE_BYTES
+# /metrics of a server of models/ (two models, 14 served names) after any number of hostile names.
+METRICS_MAX_BYTES = 512 * 1024
+MAX_NAME_CHARS = 1_000_000
+# Every RPC of ours whose request has string fields: (method, request type).
+STRING_METHODS = [
+    (MODEL_INFER, pb.ModelInferRequest),
+    (CHAIN, lpb.ChainRequest),
+    ("/inference.GRPCInferenceService/ModelReady", pb.ModelReadyRequest),
+    ("/inference.GRPCInferenceService/ModelMetadata", pb.ModelMetadataRequest),
+    ("/inference.GRPCInferenceService/ModelStatistics", pb.ModelStatisticsRequest),
+    ("/layerserve.v1.LayerService/ListBlocks", lpb.ListBlocksRequest),
+]
 
 
 @dataclass
@@ -279,6 +299,68 @@ def garbage_payloads(draw: st.DrawFn, reference: Reference) -> bytes:
     return bytes(data)
 
 
+def string_paths(descriptor: Descriptor, depth: int = 3) -> list[tuple[int, ...]]:
+    """Field-number paths to every string field of ``descriptor`` (through nested messages and map
+    entries, ``depth`` levels down)."""
+    paths: list[tuple[int, ...]] = []
+    for spec in descriptor.fields:
+        if spec.type == FieldDescriptor.TYPE_STRING:
+            paths.append((spec.number,))
+        elif spec.type == FieldDescriptor.TYPE_MESSAGE and depth > 1:
+            paths += [(spec.number, *rest) for rest in string_paths(spec.message_type, depth - 1)]
+    return paths
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def with_string(serialized: bytes, path: tuple[int, ...], value: bytes) -> bytes:
+    """``serialized`` with ``value`` (any bytes) as the string at ``path``: appended on the wire, so it
+    overrides a singular field and adds an element (or map entry) to a repeated one."""
+    payload = _length_delimited(path[-1], value)
+    for number in reversed(path[:-1]):
+        payload = _length_delimited(number, payload)
+    return serialized + payload
+
+
+def _name_text(draw: st.DrawFn) -> str:
+    """Mostly short names; sometimes up to MAX_NAME_CHARS characters (a repeated unicode seed)."""
+    size = draw(st.one_of(st.integers(0, 40), st.integers(1_000, MAX_NAME_CHARS)))
+    seed = draw(st.text(min_size=1, max_size=8))
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+@st.composite
+def string_field_payloads(draw: st.DrawFn, reference: Reference) -> tuple[str, bytes]:
+    """(method, request bytes) with one string field holding a huge name, random text or random bytes
+    (usually not UTF-8, which protobuf refuses to parse)."""
+    method, message_type = draw(st.sampled_from(STRING_METHODS))
+    if message_type is pb.ModelInferRequest:
+        base = draw(infer_requests(reference)).SerializeToString()
+    elif message_type is lpb.ChainRequest:
+        base = draw(chain_requests(reference)).SerializeToString()
+    else:
+        base = message_type(**{message_type.DESCRIPTOR.fields[0].name: draw(st.sampled_from(reference.names()))}
+                            ).SerializeToString()
+    path = draw(st.sampled_from(string_paths(message_type.DESCRIPTOR)))
+    value = draw(st.one_of(st.builds(lambda t: t.encode(), st.text(max_size=64)),
+                           st.binary(min_size=1, max_size=256),
+                           st.just(None)))
+    if value is None:
+        value = _name_text(draw).encode()
+    return method, with_string(base, path, value)
+
+
 # ---------------------------------------------------------------- sending and judging
 
 
@@ -294,6 +376,8 @@ class Prober:
 
     def __init__(self, channel: grpc.Channel, reference: Reference) -> None:
         self.reference = reference
+        self._channel = channel
+        self._calls: dict[str, grpc.UnaryUnaryMultiCallable] = {}
         self._infer = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         self._chain = channel.unary_unary(CHAIN, request_serializer=None, response_deserializer=None)
 
@@ -345,6 +429,18 @@ class Prober:
         _, outcome = self._send(self._infer, payload)
         return outcome
 
+    def raw(self, method_and_payload: tuple[str, bytes]) -> Outcome:
+        """Send request bytes to any of our methods; an OK ModelInfer answer is checked."""
+        method, payload = method_and_payload
+        if method not in self._calls:
+            self._calls[method] = self._channel.unary_unary(method, request_serializer=None,
+                                                            response_deserializer=None)
+        reply, outcome = self._send(self._calls[method], payload)
+        if reply is not None and method == MODEL_INFER:
+            request = pb.ModelInferRequest.FromString(payload)  # the server parsed it, so this does
+            outcome.wrong_answer = not self._right(request, pb.ModelInferResponse.FromString(reply))
+        return outcome
+
     def still_right(self, name: str, seed: int = 0) -> bool:
         """A valid request gets the right answer (the server survived whatever came before)."""
         request, want = self.reference.valid_request(name, rows=2, seed=seed)
@@ -353,20 +449,28 @@ class Prober:
 
 
 def acceptable(outcome: Outcome) -> bool:
-    """A proper answer: no UNKNOWN/INTERNAL for a client mistake, and no wrong OK answer."""
-    return outcome.code not in FORBIDDEN and not outcome.wrong_answer
+    """A proper answer: no UNKNOWN/INTERNAL for a client mistake, a bounded message, no wrong OK answer."""
+    return (outcome.code not in FORBIDDEN and not outcome.wrong_answer
+            and len(outcome.details.encode()) <= MAX_DETAILS_BYTES)
+
+
+def metrics_bytes(port: int) -> int:
+    """Size of the server's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        return len(reply.read())
 
 
 # ---------------------------------------------------------------- the long run
 
 
 def run(address: str, reference: Reference, requests: int, seed: int = 0) -> dict[str, object]:
-    """Send ``requests`` hostile requests (infer, chain and garbage in turn), checking a valid
-    request after every 50; returns the status histogram and every unacceptable outcome."""
+    """Send ``requests`` hostile requests (infer, chain, garbage and string fields in turn), checking a
+    valid request after every 50; returns the status histogram and every unacceptable outcome."""
     codes: collections.Counter[str] = collections.Counter()
     bad: list[dict[str, str]] = []
     checks_failed = 0
     sent = 0
+    longest = 0
     started = time.perf_counter()
     with grpc.insecure_channel(address) as channel:
         prober = Prober(channel, reference)
@@ -374,15 +478,18 @@ def run(address: str, reference: Reference, requests: int, seed: int = 0) -> dic
             (infer_requests(reference), prober.infer),
             (chain_requests(reference), prober.chain),
             (garbage_payloads(reference), prober.garbage),
+            (string_field_payloads(reference), prober.raw),
         ]
-        share = [requests * 6 // 10, requests * 2 // 10]
+        share = [requests * 5 // 10, requests * 2 // 10, requests // 10]
         share.append(requests - sum(share))
+
         def judged(send: Callable[[object], Outcome]) -> Callable[[object], None]:
             def one(message: object) -> None:
-                nonlocal sent, checks_failed
+                nonlocal sent, checks_failed, longest
                 outcome = send(message)
                 sent += 1
                 codes[outcome.code.name] += 1
+                longest = max(longest, len(outcome.details.encode()))
                 if not acceptable(outcome) and len(bad) < 50:
                     bad.append({"code": outcome.code.name, "details": outcome.details[:300],
                                 "wrong_answer": str(outcome.wrong_answer)})
@@ -400,6 +507,7 @@ def run(address: str, reference: Reference, requests: int, seed: int = 0) -> dic
         "requests": sent,
         "seconds": round(time.perf_counter() - started, 1),
         "status_codes": dict(codes.most_common()),
+        "longest_status_message_bytes": longest,
         "unacceptable": bad,
         "valid_checks_failed": checks_failed,
         "final_valid_requests_right": final_ok,
@@ -421,13 +529,17 @@ def main(argv: list[str] | None = None) -> int:
         from layerserve.server.launcher import ServerProcess
 
         with ServerProcess(args.models, ["--log-level", "ERROR"]) as server:
+            before = metrics_bytes(server.metrics_port)
             result = run(server.address, reference, args.requests)
+            result["metrics_bytes"] = {"before": before, "after": metrics_bytes(server.metrics_port),
+                                       "bound": METRICS_MAX_BYTES}
             result["server_alive"] = server.process.poll() is None
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
     ok = not result["unacceptable"] and not result["valid_checks_failed"] and result["final_valid_requests_right"]
+    ok = ok and result.get("metrics_bytes", {}).get("after", 0) <= METRICS_MAX_BYTES
     return 0 if ok else 1
 
 

@@ -11,6 +11,12 @@ follows the largest working set instead of shrinking after each request.
 
 Only glibc is tuned; an explicit ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``
 in the environment (glibc's own knobs) wins and leaves this alone.
+
+What is kept is bounded, though: gRPC reads a whole message before refusing it as
+too large (grpc/grpc#43012), and what it freed would otherwise stay resident for
+good. ``start_janitor`` gives free pages back (``malloc_trim``) whenever the
+resident size passes the size at start-up plus a budget that the served models'
+working set stays under, so normal traffic keeps its pages.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import ctypes.util
 import logging
 import os
 import platform
+import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +59,43 @@ def retain_freed_memory() -> bool:
     if not done:
         log.warning("could not raise glibc's malloc thresholds; large tensors will cost page faults")
     return done
+
+
+def _libc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def start_janitor(budget_bytes: int, every_s: float = 5.0) -> bool:
+    """Every ``every_s`` seconds, give free heap pages back when the resident size exceeds the size
+    now (or after the last trim, what could not be given back) by more than ``budget_bytes``.
+    A daemon thread; False (nothing started) outside glibc."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    floor = resident_bytes()
+
+    def watch() -> None:
+        nonlocal floor
+        while True:
+            time.sleep(every_s)
+            before = resident_bytes()
+            if before > floor + budget_bytes:
+                libc.malloc_trim(0)
+                floor = max(floor, resident_bytes())
+                log.info("gave free memory back", extra={"fields": {
+                    "rss_mib_before": before >> 20, "rss_mib_after": resident_bytes() >> 20,
+                    "budget_mib": budget_bytes >> 20}})
+
+    threading.Thread(target=watch, name="malloc-janitor", daemon=True).start()
+    return True

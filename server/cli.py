@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Mapping
 
+from . import settings
 from .settings import Settings
 
 
@@ -39,11 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--host", help=f"address to bind (default {defaults.host})")
     add("--port", type=int, help=f"gRPC port, 0 picks a free one (default {defaults.port})")
     add("--metrics-port", type=int, help=f"Prometheus HTTP port, -1 disables (default {defaults.metrics_port})")
-    add("--device", choices=["cpu", "cuda", "auto"], help="execution provider: cuda refuses to start if CUDA does "
-        "not load; auto falls back to the CPU (default cpu)")
+    add("--device", choices=settings.choices("device"), help="execution provider: cuda refuses to start if CUDA "
+        "does not load; auto falls back to the CPU (default cpu)")
     add("--workers", type=_count_or_auto, metavar="N|auto", help="server processes sharing the port through "
         "SO_REUSEPORT; auto: one per usable core (default auto)")
-    add("--max-message-bytes", type=int, help=f"largest gRPC message either way (default {defaults.max_message_bytes})")
+    add("--max-message-bytes", type=_count_or_auto, metavar="N|auto", help="largest gRPC message either way; auto: "
+        "the largest input or output of any served model at its max_batch_size, plus headroom (default auto)")
+    add("--max-concurrent-streams", type=int, help="RPCs in flight per client connection "
+        f"(default {defaults.max_concurrent_streams})")
     add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
     add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")
     add("--instances", type=_count_or_auto, metavar="N|auto", help="concurrent model runs (worker threads) per "
@@ -61,19 +66,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA")
     add("--token-file", metavar="FILE", help="require 'authorization: Bearer <token>' with one of these tokens "
         "(one per line); LAYERSERVE_TOKENS=a,b adds more")
-    add("--auth-health", type=_bool, metavar="BOOL", help="health checks need a token too (default false: "
-        "probes carry none)")
+    add("--auth-health", choices=settings.choices("auth_health"), help="with tokens on, which health checks need "
+        "one: models (every service but the overall '', which probes use), all, or none (default models)")
     parser.set_defaults(handler=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from . import app, settings
+def settings_of(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """The Settings that parsed ``serve`` flags and ``environ`` (default: os.environ) give.
 
+    Raises ValueError naming the flag or variable whose value is unusable.
+    """
     flags = {field.name: getattr(args, field.name, None) for field in dataclasses.fields(Settings)}
     # "auto" given as a flag must win over a variable, so it is not None here: its stand-in value.
-    auto = {name: settings.AUTO[name] for name, value in flags.items() if value == "auto"}
+    auto = {name: settings.AUTO[name] for name in settings.AUTO if flags.get(name) == "auto"}
+    flags = {name: value for name, value in flags.items() if name not in auto}
+    return settings.from_sources(flags, environ, auto=auto)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import app
+
     try:
-        chosen = settings.from_sources(flags, auto=auto)
+        chosen = settings_of(args)
     except (ValueError, TypeError) as error:
         print(f"layerserve serve: {error}", file=sys.stderr)
         return 2

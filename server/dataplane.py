@@ -18,6 +18,7 @@ import numpy as np
 
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
+from .drain import Gate
 from .endpoints import CHAIN, Endpoint, answer_row_bytes, check_answer_size, validate_inputs
 from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
@@ -93,18 +94,21 @@ class DataPlane:
     it runs (0: no check).
     """
 
-    def __init__(
-        self, repository: Repository, instances: int = 1, max_queue_size: int = 1024, max_message_bytes: int = 0
-    ) -> None:
+    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024,
+                 max_message_bytes: int = 64 << 20) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
+        # The gRPC message limit, both ways, this server runs with (``--max-message-bytes``, or derived
+        # from the models by server/limits.py); one value, fixed once the repository is loaded.
         self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
         self.draining = False
+        # Every RPC passes it (errors.handled); closed on SIGTERM so new ones get UNAVAILABLE.
+        self.gate = Gate()
         # Observers of every merged or direct run (metrics plug in here).
         self.batch_observers: list = []
         # Observers of requests dropped unrun: (endpoint, reason "cancelled" or "deadline").

@@ -18,7 +18,7 @@ import numpy as np
 
 from layerserve.proto.tensors import TensorSpec, datatype_of, format_spec
 
-from .errors import AnswerTooLarge, InvalidInput
+from .errors import AnswerTooLarge, InvalidInput, quoted
 
 CHAIN = "chain"
 # What a response carries besides its tensors' bytes (names, shapes, ids): generous, so the
@@ -80,7 +80,7 @@ class Endpoint:
         known = [spec.name for spec in self.outputs]
         for name in requested:
             if name not in known:
-                raise InvalidInput(f"{self.name} has no output {name!r}; it gives {_listing(self.outputs)}")
+                raise InvalidInput(f"{self.name} has no output {quoted(name)}; it gives {_listing(self.outputs)}")
         return list(requested) or known
 
 
@@ -129,7 +129,7 @@ def validate_inputs(
     for name, array in inputs.items():
         if name not in by_name:
             raise InvalidInput(
-                f"{label} has no input {name!r} (got {describe(array)}); it expects {_listing(specs)}"
+                f"{label} has no input {quoted(name)} (got {describe(array)}); it expects {_listing(specs)}"
             )
     rows: int | None = None
     for spec in specs:

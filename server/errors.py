@@ -5,6 +5,11 @@ aborts the RPC with the error's status and message, maps the codec's
 TensorCodecError and undecodable request bytes (see ``lenient``) to
 INVALID_ARGUMENT, and turns anything unexpected into INTERNAL with a logged
 traceback, so the server keeps serving after every error.
+
+Messages echo what the client sent, which has no size bound: ``quoted`` cuts one
+client value to MAX_ECHO_CHARS, and ``status_of`` cuts every whole message to
+MAX_MESSAGE_BYTES, each with a marker. gRPC clients refuse trailers over 16 KiB,
+so an unbounded echo would turn NOT_FOUND into RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -23,6 +28,27 @@ from google.protobuf.message import DecodeError
 from layerserve.proto.tensors import TensorCodecError
 
 log = logging.getLogger(__name__)
+
+# One client value inside a message (a model, input or output name), in characters.
+MAX_ECHO_CHARS = 80
+# A whole status message, in UTF-8 bytes (percent-encoded on the wire: at most 3x this).
+MAX_MESSAGE_BYTES = 1024
+
+
+def quoted(value: str) -> str:
+    """``repr(value)`` for a message, cut to MAX_ECHO_CHARS characters with a marker of what was left out."""
+    if len(value) <= MAX_ECHO_CHARS:
+        return repr(value)
+    return f"{value[:MAX_ECHO_CHARS]!r}...(+{len(value) - MAX_ECHO_CHARS} chars)"
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``message`` cut to ``limit`` UTF-8 bytes, with a marker when cut."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    marker = f"...(message cut, {len(data)} bytes)"
+    return data[: limit - len(marker)].decode(errors="ignore") + marker
 
 
 class ServerError(Exception):
@@ -57,6 +83,12 @@ class AnswerTooLarge(ServerError):
 
 class QueueFull(ServerError):
     """The model's batching queue is at its bound; the client should retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ShuttingDown(ServerError):
+    """The server is draining: it finishes what it accepted and refuses new RPCs (retryable)."""
 
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -112,12 +144,12 @@ def lenient_handlers(handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, gr
 
 
 def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, str]:
-    """The status code and message a client gets for ``error``."""
+    """The status code and message (at most MAX_MESSAGE_BYTES) a client gets for ``error``."""
     if isinstance(error, ServerError):
-        return error.code, str(error)
+        return error.code, bounded(str(error))
     if isinstance(error, TensorCodecError):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"{model} {error}" if model else str(error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        return grpc.StatusCode.INVALID_ARGUMENT, bounded(f"{model} {error}" if model else str(error))
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
 
 
 # Called once per RPC with (rpc name, model name, status code, seconds); metrics plug in here.
@@ -134,15 +166,29 @@ def add_observer(observer: Observer) -> None:
 _Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
 
 
+# Probes answer while the server drains (ServerReady then says false): they hold nothing.
+_UNGATED = frozenset({"ServerLive", "ServerReady", "ModelReady"})
+
+
 def handled(method: _Method) -> _Method:
-    """Wrap an async servicer method: domain errors abort with their status, the rest INTERNAL."""
+    """Wrap an async servicer method: domain errors abort with their status, the rest INTERNAL.
+
+    When the servicer's ``dataplane`` has a drain ``gate`` (server/drain.py), the RPC passes it:
+    counted while it runs, refused with UNAVAILABLE once the server is shutting down.
+    """
     rpc = method.__name__
+    gated = rpc not in _UNGATED
 
     @functools.wraps(method)
     async def wrapper(self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.perf_counter()
         model = getattr(request, "model_name", "") or getattr(request, "name", "")
+        gate = getattr(getattr(self, "dataplane", None), "gate", None) if gated else None
+        admitted = False
         try:
+            if gate is not None:
+                gate.enter()
+                admitted = True
             if isinstance(request, Undecodable):
                 raise InvalidInput(f"{rpc} request is not a valid {request.message_type}: {request.error}")
             response = await method(self, request, context)
@@ -152,9 +198,12 @@ def handled(method: _Method) -> _Method:
         except Exception as error:  # noqa: BLE001 - the one place every error is mapped
             code, message = status_of(error, model)
             if code is grpc.StatusCode.INTERNAL:
-                log.exception("unexpected error in %s", rpc, extra={"fields": {"rpc": rpc, "model": model}})
+                log.exception("unexpected error in %s", rpc, extra={"fields": {"rpc": rpc, "model": quoted(model)}})
             _observe(rpc, model, code, time.perf_counter() - start)
             await context.abort(code, message)
+        finally:
+            if admitted:
+                gate.leave()
         _observe(rpc, model, grpc.StatusCode.OK, time.perf_counter() - start)
         return response
 

@@ -19,7 +19,7 @@ from layerserve.proto.tensors import TensorCodecError, add_raw_output, decode_in
 
 from .dataplane import DataPlane, Stats
 from .endpoints import TensorSpec
-from .errors import InvalidInput, handled
+from .errors import InvalidInput, handled, quoted
 from .repository import READY
 
 PLATFORM = "onnxruntime_onnx"
@@ -45,8 +45,8 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
     inputs: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in inputs:
-            raise InvalidInput(f"{request.model_name} input {tensor.name!r} is given twice")
-        inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None)
+            raise InvalidInput(f"{quoted(request.model_name)} input {quoted(tensor.name)} is given twice")
+        inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None, f"input {quoted(tensor.name)}")
     return inputs
 
 
@@ -128,6 +128,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @handled
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        # The name first: an unknown one is NOT_FOUND whatever its tensors hold.
+        self.repository.endpoint(request.model_name, request.model_version)
         inputs = decode_inputs(request)
         result = await self.dataplane.infer(
             request.model_name, request.model_version, inputs, [o.name for o in request.outputs],

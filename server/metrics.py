@@ -1,20 +1,29 @@
 """Prometheus metrics, per model: requests and errors by status code, latency, queue time, batch size.
 
-Served over HTTP by ``prometheus_client``. With ``--workers N`` every worker
-writes to a shared multiprocess directory and the parent serves the sum
+Served over HTTP by ``prometheus_client``'s WSGI app, at ``/metrics`` only: every
+other path is 404, so an HTTP health probe pointed at this port by mistake fails
+instead of always passing. With ``--workers N`` every worker writes to a shared
+multiprocess directory and the parent serves the sum
 (``prometheus_client.multiprocess``); ``serve_http`` picks the right collector.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from .batching import BatchReport
 from .endpoints import Endpoint
+from .ports import PortInUse, in_use_message
 
 _LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -43,9 +52,19 @@ BATCH_SIZE = Histogram(
 )
 
 
+# Label values for the model: only names the repository serves, so a client cannot add label sets.
+_served: set[str] = set()
+
+
+def serve_models(names: Iterable[str]) -> None:
+    """Allow ``names`` (the repository's served names) as ``model`` label values; any other name
+    a request carries is counted under ``model=""``."""
+    _served.update(names)
+
+
 def observe_rpc(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-    """errors.Observer: count every RPC and time it. Unknown names are not kept as labels."""
-    if code is grpc.StatusCode.NOT_FOUND:
+    """errors.Observer: count every RPC and time it; names the server does not serve are ``""``."""
+    if model not in _served:
         model = ""
     REQUESTS.labels(rpc, model, code.name).inc()
     LATENCY.labels(rpc, model).observe(seconds)
@@ -65,11 +84,43 @@ def observe_drop(endpoint: Endpoint, reason: str) -> None:
     DROPPED.labels(endpoint.name, reason).inc()
 
 
+PATH = "/metrics"
+_App = Callable[[dict, Callable[..., object]], Iterable[bytes]]
+
+
+def _metrics_only(app: _App) -> _App:
+    """``app`` at PATH; 404 for every other path."""
+
+    def serve(environ: dict, start_response: Callable[..., object]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"not found: this port serves {PATH} only\n".encode()]
+        return app(environ, start_response)
+
+    return serve
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def serve_http(host: str, port: int) -> int:
-    """Start the metrics HTTP server on a daemon thread; returns the bound port."""
+    """Start the metrics HTTP server (PATH only) on a daemon thread; returns the bound port."""
     registry = None
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         prometheus_multiprocess.MultiProcessCollector(registry)
-    server, _thread = start_http_server(port, addr=host, **({"registry": registry} if registry else {}))
+    app = make_wsgi_app(registry) if registry is not None else make_wsgi_app()
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    try:
+        server = make_server(host, port, _metrics_only(app), server_class, handler_class=_Quiet)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUse(in_use_message(port, "metrics port")) from None
+        raise
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return int(server.server_address[1])

@@ -18,10 +18,11 @@ import numpy as np
 
 from layerserve.proto import manifest as manifests
 from layerserve.proto.repository_pb2 import FileRef, ModelManifest
+from layerserve.proto.tensors import format_spec
 
 from . import runtime
 from .endpoints import CHAIN, Batching, Endpoint, TensorSpec
-from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable
+from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +90,22 @@ def _specs(protos: Iterator | list) -> tuple[TensorSpec, ...]:
 
 
 def _check_io(label: str, graph: runtime.Graph, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:
-    """The manifest and the ONNX file must agree on names and datatypes."""
+    """The manifest and the ONNX file must agree on names, datatypes and shapes.
+
+    Requests are validated against the manifest and metadata comes from it, so a manifest the file
+    does not honour would refuse right inputs, pass wrong ones on to ONNX Runtime (INTERNAL) and
+    describe outputs wrongly. Shapes must be equal, -1 in the manifest standing for a free (symbolic)
+    dimension in the file.
+    """
     for side, declared, actual in (("inputs", inputs, graph.inputs), ("outputs", outputs, graph.outputs)):
         want = [(spec.name, spec.datatype) for spec in declared]
         have = [(spec.name, spec.datatype) for spec in actual]
         if want != have:
             raise LoadError(f"{label} {side}: manifest declares {want}, {graph.path.name} has {have}")
+        for spec, real in zip(declared, actual, strict=True):
+            if spec.shape != real.shape:
+                raise LoadError(f"{label} {side[:-1]} {spec.name!r}: manifest declares {spec}, {graph.path.name} has "
+                                f"{format_spec(real.datatype, real.shape)}")
 
 
 def _batching(manifest: ModelManifest, overrides: Mapping[str, object]) -> Batching:
@@ -226,7 +237,7 @@ class Repository:
         for name in sorted(self.models, key=len, reverse=True):
             if served == name or served.startswith(name + "."):
                 return name
-        raise ModelNotFound(f"unknown model {served!r}; serving {sorted(self.models) or 'nothing'}")
+        raise ModelNotFound(f"unknown model {quoted(served)}; serving {sorted(self.models) or 'nothing'}")
 
     def model(self, served: str, version: str = "") -> ModelVersion:
         """The version serving ``served`` (empty version: the latest ready one)."""
@@ -235,7 +246,8 @@ class Repository:
         if version:
             if version not in versions:
                 raise ModelNotFound(
-                    f"model {served!r} has no version {version!r}; versions: {', '.join(sorted(versions, key=int))}"
+                    f"model {quoted(served)} has no version {quoted(version)}; "
+                    f"versions: {', '.join(sorted(versions, key=int))}"
                 )
             chosen = versions[version]
         else:
@@ -252,7 +264,8 @@ class Repository:
             return model.endpoints[served]
         except KeyError:
             raise ModelNotFound(
-                f"unknown model {served!r}; {model.name} version {model.version} serves {', '.join(model.endpoints)}"
+                f"unknown model {quoted(served)}; {model.name} version {model.version} serves "
+                f"{', '.join(model.endpoints)}"
             ) from None
 
     def is_ready(self, served: str, version: str = "") -> bool:

@@ -5,21 +5,26 @@ ignored) and the ``LAYERSERVE_TOKENS`` variable (comma-separated), never from a
 flag, so they stay out of ``ps``. A client sends ``authorization: Bearer <token>``
 metadata; the interceptor compares it with every known token in constant time
 (``hmac.compare_digest``) and refuses the RPC with UNAUTHENTICATED otherwise.
-``grpc.health.v1.Health`` is exempt unless ``--auth-health`` (Kubernetes probes
-carry no credentials); reflection needs a token like every other service.
+Health (``--auth-health``): by default only the overall ``""`` service answers
+without a token, because probes (Kubernetes, load balancers) carry none and
+per-model health would tell anyone which model names exist; ``all`` protects
+that one too, ``none`` leaves every health check open. Reflection needs a token
+like every other service.
 """
 
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
 
 from .errors import Unauthenticated, observe, status_of
-from .settings import Settings
+from .settings import HealthAuth, Settings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,20 @@ def load_tokens(settings: Settings) -> list[str]:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials from ``tls_cert``/``tls_key`` (PEM); with ``tls_client_ca``, clients must
-    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files."""
+    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files,
+    ValueError on files that are not a matching PEM certificate and key (gRPC itself would only fail
+    at bind time, once per worker)."""
     if settings.tls_cert is None:
         return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+        if settings.tls_client_ca is not None:
+            context.load_verify_locations(settings.tls_client_ca)
+    except ssl.SSLError as error:
+        raise ValueError(f"TLS files do not load (--tls-cert {settings.tls_cert}, --tls-key {settings.tls_key}"
+                         f"{f', --tls-client-ca {settings.tls_client_ca}' if settings.tls_client_ca else ''}): "
+                         f"{error.reason or error}") from None
     pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
     client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
@@ -64,14 +80,14 @@ def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
-    """Refuse every RPC without a known bearer token (UNAUTHENTICATED), health checks exempt unless
-    ``protect_health``."""
+    """Refuse every RPC without a known bearer token (UNAUTHENTICATED); health checks as ``health`` says:
+    "models" (only the overall "" service is open), "all" (none is open) or "none" (all are open)."""
 
-    def __init__(self, tokens: Sequence[str], protect_health: bool = False) -> None:
+    def __init__(self, tokens: Sequence[str], health: HealthAuth = "models") -> None:
         if not tokens:
             raise ValueError("TokenAuth needs at least one token")
         self._tokens = [token.encode() for token in tokens]
-        self._protect_health = protect_health
+        self._health = health
 
     def allows(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         """Whether ``metadata`` carries a known token; compares with every token, in constant time each."""
@@ -88,21 +104,67 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        if (not self._protect_health and details.method.startswith(HEALTH_PREFIX)) or self.allows(
-            details.invocation_metadata
-        ):
+        if self.allows(details.invocation_metadata):
             return await continuation(details)
         handler = await continuation(details)
+        if details.method.startswith(HEALTH_PREFIX) and handler is not None:
+            if self._health == "none":
+                return handler
+            if self._health == "models":
+                return _overall_health_only(details.method, handler)
         return _refusal(details.method, handler)
+
+
+_REFUSED = Unauthenticated("missing or unknown bearer token (send 'authorization: Bearer <token>')")
+_HEALTH_REFUSED = Unauthenticated(
+    "health of a named service needs a bearer token (send 'authorization: Bearer <token>'); "
+    "the overall service '' needs none"
+)
+
+
+def _overall_health_only(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` (a health method) answering only for the overall service ``""``, UNAUTHENTICATED
+    for a named one, so a caller without a token cannot learn which model names exist."""
+    code, message = status_of(_HEALTH_REFUSED)
+    rpc = method.rsplit("/", 1)[-1]
+
+    async def refuse_named(request: object, context: grpc.aio.ServicerContext) -> None:
+        if getattr(request, "service", None) != "":
+            observe(rpc, "", code, 0.0)
+            await context.abort(code, message)
+
+    if handler.unary_unary is not None:
+        check = handler.unary_unary
+
+        async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
+            await refuse_named(request, context)
+            return await check(request, context)
+
+        return handler._replace(unary_unary=unary)
+    if handler.unary_stream is not None:
+        watch = handler.unary_stream
+
+        async def stream(request: object, context: grpc.aio.ServicerContext) -> None:
+            await refuse_named(request, context)
+            answers = watch(request, context)
+            if inspect.isasyncgen(answers):
+                async for answer in answers:
+                    await context.write(answer)
+            else:  # grpc_health's aio Watch writes through the context itself
+                await answers
+
+        return handler._replace(unary_stream=stream)
+    return _refusal(method, handler)
 
 
 def _refusal(method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     """A handler of ``handler``'s kind that aborts with UNAUTHENTICATED, reading nothing it would parse.
 
-    Unknown methods are refused the same way, so an unauthenticated caller learns nothing of the API.
+    Unknown methods are refused the same way, so an unauthenticated caller learns nothing of the API;
+    their metric label is "unknown", never the name the caller chose.
     """
-    code, message = status_of(Unauthenticated("missing or unknown bearer token (send 'authorization: Bearer <token>')"))
-    rpc = method.rsplit("/", 1)[-1]
+    code, message = status_of(_REFUSED)
+    rpc = method.rsplit("/", 1)[-1] if handler is not None else "unknown"
 
     async def refuse(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
         observe(rpc, "", code, 0.0)

@@ -19,7 +19,8 @@ from typing import Literal
 Device = Literal["cpu", "cuda", "auto"]
 ENV_PREFIX = "LAYERSERVE_"
 # Fields that take "auto" (flag or variable), and the value that stands for it.
-AUTO: dict[str, object] = {"workers": 0, "instances": None}
+AUTO: dict[str, object] = {"workers": 0, "instances": None, "max_message_bytes": None}
+HealthAuth = Literal["models", "all", "none"]
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,12 @@ class Settings:
     # Processes sharing the port through SO_REUSEPORT; 1 serves in this process; 0 ("auto"): one per
     # usable core (docs/BENCHMARKS.md, "Performance levers (measured)").
     workers: int = 0
-    # Both directions; larger messages fail with RESOURCE_EXHAUSTED.
-    max_message_bytes: int = 64 * 1024 * 1024
+    # Both directions; larger messages fail with RESOURCE_EXHAUSTED. None ("auto"): derived from the
+    # served models once they are loaded (server/limits.py), so a refused message costs little.
+    max_message_bytes: int | None = None
+    # HTTP/2 streams (RPCs in flight) one connection may hold; bounds what a client that never
+    # reads its answers can pin (docs/server.md, "Limits").
+    max_concurrent_streams: int = 128
     # ONNX Runtime threads per session. Few and non-spinning: gRPC needs the cores too
     # (docs/BENCHMARKS.md, "Server concurrency design").
     intra_op_threads: int = 1
@@ -67,8 +72,9 @@ class Settings:
     # tokens stay out of the process list). Any token configured turns authentication on.
     token_file: Path | None = None
     tokens: str | None = field(default=None, repr=False)
-    # Health checks need a token too (off: probes such as Kubernetes' carry none).
-    auth_health: bool = False
+    # With tokens on, which health checks need one: "models" (default) every service but the overall
+    # "" one, which probes use; "all"; "none" (per-model health then tells anyone which names exist).
+    auth_health: HealthAuth = "models"
 
     @property
     def worker_count(self) -> int:
@@ -95,25 +101,54 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _field_type(name: str) -> type:
+class InvalidSetting(ValueError):
+    """A value out of range for ``field``; from_sources names the flag or variable it came from."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def env_name(name: str) -> str:
+    """``max_queue_size`` -> ``LAYERSERVE_MAX_QUEUE_SIZE``."""
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """``max_queue_size`` -> ``--max-queue-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _hint(name: str) -> object:
     hint = typing.get_type_hints(Settings)[name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    if typing.get_origin(hint) is Literal:
-        return str
     return hint
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The allowed values of a Literal field (``device``: cpu, cuda, auto), None for other fields."""
+    hint = _hint(name)
+    return tuple(typing.get_args(hint)) if typing.get_origin(hint) is Literal else None
 
 
 def _parse(name: str, text: str) -> object:
     if name in AUTO and text.strip().lower() == "auto":
         return AUTO[name]
-    kind = _field_type(name)
+    kind = _hint(name)
+    if typing.get_origin(kind) is Literal:
+        return text
     if kind is bool:
         lowered = text.strip().lower()
         if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-            raise ValueError(f"{ENV_PREFIX}{name.upper()}={text!r} is not a boolean")
+            raise ValueError(f"{env_name(name)}={text!r} is not a boolean")
         return lowered in {"1", "true", "yes", "on"}
-    return kind(text)
+    try:
+        return kind(text)
+    except ValueError:
+        expected = {int: "an integer", float: "a number"}.get(kind, f"a {getattr(kind, '__name__', kind)}")
+        auto = " or auto" if name in AUTO else ""
+        raise ValueError(f"{env_name(name)}={text!r} is not {expected}{auto}") from None
 
 
 def from_sources(
@@ -130,37 +165,53 @@ def from_sources(
     """
     environ = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    origin: dict[str, str] = {}
     for spec in dataclasses.fields(Settings):
-        text = environ.get(ENV_PREFIX + spec.name.upper())
+        text = environ.get(env_name(spec.name))
         if text is not None and text != "":
             values[spec.name] = _parse(spec.name, text)
+            origin[spec.name] = f"{env_name(spec.name)}={text!r}" if spec.name != "tokens" else env_name(spec.name)
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
-    values.update(auto or {})
-    settings = Settings(**values)
-    return validate(settings)
+            origin[name] = f"{flag_name(name)} {value}"
+    for name, value in (auto or {}).items():
+        values[name] = value
+        origin[name] = f"{flag_name(name)} auto"
+    try:
+        return validate(Settings(**values))
+    except InvalidSetting as error:
+        source = origin.get(error.field)
+        raise ValueError(f"{source}: {error}" if source else str(error)) from None
 
 
 def validate(settings: Settings) -> Settings:
-    """Check value ranges; returns ``settings`` or raises ValueError naming the field."""
-    if settings.device not in ("cpu", "cuda", "auto"):
-        raise ValueError(f"device must be cpu, cuda or auto, got {settings.device!r}")
+    """Check value ranges; returns ``settings`` or raises InvalidSetting (a ValueError) naming the field."""
+    for spec in dataclasses.fields(Settings):
+        allowed = choices(spec.name)
+        value = getattr(settings, spec.name)
+        if allowed and value not in allowed:
+            raise InvalidSetting(spec.name, f"{spec.name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, "
+                                            f"got {value!r}")
     if settings.instances is not None and settings.instances < 0:
-        raise ValueError(f"instances must be >= 0 (0: run on the event loop) or auto, got {settings.instances}")
+        raise InvalidSetting("instances", f"instances must be >= 0 (0: run on the event loop) or auto, "
+                                          f"got {settings.instances}")
     if settings.workers < 0:
-        raise ValueError(f"workers must be >= 1, or 0 / auto for one per usable core, got {settings.workers}")
-    for name in ("intra_op_threads", "max_queue_size", "max_message_bytes"):
-        if getattr(settings, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(settings, name)}")
+        raise InvalidSetting("workers", f"workers must be >= 1, or 0 / auto for one per usable core, "
+                                        f"got {settings.workers}")
+    for name in ("intra_op_threads", "max_queue_size", "max_message_bytes", "max_concurrent_streams"):
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise InvalidSetting(name, f"{name} must be at least 1, got {value}")
     if settings.max_batch_size is not None and settings.max_batch_size < 0:
-        raise ValueError(f"max_batch_size must be >= 0, got {settings.max_batch_size}")
+        raise InvalidSetting("max_batch_size", f"max_batch_size must be >= 0, got {settings.max_batch_size}")
     if settings.max_queue_delay_us is not None and settings.max_queue_delay_us < 0:
-        raise ValueError(f"max_queue_delay_us must be >= 0, got {settings.max_queue_delay_us}")
+        raise InvalidSetting("max_queue_delay_us",
+                             f"max_queue_delay_us must be >= 0, got {settings.max_queue_delay_us}")
     if (settings.tls_cert is None) != (settings.tls_key is None):
-        raise ValueError("TLS needs both tls_cert and tls_key")
+        raise InvalidSetting("tls_cert" if settings.tls_key is None else "tls_key", "TLS needs both tls_cert and tls_key")
     if settings.tls_client_ca is not None and settings.tls_cert is None:
-        raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        raise InvalidSetting("tls_client_ca", "tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     paths = {name: Path(getattr(settings, name)) for name in ("tls_cert", "tls_key", "tls_client_ca", "token_file")
              if getattr(settings, name) is not None}
     return settings.replace(models=Path(settings.models), **paths)

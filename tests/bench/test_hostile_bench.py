@@ -22,8 +22,12 @@ def test_fuzz_counts_statuses_and_checks_answers(tmp_path: Path) -> None:
 def test_soak_reports_errors_answers_and_resident_memory(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     # Seconds, not minutes: the figures mean nothing here, only that they are measured and reported.
-    code = soak.main(["--minutes", "0.05", "--peak-seconds", "1", "--max-growth", "1", "--out", str(out)])
+    code = soak.main(["--minutes", "0.05", "--peak-seconds", "1", "--max-growth", "1", "--hostile", "0.1",
+                      "--out", str(out)])
     result = json.loads(out.read_text())
     assert code == 0, result
     assert result["errors"] == 0 and result["wrong_answers"] == 0 and result["ok"] > 0
-    assert result["rss_kib_start"] > 0 and result["rss_samples"]
+    assert result["rss_kib_start"] > 0 and result["rss_samples"] and result["metrics_samples"]
+    assert result["hostile"] > 0 and result["hostile_unexpected"] == 0
+    assert set(result["hostile_codes"]) == {"NOT_FOUND", "INVALID_ARGUMENT"}
+

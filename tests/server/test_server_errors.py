@@ -122,6 +122,7 @@ def test_unexpected_runtime_failure_is_internal_and_server_keeps_serving(tmp_pat
     from onnx import TensorProto, helper, numpy_helper
     from server_harness import ServerThread
 
+    from layerserve.proto import manifest as manifests
     from layerserve.server.settings import Settings
 
     folder = tiny_repo.build(tmp_path, "fragile_cnn", "1")
@@ -136,6 +137,9 @@ def test_unexpected_runtime_failure_is_internal_and_server_keeps_serving(tmp_pat
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9),
               str(folder / "model.onnx"))
+    manifest = manifests.read_manifest(folder)  # the file's output is [1,10]; the manifest must say so too
+    manifest.outputs[0].shape[:] = [1, 10]
+    manifests.write_manifest(manifest, folder)
     settings = Settings(models=tmp_path, port=0, metrics_port=-1, verify=False, dynamic_batching=False)
     with ServerThread(settings) as running, triton.InferenceServerClient(running.address) as connection:
         error = call(connection, raw_request("fragile_cnn", "x", np.ones((2, 1, 8, 8), np.float32)))

@@ -203,3 +203,37 @@ def test_one_of_two_round_robin_replicas_killed_under_load(repository: Path, tmp
             assert sum(load.failed.values()) <= 2 * load.threads, load.failed
             assert set(load.failed) <= {"UNAVAILABLE"}, load.failed
             assert _inferences(second.address) >= survivor_before + 200  # the survivor took over
+
+
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda m: m.blocks[1].inputs[0].shape.__setitem__(2, 9),
+     "model 'shaped_cnn' version 1 is unavailable: shaped_cnn.01_stage1 input 'h1': manifest declares "
+     "FP32 [-1,4,9,8], 01_stage1.onnx has FP32 [-1,4,8,8]"),
+    (lambda m: m.outputs[0].shape.__setitem__(0, 1),
+     "model 'shaped_cnn' version 1 is unavailable: shaped_cnn output 'logits': manifest declares FP32 [1,10], "
+     "model.onnx has FP32 [-1,10]"),
+    (lambda m: m.blocks[2].outputs[0].shape.append(1),
+     "model 'shaped_cnn' version 1 is unavailable: shaped_cnn.02_head output 'logits': manifest declares "
+     "FP32 [-1,10,1], 02_head.onnx has FP32 [-1,10]"),
+], ids=["block-input-dim", "fixed-batch", "rank"])
+def test_a_manifest_shape_the_onnx_file_does_not_have_makes_that_model_unavailable(
+    tmp_path: Path, edit: Callable, reason: str
+) -> None:
+    tiny_repo.build(tmp_path, "tiny_cnn", "1", seed=1)
+    folder = tiny_repo.build(tmp_path, "shaped_cnn", "1", seed=2)
+    manifest = manifests.read_manifest(folder)
+    edit(manifest)
+    manifests.write_manifest(manifest, folder)
+    with ServerThread(Settings(models=tmp_path, port=0, metrics_port=-1)) as running, \
+            grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="shaped_cnn"), timeout=10).ready
+        index = {m.name: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models}
+        assert index["shaped_cnn"].state == "UNAVAILABLE"
+        request = pb.ModelInferRequest(model_name="shaped_cnn")
+        add_raw_input(request, "x", np.ones((1, 1, 8, 8), np.float32))
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(request, timeout=10)
+        assert (caught.value.code(), caught.value.details()) == (grpc.StatusCode.UNAVAILABLE, reason)
+        request.model_name = "tiny_cnn"
+        assert stub.ModelInfer(request, timeout=10).outputs[0].shape == [1, 10]

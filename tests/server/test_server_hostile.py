@@ -1,9 +1,11 @@
 """Hostile input against the real server: every malformed request gets a proper status (never
-UNKNOWN or INTERNAL), every OK answer equals in-process ONNX Runtime, and after each one a valid
-request still gets the right answer. bench/fuzz.py holds the strategies and runs 10,000 of them."""
+UNKNOWN or INTERNAL) with a bounded message, every OK answer equals in-process ONNX Runtime, and after
+each one a valid request still gets the right answer; names of up to 1 MB and random bytes in every
+string field leave /metrics within a fixed size. bench/fuzz.py holds the strategies and runs 10,000."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import tracemalloc
@@ -16,8 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_harness import ServerThread
 
-from bench.fuzz import Prober, Reference, acceptable, chain_requests, garbage_payloads, infer_requests
+from bench.fuzz import (
+    MAX_DETAILS_BYTES,
+    Prober,
+    Reference,
+    acceptable,
+    chain_requests,
+    garbage_payloads,
+    infer_requests,
+    string_field_payloads,
+)
 from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.server.settings import Settings
 
 # Bounded for CI: the module runs in well under a minute on two shared cores.
@@ -32,7 +44,7 @@ def reference(tiny_repository: Path) -> Reference:
 
 @pytest.fixture(scope="module")
 def hostile_server(tiny_repository: Path) -> Iterator[ServerThread]:
-    settings_ = Settings(models=tiny_repository, port=0, metrics_port=-1, max_message_bytes=1 << 20)
+    settings_ = Settings(models=tiny_repository, port=0, metrics_port=0, max_message_bytes=2 << 20)
     with ServerThread(settings_) as running:
         yield running
 
@@ -60,6 +72,42 @@ def test_malformed_infer_requests_get_proper_statuses(prober: Prober, reference:
 def test_malformed_chain_requests_get_proper_statuses(prober: Prober, reference: Reference, data) -> None:
     request = data.draw(chain_requests(reference))
     _judge(prober, prober.chain(request), "Chain")
+
+
+# /metrics of this test process (every in-thread server's metrics, all label sets of their served names).
+METRICS_MAX_BYTES = 256 * 1024
+
+
+@settings(BOUNDED, max_examples=80)
+@given(data=st.data())
+def test_huge_names_and_random_bytes_in_every_string_field(prober: Prober, reference: Reference, data) -> None:
+    outcome = prober.raw(data.draw(string_field_payloads(reference)))
+    assert len(outcome.details.encode()) <= MAX_DETAILS_BYTES, outcome.details[:200]
+    _judge(prober, outcome, "string field")
+
+
+def test_a_megabyte_name_is_not_found_with_a_cut_message(prober: Prober) -> None:
+    outcome = prober.raw(("/inference.GRPCInferenceService/ModelMetadata",
+                          pb.ModelMetadataRequest(name="n" * 1_000_000).SerializeToString()))
+    assert outcome.code == grpc.StatusCode.NOT_FOUND
+    assert outcome.details.startswith("unknown model 'nnnn") and "...(+999920 chars)" in outcome.details
+
+
+def test_metrics_stay_bounded_after_hostile_names(hostile_server: ServerThread) -> None:
+    """After the names above, every model label is a served name or "", every rpc label one of ours."""
+    import urllib.request
+
+    from layerserve.server import metrics
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{hostile_server.running.metrics_port}/metrics") as reply:
+        text = reply.read().decode()
+    assert len(text) <= METRICS_MAX_BYTES, len(text)
+    models = set(re.findall(r'model="([^"]*)"', text))
+    assert models <= metrics._served | {""}, models - metrics._served
+    rpcs = set(re.findall(r'rpc="([^"]*)"', text))
+    ours = {*pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name,
+            *lpb.DESCRIPTOR.services_by_name["LayerService"].methods_by_name, "unknown"}
+    assert rpcs <= ours, rpcs - ours
 
 
 @settings(BOUNDED, max_examples=60)

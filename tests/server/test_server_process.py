@@ -1,16 +1,21 @@
-"""The server as a process: `layerserve serve`, SIGTERM drain, SO_REUSEPORT workers, no torch."""
+"""The server as a process: `layerserve serve`, drain on SIGTERM and Ctrl-C, SO_REUSEPORT workers that
+share a port no other server may join, one-line start-up errors, the metrics port, no torch."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -19,11 +24,14 @@ from tritonclient.utils import InferenceServerException
 from layerserve.server.launcher import free_port
 
 
-def start_server(repository: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+def start_server(repository: Path, *flags: str, new_session: bool = False) -> tuple[subprocess.Popen, int]:
+    """A server process on a free port, once it is ready; ``new_session``: its own process group, so a
+    test can send what a terminal's Ctrl-C sends (SIGINT to the whole group)."""
     port = free_port()
     command = [sys.executable, "-m", "layerserve.cli.main", "serve", "--models", str(repository),
                "--port", str(port), "--log-format", "text", *flags]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=new_session)
     deadline = time.monotonic() + 60
     with triton.InferenceServerClient(f"127.0.0.1:{port}") as probe:
         while time.monotonic() < deadline:
@@ -45,29 +53,64 @@ def one_request(port: int, rows: int = 1) -> np.ndarray:
         return connection.infer("tiny_cnn", [tensor]).as_numpy("logits")
 
 
-def test_sigterm_drains_in_flight_requests(tiny_repository: Path) -> None:
-    # A 1.5 s queue delay keeps the requests in flight when SIGTERM arrives.
-    process, port = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "1500000")
-    results: list[object] = []
+def _send(port: int, results: list[object], client: triton.InferenceServerClient | None = None) -> None:
+    """One request, on ``client``'s connection or a fresh one; its logits or its exception."""
+    fresh = client is None
+    client = client or triton.InferenceServerClient(f"127.0.0.1:{port}")
+    tensor = triton.InferInput("x", [1, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(np.ones((1, 1, 8, 8), np.float32))
+    try:
+        results.append(client.infer("tiny_cnn", [tensor]).as_numpy("logits"))
+    except InferenceServerException as error:
+        results.append(error)
+    finally:
+        if fresh:
+            client.close()
 
-    def worker() -> None:
-        try:
-            results.append(one_request(port))
-        except Exception as error:  # noqa: BLE001 - reported through results
-            results.append(error)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
+def _status(result: object) -> str:
+    return "OK" if isinstance(result, np.ndarray) else str(result.status())
+
+
+# (workers, signal, sent to the whole process group as a terminal's Ctrl-C does)
+DRAINS = [("2", signal.SIGINT, True), ("2", signal.SIGTERM, False), ("1", signal.SIGTERM, False)]
+
+
+@pytest.mark.parametrize(("workers", "signum", "group"), DRAINS, ids=["workers-ctrl-c", "workers-sigterm",
+                                                                     "one-worker-sigterm"])
+def test_drain_finishes_accepted_requests_refuses_new_ones_and_exits_0(
+    tiny_repository: Path, workers: str, signum: signal.Signals, group: bool
+) -> None:
+    # A 3 s batching window keeps the first requests in flight when the signal comes.
+    process, port = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "3000000",
+                                 "--workers", workers, new_session=group)
+    accepted: list[object] = []
+    first = [threading.Thread(target=_send, args=(port, accepted)) for _ in range(8)]
+    for thread in first:
         thread.start()
-    time.sleep(0.7)
-    process.send_signal(signal.SIGTERM)
-    for thread in threads:
+    existing = triton.InferenceServerClient(f"127.0.0.1:{port}")  # a connection opened before the signal
+    assert existing.is_server_ready()
+    time.sleep(1.0)  # sent and queued, not yet run
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    later: list[object] = []
+    while any(thread.is_alive() for thread in first):  # new requests while the first ones drain
+        _send(port, later, existing)
+        _send(port, later)
+        time.sleep(0.25)  # slower than the server's quiet period: none arrives as gRPC itself stops
+    for thread in first:
         thread.join(30)
+    existing.close()
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
-    assert len(results) == 8
-    assert all(isinstance(r, np.ndarray) and r.shape == (1, 10) for r in results), results
-    assert "draining" in output and "stopped" in output
+    assert [_status(r) for r in accepted] == ["OK"] * 8, accepted
+    assert all(r.shape == (1, 10) for r in accepted)
+    # After the signal: refused with the retryable UNAVAILABLE, or (a worker not yet told) answered.
+    assert {_status(r) for r in later} <= {"OK", "StatusCode.UNAVAILABLE"}, later
+    assert any("the server is shutting down; retry" in r.message() for r in later if _status(r) != "OK"), later
+    assert "draining" in output and "stopped" in output and "Traceback" not in output
     with pytest.raises(InferenceServerException):
         one_request(port)
 
@@ -125,3 +168,146 @@ def test_serving_imports_neither_torch_nor_export() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ}, timeout=60)
+
+
+# ---------------------------------------------------------------- one server per port, start-up errors
+
+
+def _refused(*flags: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``layerserve serve`` that is expected to refuse to start; its exit code and output."""
+    command = [sys.executable, "-m", "layerserve.cli.main", "serve", *flags]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return done.returncode, done.stdout + done.stderr
+
+
+def _one_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def workers_server(tiny_repository: Path) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """The default multi-worker mode (two workers whatever the machine), with metrics."""
+    metrics_port = free_port()
+    process, port = start_server(tiny_repository, "--workers", "2", "--metrics-port", str(metrics_port))
+    yield process, port, metrics_port
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_a_second_server_is_refused_the_port_and_named_the_first(
+    tiny_repository: Path, workers_server: tuple[subprocess.Popen, int, int], workers: str
+) -> None:
+    first, port, _ = workers_server
+    code, output = _refused("--models", str(tiny_repository), "--port", str(port), "--metrics-port", "-1",
+                            "--workers", workers)
+    assert code == 1
+    assert f"cannot serve: port {port} is in use by pid {first.pid} (listening in its processes " \
+        in _one_line(output)
+    for _ in range(10):  # every fresh connection still reaches the first server
+        assert one_request(port).shape == (1, 10)
+
+
+def test_a_port_another_program_listens_on_is_refused_naming_it(tiny_repository: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as other:  # SO_REUSEPORT, like a gRPC server
+        port = other.getsockname()[1]
+        code, output = _refused("--models", str(tiny_repository), "--port", str(port), "--metrics-port", "-1")
+    assert code == 1
+    assert f"cannot serve: port {port} is in use by pid {os.getpid()}" in _one_line(output)
+
+
+def test_start_up_errors_are_one_line_with_workers(tiny_repository: Path, tmp_path: Path) -> None:
+    code, output = _refused("--models", str(tmp_path / "missing"), "--port", "0", "--workers", "2")
+    assert code == 1 and "cannot serve: model repository" in _one_line(output)
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        metrics_port = other.getsockname()[1]
+        code, output = _refused("--models", str(tiny_repository), "--port", "0", "--workers", "2",
+                                "--metrics-port", str(metrics_port))
+    assert code == 1 and f"metrics port {metrics_port} is in use by pid {os.getpid()}" in _one_line(output)
+    code, output = _refused("--models", str(tiny_repository), env={"LAYERSERVE_WORKERS": "many"})
+    assert code == 2 and "LAYERSERVE_WORKERS='many' is not an integer or auto" in _one_line(output)
+    code, output = _refused("--models", str(tiny_repository), "--port", "0", env={"LAYERSERVE_DEVICE": "tpu"})
+    assert code == 2 and "LAYERSERVE_DEVICE='tpu': device must be" in _one_line(output)
+    # gRPC would find it only at bind time, in every worker; checked once, before them.
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    code, output = _refused("--models", str(tiny_repository), "--port", "0", "--workers", "2", "--metrics-port",
+                            "-1", "--tls-cert", str(tmp_path / "bad.pem"), "--tls-key", str(tmp_path / "bad.pem"))
+    assert code == 2 and "refusing to start: TLS files do not load (--tls-cert" in _one_line(output)
+
+
+# ---------------------------------------------------------------- the metrics port
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+            return reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def test_the_metrics_port_serves_metrics_only(workers_server: tuple[subprocess.Popen, int, int]) -> None:
+    _, _, metrics_port = workers_server
+    status, body = _get(metrics_port, "/metrics")
+    assert status == 200 and b"layerserve_requests_total" in body
+    for path in ("/", "/v2/health/ready", "/healthz", "/metrics/extra", "/favicon.ico"):
+        assert _get(metrics_port, path)[0] == 404, path
+
+
+# ---------------------------------------------------------------- what clients choose stays bounded
+
+
+def _hostile_round(port: int, tag: str) -> list[grpc.RpcError | object]:
+    """Names no repository serves, each new, through every RPC that takes a name; the outcomes."""
+    from layerserve.proto import grpc_service_pb2 as pb
+    from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
+    from layerserve.proto import layerserve_pb2 as lpb
+    from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
+
+    outcomes: list[grpc.RpcError | object] = []
+    for channel_index in range(4):  # fresh connections reach both workers
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            infer, layers = pb_grpc.GRPCInferenceServiceStub(channel), lpb_grpc.LayerServiceStub(channel)
+            for index in range(5):
+                name = f"{tag}-{channel_index}-{index}"
+                huge = name + "x" * 100_000
+                malformed = pb.ModelInferRequest(model_name=name)
+                malformed.inputs.add(name="x", datatype="FP32", shape=[7, 7])  # no contents
+                calls = [
+                    (infer.ModelReady, pb.ModelReadyRequest(name=huge)),
+                    (infer.ModelMetadata, pb.ModelMetadataRequest(name=huge)),
+                    (infer.ModelInfer, malformed),
+                    (infer.ModelInfer, pb.ModelInferRequest(model_name=huge)),
+                    (layers.Chain, lpb.ChainRequest(model_name=f"tiny_cnn.{name}")),
+                    (layers.ListBlocks, lpb.ListBlocksRequest(model_name=huge)),
+                ]
+                for call, request in calls:
+                    try:
+                        outcomes.append(call(request, timeout=10))
+                    except grpc.RpcError as error:
+                        outcomes.append(error)
+    return outcomes
+
+
+def test_client_chosen_names_add_no_metric_labels_and_are_cut_in_messages(
+    workers_server: tuple[subprocess.Popen, int, int]
+) -> None:
+    from layerserve.server.errors import MAX_MESSAGE_BYTES
+
+    _, port, metrics_port = workers_server
+    first = _hostile_round(port, "first")
+    size = len(_get(metrics_port, "/metrics")[1])
+    second = _hostile_round(port, "second")
+    text = _get(metrics_port, "/metrics")[1].decode()
+    assert "first-" not in text and "second-" not in text
+    # Counts grow by a digit here and there; new label sets would add kilobytes.
+    assert abs(len(text) - size) < 512, (size, len(text))
+    errors = [o for o in first + second if isinstance(o, grpc.RpcError)]
+    assert {e.code() for e in errors} == {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT}
+    assert all(len(e.details().encode()) <= MAX_MESSAGE_BYTES for e in errors)
+    not_found = [e.details() for e in errors if e.code() == grpc.StatusCode.NOT_FOUND]
+    assert any(d.startswith("unknown model 'second-") and "xxx'...(+" in d for d in not_found), not_found[:3]
+    # the unknown name with a malformed tensor is NOT_FOUND: the name is looked up first
+    assert all(o.code() == grpc.StatusCode.NOT_FOUND for o in second[2::6]), second[2::6]

@@ -1,5 +1,6 @@
 """Access control on the real server: TLS, mutual TLS and bearer tokens (file and environment),
-health exempt unless --auth-health, reflection and unknown methods refused without a token."""
+only the overall health service open without a token (--auth-health), reflection and unknown methods
+refused without a token."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def token_server(tiny_repository: Path, token_file: Path) -> Iterator[ServerThre
 @pytest.fixture(scope="module")
 def tls_server(tiny_repository: Path, certs: Path, token_file: Path) -> Iterator[ServerThread]:
     yield from _serve(tiny_repository, tls_cert=certs / "server.pem", tls_key=certs / "server.key",
-                      token_file=token_file, auth_health=True)
+                      token_file=token_file, auth_health="all")
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +101,51 @@ def test_unauthenticated_callers_get_no_reflection_and_no_method_list(token_serv
         assert _code(lambda: unknown(b"", metadata=_bearer(TOKENS[0]), timeout=10)) == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_health_needs_no_token_by_default(token_server: ServerThread) -> None:
+@pytest.fixture(scope="module")
+def open_health_server(tiny_repository: Path) -> Iterator[ServerThread]:
+    yield from _serve(tiny_repository, tokens=TOKENS[1], auth_health="none")
+
+
+def _health(channel: grpc.Channel, service: str, metadata: tuple = ()) -> object:
+    """The status of ``service``, or the status code the Check RPC failed with."""
+    try:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), metadata=metadata, timeout=10).status
+    except grpc.RpcError as error:
+        return error.code()
+
+
+def _first_watch(channel: grpc.Channel, service: str, metadata: tuple = ()) -> object:
+    stream = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=service), metadata=metadata, timeout=10)
+    try:
+        return next(stream).status
+    except grpc.RpcError as error:
+        return error.code()
+    finally:
+        stream.cancel()
+
+
+def test_health_without_a_token_answers_only_the_overall_service(token_server: ServerThread) -> None:
+    """Probes carry no token and ask for ""; per-model health would tell anyone which names exist."""
+    serving, unauthenticated = health_pb2.HealthCheckResponse.SERVING, grpc.StatusCode.UNAUTHENTICATED
     with grpc.insecure_channel(token_server.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert _health(channel, "") == serving
+        assert _first_watch(channel, "") == serving
+        for name in ("tiny_cnn", "nope", "inference.GRPCInferenceService"):
+            assert _health(channel, name) == unauthenticated, name  # the same answer, known name or not
+            assert _first_watch(channel, name) == unauthenticated, name
+        assert _health(channel, "tiny_cnn", _bearer(TOKENS[0])) == serving
+        assert _first_watch(channel, "tiny_cnn", _bearer(TOKENS[0])) == serving
+        assert _health(channel, "nope", _bearer(TOKENS[0])) == grpc.StatusCode.NOT_FOUND
+
+
+def test_auth_health_none_leaves_per_model_health_open(open_health_server: ServerThread) -> None:
+    with grpc.insecure_channel(open_health_server.address) as channel:
+        assert _health(channel, "tiny_cnn") == health_pb2.HealthCheckResponse.SERVING
+        assert _health(channel, "broken_cnn") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _health(channel, "nope") == grpc.StatusCode.NOT_FOUND
+        assert _code(lambda: _infer(channel)) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_tls_with_token_and_auth_health(tls_server: ServerThread, certs: Path) -> None:
@@ -146,7 +187,7 @@ def test_access_settings_are_checked(tmp_path: Path) -> None:
     empty.write_text("# nothing but a comment\n\n")
     with pytest.raises(ValueError, match="none was found"):
         security.load_tokens(Settings(token_file=empty))
-    chosen = settings.from_sources({}, {"LAYERSERVE_TOKENS": " a, b ,,", "LAYERSERVE_AUTH_HEALTH": "true"})
-    assert security.load_tokens(chosen) == ["a", "b"] and chosen.auth_health
+    chosen = settings.from_sources({}, {"LAYERSERVE_TOKENS": " a, b ,,", "LAYERSERVE_AUTH_HEALTH": "all"})
+    assert security.load_tokens(chosen) == ["a", "b"] and chosen.auth_health == "all"
     assert "a, b" not in repr(chosen)  # tokens stay out of logs
     assert not security.TokenAuth(["a"]).allows((("authorization", "Bearer "),))
