@@ -36,7 +36,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import allocator, errors, logs, metrics, runtime, security
+from . import allocator, cpus, errors, logs, metrics, runtime, security
 from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
@@ -175,7 +175,7 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
                           "instances": settings.instance_count, "intra_op_threads": settings.intra_op_threads,
                           "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
                           "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
-                          "models": dataplane.repository.served_names()}},
+                          "models": dataplane.repository.served_names(), **cpus.log_fields()}},
     )
     return Running(server, port, metrics_port, dataplane, health_servicer)
 
@@ -269,7 +269,7 @@ def _run_workers(settings: Settings) -> int:
         if settings.metrics_port >= 0:
             metrics.serve_http(settings.host, settings.metrics_port)
         log.info("workers started", extra={"fields": {"workers": settings.worker_count, "grpc": f"{settings.host}:{port}",
-                                                      "pids": [p.pid for p in workers]}})
+                                                      "pids": [p.pid for p in workers], **cpus.log_fields()}})
         while not stopping and all(process.is_alive() for process in workers):
             with contextlib.suppress(InterruptedError):
                 workers[0].join(0.2)
