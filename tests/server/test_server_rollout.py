@@ -1,11 +1,11 @@
 """Rolling updates, as Kubernetes does them (docs/deploy.md, "Rollouts"): on SIGTERM readiness turns
 NOT_SERVING before the port closes and in-flight requests drain; a client with the documented
-service config (round_robin over the replicas, retry UNAVAILABLE) loses nothing when a new server
-comes up and the old one is terminated under load. Every answer is checked against ONNX Runtime."""
+service config (layerserve.client.connection.REPLICAS_SERVICE_CONFIG: round_robin over the replicas,
+retries) loses nothing when a new server comes up and the old one is terminated under load. Every
+answer is checked against ONNX Runtime."""
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -13,25 +13,13 @@ import grpc
 import pytest
 import tiny_repo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_server_faults import RECONNECT, RETRYING, Load, _inferences
+from test_server_faults import RECONNECT, Load, _inferences
 
 from bench.fuzz import Reference
+from layerserve.client.connection import REPLICAS_OPTIONS
 from layerserve.server.launcher import ServerProcess
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _rollout_config() -> str:
-    """What docs/deploy.md gives clients of several replicas: round_robin over every address, and the retry
-    policy of docs/server.md ("Faults") with CANCELLED retried too. A server shutting down gracefully
-    cancels the calls that reached it but no handler yet (grpc/grpc#41785: CANCELLED, not UNAVAILABLE);
-    without CANCELLED here, 4 runs of 11 lost one or two requests to it."""
-    config = json.loads(RETRYING)
-    config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] = ["UNAVAILABLE", "CANCELLED"]
-    return json.dumps({"loadBalancingConfig": [{"round_robin": {}}], **config})
-
-
-ROLLOUT_CONFIG = _rollout_config()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +54,10 @@ def test_rolling_update_under_load_loses_no_request(repository: Path, tmp_path: 
     old, new = _server(repository, tmp_path, "old"), _server(repository, tmp_path, "new")
     # Both replicas' addresses, as DNS returns them for a headless Service; the new one is not up yet.
     target = f"ipv4:127.0.0.1:{old.port},127.0.0.1:{new.port}"
-    options = [("grpc.service_config", ROLLOUT_CONFIG), ("grpc.enable_retries", 1), *RECONNECT]
+    # The client library's documented config: round_robin, and UNAVAILABLE and CANCELLED retried. Without
+    # CANCELLED, 4 runs of 11 here lost a request or two that the old replica's shutdown cancelled
+    # before any handler took it (grpc/grpc#41785).
+    options = [*REPLICAS_OPTIONS, *RECONNECT]
     try:
         old.start()
         with grpc.insecure_channel(target, options=options) as channel, \
