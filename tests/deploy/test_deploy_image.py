@@ -3,24 +3,40 @@ here against the real server, and a real build where a container engine and the 
 
 The base image comes from a container registry, which this project's machines cannot reach (only package
 registries): the build test skips with that reason unless LAYERSERVE_TEST_PYTHON_IMAGE names a Python
-3.11+ Debian image already in podman's local storage.
+3.11+ Debian image already in podman's local storage. It was run that way here with a stand-in made from
+Debian's packages (python3.11, python3-venv, ca-certificates):
+
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm rootfs
+    tar -C rootfs -cf base.tar . && podman import base.tar localhost/python-standin:bookworm
+    LAYERSERVE_TEST_PYTHON_IMAGE=localhost/python-standin:bookworm pytest tests/deploy -k builds
+
+(behind a TLS-intercepting proxy, copy the host's CA bundle into rootfs and import with
+``--change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt"`` so pip inside the build trusts it).
+With buildah installed, the built image's own ENTRYPOINT and CMD then serve from the image (chroot
+isolation, the host's network) and drain on SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
 import kube
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from dockerfile_parse import DockerfileParser
+from tritonclient.utils import InferenceServerException
 
-from layerserve.server.launcher import ServerProcess
+from layerserve.server.launcher import ServerProcess, free_port
 
 CONTAINERFILE = kube.REPO / "deploy" / "Containerfile"
 IMAGE_MODELS = "/opt/layerserve/models"
@@ -162,9 +178,11 @@ def test_image_builds_without_torch_and_runs_as_non_root(tmp_path: Path) -> None
     result = subprocess.run(build, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     inspect = subprocess.run([engine, "inspect", "--type", "image", tag], capture_output=True, text=True, timeout=60)
-    config = json.loads(inspect.stdout)[0]["Config"]
+    image = json.loads(inspect.stdout)[0]
+    config = image["Config"]
     assert config["User"] == "10001:10001" and config["Entrypoint"] == ["layerserve"]
-    assert "grpc_health" in " ".join(config["Healthcheck"]["Test"])
+    healthcheck = image.get("Healthcheck") or config.get("Healthcheck")  # podman's place, then buildah's
+    assert "grpc_health" in " ".join(healthcheck["Test"])
     container = subprocess.run([engine, "create", tag], capture_output=True, text=True, timeout=60).stdout.strip()
     try:
         listing = subprocess.run(f"{engine} export {container} | tar -t", shell=True, capture_output=True,
@@ -176,3 +194,54 @@ def test_image_builds_without_torch_and_runs_as_non_root(tmp_path: Path) -> None
     assert any("/site-packages/layerserve" in path for path in site)
     assert not any("/site-packages/torch/" in path for path in site)
     assert any(path.startswith("opt/layerserve/models/digits_cnn/1/") for path in listing)
+    if shutil.which("buildah"):  # podman cannot start containers here; buildah's chroot isolation can
+        _serve_from_image(shutil.which("buildah"), tag, tmp_path)
+
+
+def _image_server_pids(port: int) -> list[int]:
+    """The image's server processes, found by their command line (buildah does not forward SIGTERM)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # python3 /opt/layerserve/bin/layerserve serve ... --port PORT (not buildah's own exec helper)
+        if b"python" in argv[0] and argv[1:2] == [b"/opt/layerserve/bin/layerserve"] and str(port).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _serve_from_image(buildah: str, tag: str, tmp_path: Path) -> None:
+    """The image's own ENTRYPOINT and CMD, run from the image (host network, a free port): ready and right."""
+    container = subprocess.run([buildah, "from", tag], capture_output=True, text=True, timeout=120).stdout.strip()
+    port = free_port()
+    stage = _final_stage()
+    swap = {"0.0.0.0": "127.0.0.1", "8001": str(port), "9091": "-1"}
+    argv = [swap.get(arg, arg) for arg in json.loads(_one(stage, "ENTRYPOINT")) + json.loads(_one(stage, "CMD"))]
+    with open(tmp_path / "image-run.log", "wb") as log:
+        runner = subprocess.Popen([buildah, "run", "--isolation", "chroot", container, "--", *argv],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        images = np.load(kube.REPO / "models" / "digits_cnn" / "1" / "samples.npz")
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            for _ in range(120):
+                with contextlib.suppress(InferenceServerException):
+                    if client.is_server_ready():
+                        break
+                time.sleep(0.5)
+            tensor = triton.InferInput("x", [16, 1, 32, 32], "FP32")
+            tensor.set_data_from_numpy(images["images"][:16])
+            logits = client.infer("digits_cnn.chain", [tensor]).as_numpy("logits")
+        assert (logits.argmax(axis=1) == images["labels"][:16]).mean() > 0.9
+    finally:
+        for pid in _image_server_pids(port):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            runner.wait(timeout=60)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+            subprocess.run([buildah, "rm", container], capture_output=True, timeout=60)
+    assert runner.returncode == 0 and '"msg": "stopped"' in (tmp_path / "image-run.log").read_text()  # drained
