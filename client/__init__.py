@@ -7,7 +7,7 @@ answer "why not feed the image to the last layer?" with numbers and pictures.
 """
 
 from .api import ChainResult, LayerClient, ModelBlocks, ModelMetadata, TensorSpec
-from .connection import ConnectionSettings
+from .connection import REPLICAS_OPTIONS, REPLICAS_SERVICE_CONFIG, ConnectionSettings
 from .errors import ServerError
 from .placement import Placement, PlacementError
 
@@ -19,6 +19,8 @@ __all__ = [
     "ModelMetadata",
     "Placement",
     "PlacementError",
+    "REPLICAS_OPTIONS",
+    "REPLICAS_SERVICE_CONFIG",
     "ServerError",
     "TensorSpec",
 ]

@@ -9,6 +9,7 @@ refuses to send call credentials in the clear), as plain metadata otherwise.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,22 @@ import grpc
 # Activations of a 64-sample batch easily pass gRPC's 4 MiB default.
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_ADDRESS = "127.0.0.1:8001"
+# For many replicas behind one name (a headless Service's DNS name, or "ipv4:a:p,b:p"): balance requests
+# round_robin over every address, wait for a ready replica, and retry what a terminating one turns away:
+# UNAVAILABLE, and CANCELLED, which gRPC's graceful shutdown answers to calls that reached the server but
+# no handler yet (grpc/grpc#41785). Inference and chains are idempotent, so a retry is safe.
+REPLICAS_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": "inference.GRPCInferenceService"}, {"service": "layerserve.v1.LayerService"}],
+        "waitForReady": True,
+        "timeout": "30s",
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"]},
+    }],
+})
+REPLICAS_OPTIONS: tuple[tuple[str, str | int], ...] = (
+    ("grpc.service_config", REPLICAS_SERVICE_CONFIG), ("grpc.enable_retries", 1))
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,8 @@ class ConnectionSettings:
     system roots); ``certificate_chain`` + ``private_key`` add a client certificate
     (mutual TLS). ``timeout`` (seconds) is the deadline of every RPC; None waits.
     ``server_name`` overrides the name checked against the server certificate.
+    ``channel_options`` are added to the channel's gRPC options, e.g. a service config that balances
+    round_robin over every address a name resolves to and retries (docs/deploy.md, "Clients").
     """
 
     tls: bool = False
@@ -37,6 +56,7 @@ class ConnectionSettings:
     token: str | None = None
     timeout: float | None = 60.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    channel_options: tuple[tuple[str, str | int], ...] = ()
 
     @property
     def secure(self) -> bool:
@@ -57,6 +77,7 @@ def open_channel(address: str, settings: ConnectionSettings | None = None) -> gr
     options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
+        *settings.channel_options,
     ]
     if not settings.secure:
         return grpc.insecure_channel(address, options=options)

@@ -44,7 +44,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import allocator, errors, limits, logs, metrics, ports, runtime, security
+from . import allocator, cpus, errors, limits, logs, metrics, ports, runtime, security
 from .dataplane import DataPlane
 from .errors import DeviceUnavailable
 from .grpc_inference import InferenceServicer
@@ -206,7 +206,7 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
                           "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
                           "max_message_bytes": dataplane.max_message_bytes,
                           "max_concurrent_streams": settings.max_concurrent_streams,
-                          "models": dataplane.repository.served_names()}},
+                          "models": dataplane.repository.served_names(), **cpus.log_fields()}},
     )
     return Running(server, port, metrics_port, dataplane, health_servicer)
 
@@ -355,7 +355,7 @@ def _run_workers(settings: Settings) -> int:
             process.start()
         signal.signal(signal.SIGINT, on_signal)
         log.info("workers started", extra={"fields": {"workers": settings.worker_count, "grpc": f"{settings.host}:{port}",
-                                                      "pids": [p.pid for p in workers]}})
+                                                      "pids": [p.pid for p in workers], **cpus.log_fields()}})
         while not stopping and all(process.is_alive() for process in workers):
             with contextlib.suppress(InterruptedError):
                 workers[0].join(0.2)

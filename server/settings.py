@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from . import cpus
+
 Device = Literal["cpu", "cuda", "auto"]
 ENV_PREFIX = "LAYERSERVE_"
 # Fields that take "auto" (flag or variable), and the value that stands for it.
@@ -94,11 +96,8 @@ class Settings:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """Cores this process may use: its affinity mask capped by its cgroup CPU quota (a pod's CPU limit)."""
+    return cpus.usable_cores().count
 
 
 class InvalidSetting(ValueError):
