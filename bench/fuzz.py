@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
+from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
 from layerserve.proto.tensors import CONTENTS_FIELD, DATATYPES, decode_input
 from layerserve.server.errors import MAX_MESSAGE_BYTES
@@ -85,17 +86,17 @@ class Reference:
             def session(path: str, folder: Path = folder) -> ort.InferenceSession:
                 return ort.InferenceSession(str(folder / path), options, providers=["CPUExecutionProvider"])
 
-            reference.sessions[model.name] = reference.sessions[f"{model.name}.chain"] = session(
+            reference.sessions[model.name] = reference.sessions[names.chain_name(model.name)] = session(
                 manifest.full_model.path
             )
             first = manifest.inputs[0]
-            reference.inputs[model.name] = reference.inputs[f"{model.name}.chain"] = (first.name, tuple(first.shape))
+            reference.inputs[model.name] = reference.inputs[names.chain_name(model.name)] = (first.name, tuple(first.shape))
             chain = []
             for block in manifest.blocks:
-                reference.sessions[f"{model.name}.{block.name}"] = session(block.file.path)
-                chain.append(reference.sessions[f"{model.name}.{block.name}"])
+                reference.sessions[names.block_name(model.name, block.name)] = session(block.file.path)
+                chain.append(reference.sessions[names.block_name(model.name, block.name)])
                 spec = block.inputs[0]
-                reference.inputs[f"{model.name}.{block.name}"] = (spec.name, tuple(spec.shape))
+                reference.inputs[names.block_name(model.name, block.name)] = (spec.name, tuple(spec.shape))
             reference.blocks[model.name] = chain
         return reference
 

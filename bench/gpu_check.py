@@ -40,7 +40,7 @@ import numpy as np
 from bench.loadgen import run_load
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
-from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, tensors
+from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, names, tensors
 from layerserve.proto.manifest import iter_repository, read_manifest
 from layerserve.server import runtime
 from layerserve.server.launcher import ServerProcess
@@ -140,7 +140,7 @@ def served_checks(address: str, version_dir: Path, batch: int = 64) -> dict[str,
         )
         result["providers"] = list(listing.providers)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        for served in (manifest.name, f"{manifest.name}.chain"):
+        for served in (manifest.name, names.chain_name(manifest.name)):
             got = np.concatenate([_infer(stub, served, input_name, images[i : i + batch]) for i in range(0, len(images), batch)])
             result[served] = {
                 "samples": len(images),

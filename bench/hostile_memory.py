@@ -31,6 +31,7 @@ import grpc
 import numpy as np
 
 from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
 from layerserve.server.launcher import ServerProcess
 
@@ -68,7 +69,7 @@ def largest_output_request(models: Path, model: str) -> tuple[bytes, str, int]:
     block = max(manifest.blocks, key=lambda b: math.prod(b.outputs[0].shape[1:]))
     spec = block.inputs[0]
     array = np.random.default_rng(0).standard_normal((rows, *spec.shape[1:])).astype(np.float32)
-    request = pb.ModelInferRequest(model_name=f"{model}.{block.name}")
+    request = pb.ModelInferRequest(model_name=names.block_name(model, block.name))
     request.inputs.add(name=spec.name, datatype="FP32", shape=array.shape)
     request.raw_input_contents.append(array.tobytes())
     answer = 4 * rows * math.prod(block.outputs[0].shape[1:])

@@ -35,7 +35,7 @@ from locust import User, events, task  # noqa: E402
 
 from layerserve.proto import grpc_service_pb2 as pb  # noqa: E402
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, tensors  # noqa: E402
+from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, names, tensors  # noqa: E402
 
 MAX_MESSAGE = 64 * 1024 * 1024
 _OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
@@ -96,16 +96,16 @@ class InferenceUser(User):
                 for m in self.block_models
             ]
         block = os.environ.get("LOAD_BLOCK")
-        names = {
+        served = {
             "full": self.model,
-            "chain": f"{self.model}.chain",
-            "block": f"{self.model}.{block}" if block else (self.block_models[0] if self.block_models else ""),
+            "chain": names.chain_name(self.model),
+            "block": names.block_name(self.model, block) if block else (self.block_models[0] if self.block_models else ""),
         }
         for target in self.targets:
             if target == "client_chain":
                 name = self.block_models[0]
-            elif target in names:
-                name = names[target]
+            elif target in served:
+                name = served[target]
             else:
                 raise ValueError(f"unknown target {target!r}; expected full, block, chain or client_chain")
             metadata = self.stub.ModelMetadata(pb.ModelMetadataRequest(name=name), timeout=10)

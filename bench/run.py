@@ -31,6 +31,7 @@ from bench.peers.kserve_peer import KServePeer
 from bench.profile import profile_during
 from bench.served import client_chain, served
 from bench.sweep import interleaved, layerserve
+from layerserve.proto import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The served configuration every served-vs-in-process cell uses: batching on, no added delay.
@@ -105,7 +106,7 @@ def measure_model(model: str, plan: Plan, repeats: int, kserve: bool, profile: b
         for repeat in range(repeats):
             for batch in plan.batches:
                 x = model_input(spec, batch)
-                for kind, name in (("full", model), ("block", block), ("chain", f"{model}.chain")):
+                for kind, name in (("full", model), ("block", block), ("chain", names.chain_name(model))):
                     times = inprocess.time_runs(name, x, plan.cell_s[batch], plan.min_runs[batch])
                     add(f"inprocess/{kind}/b{batch}", _inprocess_record(times))
                     cell = served(server.address, name, x, 1, plan.cell_s[batch], plan.warmup_s[batch], pid)

@@ -24,7 +24,7 @@ from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
-from layerserve.proto import tensors
+from layerserve.proto import names, tensors
 from layerserve.proto.repository_pb2 import Block, ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
@@ -287,8 +287,8 @@ class LayerClient:
                 providers=tuple(answer.providers),
                 full_model_name=answer.full_model_name or model,
                 block_model_names=tuple(answer.block_model_names)
-                or tuple(f"{model}.{b.name}" for b in answer.manifest.blocks),
-                chain_model_name=answer.chain_model_name or f"{model}.chain",
+                or tuple(names.block_name(model, b.name) for b in answer.manifest.blocks),
+                chain_model_name=answer.chain_model_name or names.chain_name(model),
                 max_message_bytes=answer.max_message_bytes,
             )
         return self._blocks[key]

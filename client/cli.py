@@ -269,10 +269,12 @@ def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: 
 
 
 def _class_names(client, model: str) -> list[str]:
-    base = model.split(".", 1)[0]
+    """The manifest's labels of the model serving ``model`` (ListBlocks resolves any served name)."""
+    from .errors import ServerError
+
     try:
-        labels = list(client.blocks(base).manifest.labels)
-    except Exception:  # a model without the extension still gets numbered classes
+        labels = list(client.blocks(model).manifest.labels)
+    except ServerError:  # a server without the extension: numbered classes
         labels = []
     return labels or [str(i) for i in range(10)]
 

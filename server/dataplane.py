@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from layerserve.proto import names
+
 from . import runtime
 from .batching import Batcher, BatchReport, call_on
 from .drain import Gate
-from .endpoints import CHAIN, Endpoint, answer_row_bytes, check_answer_size, validate_inputs
+from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_inputs
 from .errors import InvalidInput, RequestExpired
 from .repository import ModelVersion, Repository
 
@@ -213,15 +215,15 @@ class DataPlane:
         for index in keep:
             if not start <= index < stop:
                 raise InvalidInput(f"{model} chain keeps block {index}, which is outside [{start}, {stop})")
-        first = version_.endpoints[f"{model}.{blocks[start].name}"]
+        first = version_.endpoints[names.block_name(model, blocks[start].name)]
         # Chain RPCs count in the statistics and metrics of the model's chain endpoint.
-        chain_endpoint = version_.endpoints[f"{model}.{CHAIN}"]
+        chain_endpoint = version_.endpoints[names.chain_name(model)]
         with self._accounted(chain_endpoint):
             label = f"{model} chain [{start}, {stop}) block {blocks[start].name}"
             rows = validate_inputs(label, first.inputs, inputs, first.batching.max_batch_size, first.batched)
             answered = {stop - 1, *keep}
             row_bytes = [
-                answer_row_bytes(version_.endpoints[f"{model}.{blocks[index].name}"].outputs, first.batched)
+                answer_row_bytes(version_.endpoints[names.block_name(model, blocks[index].name)].outputs, first.batched)
                 for index in sorted(answered)
             ]
             total = None if any(b is None for b in row_bytes) else sum(row_bytes)

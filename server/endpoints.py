@@ -20,7 +20,6 @@ from layerserve.proto.tensors import TensorSpec, datatype_of, format_spec
 
 from .errors import AnswerTooLarge, InvalidInput, quoted
 
-CHAIN = "chain"
 # What a response carries besides its tensors' bytes (names, shapes, ids): generous, so the
 # estimate errs on the refusing side.
 RESPONSE_OVERHEAD_BYTES = 64 * 1024

@@ -7,9 +7,9 @@ import grpc
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
+from layerserve.proto import names
 
 from .dataplane import DataPlane
-from .endpoints import CHAIN
 from .errors import handled
 from .grpc_inference import decode_inputs, encode_outputs
 
@@ -28,7 +28,7 @@ class LayerServicer(lpb_grpc.LayerServiceServicer):
             providers=model.providers,
             full_model_name=model.name,
             block_model_names=model.block_names,
-            chain_model_name=f"{model.name}.{CHAIN}",
+            chain_model_name=names.chain_name(model.name),
             max_message_bytes=self.dataplane.max_message_bytes,
         )
 

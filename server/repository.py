@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from layerserve.proto import manifest as manifests
+from layerserve.proto import names
 from layerserve.proto.repository_pb2 import FileRef, ModelManifest
 from layerserve.proto.tensors import format_spec
 
 from . import runtime
-from .endpoints import CHAIN, Batching, Endpoint, TensorSpec
+from .endpoints import Batching, Endpoint, TensorSpec
 from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ModelVersion:
 
     @property
     def block_names(self) -> list[str]:
-        return [f"{self.name}.{block.name}" for block in self.manifest.blocks] if self.manifest else []
+        return [names.block_name(self.name, block.name) for block in self.manifest.blocks] if self.manifest else []
 
 
 def _verify(folder: Path, ref: FileRef) -> Path:
@@ -189,16 +190,16 @@ def _load_into(
     for index, block in enumerate(manifest.blocks):
         if block.index != index:
             raise LoadError(f"block {block.name!r} has index {block.index}, expected {index}")
-        served = f"{model.name}.{block.name}"
+        served = names.block_name(model.name, block.name)
         block_graph = graph(block.file)
         block_in, block_out = _specs(block.inputs), _specs(block.outputs)
         _check_io(served, block_graph, block_in, block_out)
         model.blocks.append(block_graph)
         add(served, Endpoint(served, model.name, model.version, "block", block_in, block_out, batching,
                              block_graph.run, block_index=index))
-    chain_name = f"{model.name}.{CHAIN}"
+    chain_name = names.chain_name(model.name)
     first, last = manifest.blocks[0], manifest.blocks[-1]
-    add(chain_name, Endpoint(chain_name, model.name, model.version, CHAIN, _specs(first.inputs),
+    add(chain_name, Endpoint(chain_name, model.name, model.version, names.CHAIN, _specs(first.inputs),
                              _specs(last.outputs), batching, model.run_chain))
 
 
@@ -234,9 +235,9 @@ class Repository:
                 yield self.models[name][version]
 
     def _owner(self, served: str) -> str:
-        for name in sorted(self.models, key=len, reverse=True):
-            if served == name or served.startswith(name + "."):
-                return name
+        name = names.owner(served, self.models)
+        if name is not None:
+            return name
         raise ModelNotFound(f"unknown model {quoted(served)}; serving {sorted(self.models) or 'nothing'}")
 
     def model(self, served: str, version: str = "") -> ModelVersion:

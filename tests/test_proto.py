@@ -50,3 +50,14 @@ def test_negative_dimension_is_refused() -> None:
     tensor = grpc_service_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[-1, 4])
     with pytest.raises(tensors.TensorCodecError, match="negative dimension"):
         tensors.decode_input(tensor, b"")
+
+
+def test_one_served_name_scheme() -> None:
+    from layerserve.proto import names
+
+    assert names.block_name("digits_cnn", "02_stage2") == "digits_cnn.02_stage2"
+    assert names.chain_name("digits_cnn") == "digits_cnn.chain"
+    models = ["resnet", "resnet.v2", "digits_cnn"]
+    assert names.owner("resnet.v2.00_stem", models) == "resnet.v2"  # the longest model name wins
+    assert names.owner("resnet.chain", models) == "resnet"
+    assert names.owner("resnetx", models) is None
