@@ -62,8 +62,8 @@ def sync_server(models: Path, port: int, threads: int) -> None:
     import grpc
 
     from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
+    from layerserve.proto.tensors import decode_inputs, encode_outputs
     from layerserve.server import runtime
-    from layerserve.server.grpc_inference import decode_inputs, encode_outputs
     from layerserve.server.repository import Repository
 
     repository = Repository.load(models, runtime.RuntimeOptions())

@@ -92,10 +92,10 @@ class ModelBlocks:
 
     def input_spec(self, index: int) -> TensorSpec:
         spec = self.blocks[index].inputs[0]
-        return TensorSpec(spec.name, spec.datatype, tuple(spec.shape))
+        return TensorSpec.from_proto(spec)
 
     def output_specs(self, index: int) -> tuple[TensorSpec, ...]:
-        return tuple(TensorSpec(s.name, s.datatype, tuple(s.shape)) for s in self.blocks[index].outputs)
+        return tuple(TensorSpec.from_proto(s) for s in self.blocks[index].outputs)
 
 
 def fixed_batch(specs: Sequence[TensorSpec]) -> int | None:
@@ -264,8 +264,8 @@ class LayerClient:
                 name=answer.name,
                 versions=tuple(answer.versions),
                 platform=answer.platform,
-                inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in answer.inputs),
-                outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in answer.outputs),
+                inputs=tuple(TensorSpec.from_proto(t) for t in answer.inputs),
+                outputs=tuple(TensorSpec.from_proto(t) for t in answer.outputs),
             )
         return self._model_metadata[key]
 

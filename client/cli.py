@@ -202,7 +202,7 @@ def _blocks(args: argparse.Namespace) -> int:
         return 0
 
     def specs(items) -> str:
-        return ", ".join(str(TensorSpec(s.name, s.datatype, tuple(s.shape))) for s in items)
+        return ", ".join(str(TensorSpec.from_proto(s)) for s in items)
 
     table = Table(
         "#", "block", "served as", "input", "output", "params", "MFLOPs", "out bytes/sample", "ops",

@@ -10,7 +10,7 @@ allocating anything of that size; raw contents are wrapped with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +92,19 @@ class TensorCodecError(ValueError):
 MAX_RANK = 64
 
 
+def datatype_name(dtype: np.dtype | type) -> str:
+    """The protocol datatype of ``dtype``, or numpy's own name when it has none (for messages)."""
+    try:
+        return datatype_of(dtype)
+    except TensorCodecError:
+        return str(np.dtype(dtype))
+
+
+def describe(array: np.ndarray) -> str:
+    """``FP32 [1,1,32,32]`` for an array: what came, in the form every message uses."""
+    return format_spec(datatype_name(array.dtype), array.shape)
+
+
 def datatype_of(dtype: np.dtype | type) -> str:
     """The protocol datatype string for a numpy dtype; TensorCodecError if it has none."""
     key = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
@@ -129,6 +142,12 @@ class TensorSpec:
 
     def __str__(self) -> str:
         return format_spec(self.datatype, self.shape)
+
+    @classmethod
+    def from_proto(cls, message: object) -> TensorSpec:
+        """From any message with ``name``, ``datatype`` and ``shape`` (the manifest's TensorSpec,
+        ModelMetadataResponse.TensorMetadata)."""
+        return cls(message.name, message.datatype, tuple(int(d) for d in message.shape))
 
     def row_bytes(self) -> int | None:
         """Bytes of one row (every dimension after the first); None when one of them is free (-1)."""
@@ -255,3 +274,30 @@ def add_raw_output(response: pb.ModelInferResponse, name: str, array: np.ndarray
     array = np.ascontiguousarray(array)
     response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
     response.raw_output_contents.append(array.tobytes())
+
+
+def decode_inputs(request: pb.ModelInferRequest, quote: Callable[[str], str] = repr) -> dict[str, np.ndarray]:
+    """A request's inputs by name, raw contents wrapped without copying, typed contents converted.
+
+    Raises TensorCodecError when the raw contents do not match the inputs one to one, an input is
+    given twice, or a payload disagrees with its declaration; ``quote`` renders client-chosen names
+    in messages (a server bounds their length).
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise TensorCodecError(
+            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
+            "send one raw content per input, or none"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in inputs:
+            raise TensorCodecError(f"input {quote(tensor.name)} is given twice")
+        inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None, f"input {quote(tensor.name)}")
+    return inputs
+
+
+def encode_outputs(response: pb.ModelInferResponse, outputs: Mapping[str, np.ndarray]) -> None:
+    """Append every output as raw contents (one copy: the bytes the message holds)."""
+    for name, array in outputs.items():
+        add_raw_output(response, name, array)

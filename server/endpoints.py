@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerserve.proto.tensors import TensorSpec, datatype_of, format_spec
+from layerserve.proto.tensors import TensorSpec, datatype_name, describe
 
 from .errors import AnswerTooLarge, InvalidInput, quoted
 
@@ -33,15 +33,6 @@ class Batching:
     # Rows one request or one merged run may carry; 0: no limit.
     max_batch_size: int = 0
     max_queue_delay_us: int = 0
-
-
-def describe(array: np.ndarray) -> str:
-    """``FP32 [1,1,32,32]`` for an array (what came)."""
-    try:
-        datatype = datatype_of(array.dtype)
-    except ValueError:
-        datatype = str(array.dtype)
-    return format_spec(datatype, array.shape)
 
 
 @dataclass(frozen=True)
@@ -135,8 +126,7 @@ def validate_inputs(
         array = inputs.get(spec.name)
         if array is None:
             raise InvalidInput(f"{label} input {spec.name!r} expects {spec}, got nothing")
-        got_type = describe(array).split(" ")[0]
-        if got_type != spec.datatype or not spec.matches(array.shape):
+        if datatype_name(array.dtype) != spec.datatype or not spec.matches(array.shape):
             raise InvalidInput(f"{label} input {spec.name!r} expects {spec}, got {describe(array)}")
         if batched:
             if array.shape[0] < 1:

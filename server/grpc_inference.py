@@ -11,15 +11,14 @@ import time
 from importlib import metadata
 
 import grpc
-import numpy as np
 
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
-from layerserve.proto.tensors import TensorCodecError, add_raw_output, decode_input
+from layerserve.proto.tensors import decode_inputs, encode_outputs
 
 from .dataplane import DataPlane, Stats
 from .endpoints import TensorSpec
-from .errors import InvalidInput, handled, quoted
+from .errors import handled, quoted
 from .repository import READY
 
 PLATFORM = "onnxruntime_onnx"
@@ -34,32 +33,10 @@ def server_version() -> str:
         return "0"
 
 
-def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """The request's inputs by name, raw contents wrapped without copying."""
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise TensorCodecError(
-            f"request has {len(request.inputs)} inputs but {len(raw)} raw_input_contents; "
-            "send one raw content per input, or none"
-        )
-    inputs: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
-        if tensor.name in inputs:
-            raise InvalidInput(f"{quoted(request.model_name)} input {quoted(tensor.name)} is given twice")
-        inputs[tensor.name] = decode_input(tensor, raw[index] if raw else None, f"input {quoted(tensor.name)}")
-    return inputs
-
-
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The RPC's deadline as a ``time.monotonic()`` instant, None when the client set none."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
-
-
-def encode_outputs(response: pb.ModelInferResponse, outputs: dict[str, np.ndarray]) -> None:
-    """Append every output as raw contents (one copy: the bytes the message holds)."""
-    for name, array in outputs.items():
-        add_raw_output(response, name, array)
 
 
 def _tensor_metadata(specs: tuple[TensorSpec, ...]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
@@ -130,7 +107,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
         # The name first: an unknown one is NOT_FOUND whatever its tensors hold.
         self.repository.endpoint(request.model_name, request.model_version)
-        inputs = decode_inputs(request)
+        inputs = decode_inputs(request, quoted)
         result = await self.dataplane.infer(
             request.model_name, request.model_version, inputs, [o.name for o in request.outputs],
             deadline_of(context),

@@ -8,10 +8,10 @@ from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 from layerserve.proto import names
+from layerserve.proto.tensors import decode_inputs, encode_outputs
 
 from .dataplane import DataPlane
-from .errors import handled
-from .grpc_inference import decode_inputs, encode_outputs
+from .errors import handled, quoted
 
 
 class LayerServicer(lpb_grpc.LayerServiceServicer):
@@ -34,7 +34,7 @@ class LayerServicer(lpb_grpc.LayerServiceServicer):
 
     @handled
     async def Chain(self, request: lpb.ChainRequest, context: grpc.aio.ServicerContext):
-        inputs = decode_inputs(request.request)
+        inputs = decode_inputs(request.request, quoted)
         result = await self.dataplane.chain(
             request.model_name,
             request.model_version,

@@ -87,7 +87,7 @@ def _verify(folder: Path, ref: FileRef) -> Path:
 
 
 def _specs(protos: Iterator | list) -> tuple[TensorSpec, ...]:
-    return tuple(TensorSpec(spec.name, spec.datatype, tuple(int(d) for d in spec.shape)) for spec in protos)
+    return tuple(TensorSpec.from_proto(spec) for spec in protos)
 
 
 def _check_io(label: str, graph: runtime.Graph, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from layerserve.proto.tensors import ORT_TYPES
+from layerserve.proto.tensors import ORT_TYPES, TensorSpec
 
 from .errors import DeviceUnavailable
 
@@ -104,15 +104,6 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
-@dataclass(frozen=True)
-class IOSpec:
-    """A session's input or output as ONNX Runtime declares it."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1 for any symbolic dimension
-
-
 class Graph:
     """One ONNX file as a runnable session.
 
@@ -158,9 +149,10 @@ class Graph:
         return dict(zip(self._output_names, binding.get_outputs(), strict=True))
 
 
-def _spec(arg: ort.NodeArg) -> IOSpec:
+def _spec(arg: ort.NodeArg) -> TensorSpec:
+    """A session input or output as ONNX Runtime declares it (-1 for any symbolic dimension)."""
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
-    return IOSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
+    return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
 
 
 def chain(
