@@ -84,11 +84,11 @@ def settings_of(args: argparse.Namespace, environ: Mapping[str, str] | None = No
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import app
+    from . import processes
 
     try:
         chosen = settings_of(args)
     except (ValueError, TypeError) as error:
         print(f"layerserve serve: {error}", file=sys.stderr)
         return 2
-    return app.run(chosen)
+    return processes.run(chosen)

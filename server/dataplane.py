@@ -1,8 +1,12 @@
-"""The transport-free core: inference, chains and statistics over a loaded Repository.
+"""The transport-free core: everything a servicer asks of the server, over a loaded Repository.
 
-Servicers hand it decoded numpy arrays and get numpy arrays back; it validates
-(endpoints.py), batches (batching.py) or runs directly on the worker threads,
-and keeps Triton-style statistics per endpoint. It knows nothing of gRPC.
+Servicers (gRPC today, any other transport tomorrow) convert a request, call one
+method here and convert the answer back; they hold no logic of their own. The
+DataPlane answers readiness, metadata, statistics, the repository index and the
+block listing, and runs inference and chains: it validates (endpoints.py),
+batches (batching.py) or runs directly on the worker threads, keeps Triton-style
+statistics per endpoint (statistics.py) and reports to one observer
+(observer.py). It knows nothing of gRPC.
 """
 
 from __future__ import annotations
@@ -12,51 +16,24 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from layerserve.proto import names
+from layerserve.proto.repository_pb2 import ModelManifest
+from layerserve.proto.tensors import TensorSpec
 
-from . import runtime
 from .batching import Batcher, BatchReport, call_on
 from .drain import Gate
 from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_inputs
-from .errors import InvalidInput, RequestExpired
-from .repository import ModelVersion, Repository
+from .errors import InvalidInput, RequestExpired, quoted
+from .observer import Observer, Silent
+from .repository import READY, ModelVersion, Repository
+from .statistics import Stats
 
-
-@dataclass
-class Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, seconds: float, count: int = 1) -> None:
-        self.count += count
-        self.ns += int(seconds * 1e9)
-
-
-@dataclass
-class Stats:
-    """Triton's ModelStatistics for one endpoint and version (this process only)."""
-
-    last_inference_ms: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
-    success: Duration = field(default_factory=Duration)
-    fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    # batch size -> compute durations of runs of that size
-    batches: dict[int, Duration] = field(default_factory=lambda: defaultdict(Duration))
-
-    def record_run(self, rows: int, requests: int, compute_s: float, queue_s: Sequence[float]) -> None:
-        self.execution_count += 1
-        self.inference_count += rows
-        self.batches[rows].add(compute_s)
-        self.compute_infer.add(compute_s, requests)
-        for seconds in queue_s:
-            self.queue.add(seconds)
+# What ModelMetadata calls the backend of every served name.
+PLATFORM = "onnxruntime_onnx"
 
 
 @dataclass(frozen=True)
@@ -77,6 +54,48 @@ class KeptOutputs:
 
 
 @dataclass(frozen=True)
+class ModelInfo:
+    """ModelMetadata's answer for one served name."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class EndpointStatistics:
+    """One served name's statistics at one version."""
+
+    name: str
+    version: str
+    stats: Stats
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One line of the repository index: a served name, its version and state (the reason when unavailable)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BlockListing:
+    """ListBlocks' answer: the manifest, providers in use, served names and the message limit."""
+
+    manifest: ModelManifest
+    providers: list[str]
+    full_model_name: str
+    block_model_names: list[str]
+    chain_model_name: str
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
 class ChainResult:
     """The last block's outputs by tensor name, the kept blocks' outputs in block order, and what ran."""
 
@@ -87,7 +106,7 @@ class ChainResult:
 
 
 class DataPlane:
-    """Inference over ``repository``; async methods run on one event loop.
+    """Everything the servicers ask, over ``repository``; async methods run on one event loop.
 
     ``instances`` worker threads run sessions (0: run them on the event loop
     itself); an endpoint with dynamic batching gets a Batcher allowed
@@ -97,7 +116,7 @@ class DataPlane:
     """
 
     def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024,
-                 max_message_bytes: int = 64 << 20) -> None:
+                 max_message_bytes: int = 64 << 20, observer: Observer | None = None) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
@@ -109,12 +128,67 @@ class DataPlane:
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
         self.draining = False
-        # Every RPC passes it (errors.handled); closed on SIGTERM so new ones get UNAVAILABLE.
+        # Every RPC passes it (rpc.handled); closed on SIGTERM so new ones get UNAVAILABLE.
         self.gate = Gate()
-        # Observers of every merged or direct run (metrics plug in here).
-        self.batch_observers: list = []
-        # Observers of requests dropped unrun: (endpoint, reason "cancelled" or "deadline").
-        self.drop_observers: list = []
+        # Sees every RPC outcome (through rpc.handled), every run and every request dropped unrun.
+        self.observer: Observer = observer or Silent()
+
+    # -- what the servicers ask ----------------------------------------------------------------
+
+    def server_ready(self) -> bool:
+        """Ready once loaded, while not draining; an unavailable model does not make the server unready."""
+        return not self.draining
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the served ``name`` takes requests now (unknown names are simply not ready)."""
+        return not self.draining and self.repository.is_ready(name, version)
+
+    def endpoint(self, name: str, version: str = "") -> Endpoint:
+        """The endpoint serving ``name``; ModelNotFound or ModelUnavailable otherwise.
+
+        A transport resolves the name before it decodes any tensor, so an unknown name is
+        NOT_FOUND whatever its tensors hold.
+        """
+        return self.repository.endpoint(name, version)
+
+    def metadata(self, name: str, version: str = "") -> ModelInfo:
+        """ModelMetadata: the served name's I/O and the ready versions serving it."""
+        endpoint = self.repository.endpoint(name, version)
+        model = self.repository.models[endpoint.model]
+        versions = [v for v in sorted(model, key=int) if model[v].ready and name in model[v].endpoints]
+        return ModelInfo(endpoint.name, versions, PLATFORM, endpoint.inputs, endpoint.outputs)
+
+    def statistics(self, name: str = "", version: str = "") -> list[EndpointStatistics]:
+        """ModelStatistics of ``name`` (every served name when empty), at ``version`` (every one when empty)."""
+        if name:
+            self.repository.endpoint(name, version)  # NOT_FOUND for unknown names
+        found = []
+        for model in self.repository.versions():
+            if version and model.version != version:
+                continue
+            for served in model.endpoints:
+                if name in ("", served):
+                    found.append(EndpointStatistics(served, model.version, self.stats.get((served, model.version)) or Stats()))
+        return found
+
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        """RepositoryIndex: every served name of every version; an unavailable version lists its model name."""
+        entries = []
+        for model in self.repository.versions():
+            if ready_only and not model.ready:
+                continue
+            for served in list(model.endpoints) if model.ready else [model.name]:
+                entries.append(IndexEntry(served, model.version, model.state, "" if model.state == READY else model.reason))
+        return entries
+
+    def blocks(self, name: str, version: str = "") -> BlockListing:
+        """ListBlocks: the manifest of the model serving ``name`` (any of its served names), its providers,
+        its served names and the message limit clients must size requests to."""
+        model = self.repository.model(name, version)
+        return BlockListing(model.manifest, model.providers, model.name, model.block_names,
+                            names.chain_name(model.name), self.max_message_bytes)
+
+    # -- running --------------------------------------------------------------------------------
 
     def _batcher(self, endpoint: Endpoint) -> Batcher:
         key = (endpoint.name, endpoint.version)
@@ -138,28 +212,27 @@ class DataPlane:
         self.stats[(endpoint.name, endpoint.version)].record_run(
             report.rows, report.requests, report.compute_s, report.queue_s
         )
-        for observer in self.batch_observers:
-            observer(endpoint, report)
+        self.observer.run(endpoint, report)
 
     def _dropped(self, endpoint: Endpoint, reason: str) -> None:
-        for observer in self.drop_observers:
-            observer(endpoint, reason)
+        self.observer.dropped(endpoint, reason)
 
     async def infer(
         self,
-        model: str,
+        model: str | Endpoint,
         version: str,
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] = (),
         deadline: float | None = None,
     ) -> InferResult:
-        """Run ``model`` (any served name) on ``inputs``; returns the requested outputs (all when empty).
+        """Run ``model`` (any served name, or the endpoint :meth:`endpoint` resolved) on ``inputs``;
+        returns the requested outputs (all when empty).
 
         ``deadline`` is a ``time.monotonic()`` instant: a request still queued past it is dropped
         unrun (RequestExpired), as is one whose caller cancelled (its task is cancelled).
         Raises ModelNotFound, ModelUnavailable, InvalidInput, AnswerTooLarge, QueueFull, RequestExpired.
         """
-        endpoint = self.repository.endpoint(model, version)
+        endpoint = model if isinstance(model, Endpoint) else self.repository.endpoint(model, version)
         with self._accounted(endpoint):
             names = endpoint.check_outputs(outputs)
             rows = endpoint.validate(inputs)
@@ -190,9 +263,17 @@ class DataPlane:
         stats.success.add(time.perf_counter() - start)
         stats.last_inference_ms = int(time.time() * 1000)
 
+    def chain_model(self, name: str, version: str = "") -> ModelVersion:
+        """The model version a Chain names (a model name, not a block's or the chain's); a transport
+        resolves it before it decodes any tensor. ModelNotFound, ModelUnavailable, InvalidInput."""
+        model = self.repository.model(name, version)
+        if name != model.name:
+            raise InvalidInput(f"Chain takes a model name such as {model.name!r}, got {quoted(name)}")
+        return model
+
     async def chain(
         self,
-        model: str,
+        model: str | ModelVersion,
         version: str,
         start: int,
         stop: int | None,
@@ -204,9 +285,8 @@ class DataPlane:
         Raises ModelNotFound, ModelUnavailable, InvalidInput (bad range, bad keep, bad inputs),
         AnswerTooLarge (the last and kept outputs would exceed the message limit).
         """
-        version_ = self.repository.model(model, version)
-        if model != version_.name:
-            raise InvalidInput(f"Chain takes a model name such as {version_.name!r}, got {model!r}")
+        version_ = model if isinstance(model, ModelVersion) else self.chain_model(model, version)
+        model = version_.name
         blocks = list(version_.manifest.blocks)
         count = len(blocks)
         stop = count if stop is None else stop
@@ -228,14 +308,10 @@ class DataPlane:
             ]
             total = None if any(b is None for b in row_bytes) else sum(row_bytes)
             check_answer_size(f"{model} chain [{start}, {stop})", rows, total, self.max_message_bytes, first.batched)
-            graphs = version_.blocks[start:stop]
-            relative = [index - start for index in keep]
             begun = time.perf_counter()
-            outputs, kept = await call_on(self.executor, runtime.chain, graphs, inputs, relative)
+            outputs, kept = await call_on(self.executor, version_.chain, inputs, start, stop, keep)
             self._record(chain_endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
-        kept_outputs = [
-            KeptOutputs(start + index, blocks[start + index].name, kept[index]) for index in sorted(kept)
-        ]
+        kept_outputs = [KeptOutputs(index, blocks[index].name, kept[index]) for index in sorted(kept)]
         return ChainResult(dict(outputs), kept_outputs, [block.name for block in blocks[start:stop]], version_)
 
     async def close(self) -> None:

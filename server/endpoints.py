@@ -36,6 +36,23 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class BatchingOverrides:
+    """Server flags that override every manifest's batching settings; None keeps the manifest's."""
+
+    dynamic_batching: bool | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+
+    def applied(self, enabled: bool, max_batch_size: int, max_queue_delay_us: int) -> Batching:
+        """A manifest's settings with these overrides applied."""
+        return Batching(
+            enabled=enabled if self.dynamic_batching is None else self.dynamic_batching,
+            max_batch_size=max_batch_size if self.max_batch_size is None else self.max_batch_size,
+            max_queue_delay_us=max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us,
+        )
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """One served model name at one version; ``run`` is synchronous (called on a worker thread)."""
 

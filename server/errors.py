@@ -1,10 +1,9 @@
-"""Domain errors, each carrying its gRPC status, and the one place that turns them into one.
+"""Domain errors, each carrying its gRPC status, and the one place that maps any error to a status.
 
-The core raises these; ``handled`` (the decorator every servicer method wears)
-aborts the RPC with the error's status and message, maps the codec's
-TensorCodecError and undecodable request bytes (see ``lenient``) to
-INVALID_ARGUMENT, and turns anything unexpected into INTERNAL with a logged
-traceback, so the server keeps serving after every error.
+The core raises these; :func:`status_of` gives the status code and message a
+client gets for any exception: a domain error its own, the codec's
+TensorCodecError INVALID_ARGUMENT, anything unexpected INTERNAL. The RPC plumbing
+that applies it to every servicer method is server/rpc.py.
 
 Messages echo what the client sent, which has no size bound: ``quoted`` cuts one
 client value to MAX_ECHO_CHARS, and ``status_of`` cuts every whole message to
@@ -14,20 +13,9 @@ so an unbounded echo would turn NOT_FOUND into RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
-
 import grpc
-from google.protobuf.message import DecodeError
 
 from layerserve.proto.tensors import TensorCodecError
-
-log = logging.getLogger(__name__)
 
 # One client value inside a message (a model, input or output name), in characters.
 MAX_ECHO_CHARS = 80
@@ -109,40 +97,6 @@ class DeviceUnavailable(RuntimeError):
     """The requested execution provider cannot be used; the server refuses to start."""
 
 
-@dataclass(frozen=True)
-class Undecodable:
-    """Stands in for a request whose bytes are not the expected protobuf message."""
-
-    message_type: str
-    error: str
-
-
-def lenient(parse: Callable[[bytes], Any], message_type: str) -> Callable[[bytes], Any]:
-    """A request deserializer that returns Undecodable instead of raising.
-
-    gRPC answers a deserializer's exception with UNKNOWN; handing the servicer an
-    Undecodable lets ``handled`` answer INVALID_ARGUMENT, as for any client mistake.
-    """
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except DecodeError as error:
-            return Undecodable(message_type, str(error))
-
-    return deserialize
-
-
-def lenient_handlers(handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, grpc.RpcMethodHandler]:
-    """``handlers`` (as generated ``add_*_to_server`` functions build them) with lenient deserializers."""
-    changed = {}
-    for name, handler in handlers.items():
-        parse = handler.request_deserializer
-        message_type = getattr(parse, "__qualname__", name).removesuffix(".FromString")
-        changed[name] = handler._replace(request_deserializer=lenient(parse, message_type))
-    return changed
-
-
 def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, str]:
     """The status code and message (at most MAX_MESSAGE_BYTES) a client gets for ``error``."""
     if isinstance(error, ServerError):
@@ -150,71 +104,3 @@ def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, s
     if isinstance(error, TensorCodecError):
         return grpc.StatusCode.INVALID_ARGUMENT, bounded(f"{model} {error}" if model else str(error))
     return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
-
-
-# Called once per RPC with (rpc name, model name, status code, seconds); metrics plug in here.
-Observer = Callable[[str, str, grpc.StatusCode, float], None]
-_observers: list[Observer] = []
-
-
-def add_observer(observer: Observer) -> None:
-    """Have ``observer`` see the outcome of every handled RPC."""
-    if observer not in _observers:
-        _observers.append(observer)
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
-
-
-# Probes answer while the server drains (ServerReady then says false): they hold nothing.
-_UNGATED = frozenset({"ServerLive", "ServerReady", "ModelReady"})
-
-
-def handled(method: _Method) -> _Method:
-    """Wrap an async servicer method: domain errors abort with their status, the rest INTERNAL.
-
-    When the servicer's ``dataplane`` has a drain ``gate`` (server/drain.py), the RPC passes it:
-    counted while it runs, refused with UNAVAILABLE once the server is shutting down.
-    """
-    rpc = method.__name__
-    gated = rpc not in _UNGATED
-
-    @functools.wraps(method)
-    async def wrapper(self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
-        model = getattr(request, "model_name", "") or getattr(request, "name", "")
-        gate = getattr(getattr(self, "dataplane", None), "gate", None) if gated else None
-        admitted = False
-        try:
-            if gate is not None:
-                gate.enter()
-                admitted = True
-            if isinstance(request, Undecodable):
-                raise InvalidInput(f"{rpc} request is not a valid {request.message_type}: {request.error}")
-            response = await method(self, request, context)
-        except asyncio.CancelledError:  # the client cancelled or its deadline passed; nobody to answer
-            _observe(rpc, model, grpc.StatusCode.CANCELLED, time.perf_counter() - start)
-            raise
-        except Exception as error:  # noqa: BLE001 - the one place every error is mapped
-            code, message = status_of(error, model)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("unexpected error in %s", rpc, extra={"fields": {"rpc": rpc, "model": quoted(model)}})
-            _observe(rpc, model, code, time.perf_counter() - start)
-            await context.abort(code, message)
-        finally:
-            if admitted:
-                gate.leave()
-        _observe(rpc, model, grpc.StatusCode.OK, time.perf_counter() - start)
-        return response
-
-    return wrapper  # type: ignore[return-value]
-
-
-def observe(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-    """Report an RPC outcome decided outside ``handled`` (e.g. refused by the auth interceptor)."""
-    _observe(rpc, model, code, seconds)
-
-
-def _observe(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-    for observer in _observers:
-        observer(rpc, model, code, seconds)

@@ -1,4 +1,4 @@
-"""The ``layerserve.v1.LayerService`` servicer: list a model's blocks, run server-side chains."""
+"""The ``layerserve.v1.LayerService`` servicer: convert -> DataPlane -> convert."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import grpc
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
-from layerserve.proto import names
 from layerserve.proto.tensors import decode_inputs, encode_outputs
 
 from .dataplane import DataPlane
-from .errors import handled, quoted
+from .errors import quoted
+from .rpc import handled
 
 
 class LayerServicer(lpb_grpc.LayerServiceServicer):
@@ -22,26 +22,26 @@ class LayerServicer(lpb_grpc.LayerServiceServicer):
 
     @handled
     async def ListBlocks(self, request: lpb.ListBlocksRequest, context: grpc.aio.ServicerContext):
-        model = self.dataplane.repository.model(request.model_name, request.model_version)
+        listing = self.dataplane.blocks(request.model_name, request.model_version)
         return lpb.ListBlocksResponse(
-            manifest=model.manifest,
-            providers=model.providers,
-            full_model_name=model.name,
-            block_model_names=model.block_names,
-            chain_model_name=names.chain_name(model.name),
-            max_message_bytes=self.dataplane.max_message_bytes,
+            manifest=listing.manifest,
+            providers=listing.providers,
+            full_model_name=listing.full_model_name,
+            block_model_names=listing.block_model_names,
+            chain_model_name=listing.chain_model_name,
+            max_message_bytes=listing.max_message_bytes,
         )
 
     @handled
     async def Chain(self, request: lpb.ChainRequest, context: grpc.aio.ServicerContext):
-        inputs = decode_inputs(request.request, quoted)
+        model = self.dataplane.chain_model(request.model_name, request.model_version)  # before any tensor
         result = await self.dataplane.chain(
-            request.model_name,
+            model,
             request.model_version,
             request.start,
             request.stop if request.HasField("stop") else None,
             list(request.keep),
-            inputs,
+            decode_inputs(request.request, quoted),
         )
         response = pb.ModelInferResponse(
             model_name=request.model_name, model_version=result.model.version, id=request.request.id

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client import multiprocess as prometheus_multiprocess
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -52,36 +51,45 @@ BATCH_SIZE = Histogram(
 )
 
 
-# Label values for the model: only names the repository serves, so a client cannot add label sets.
-_served: set[str] = set()
+# Model label values the process allows: the served names of every repository loaded in it (the
+# metrics are process-wide). Nothing a client sends is added here.
+_labelled: set[str] = set()
 
 
-def serve_models(names: Iterable[str]) -> None:
-    """Allow ``names`` (the repository's served names) as ``model`` label values; any other name
-    a request carries is counted under ``model=""``."""
-    _served.update(names)
+def allowed_model_labels() -> frozenset[str]:
+    """Every value the ``model`` label may take in this process, besides ``""``."""
+    return frozenset(_labelled)
 
 
-def observe_rpc(rpc: str, model: str, code: grpc.StatusCode, seconds: float) -> None:
-    """errors.Observer: count every RPC and time it; names the server does not serve are ``""``."""
-    if model not in _served:
-        model = ""
-    REQUESTS.labels(rpc, model, code.name).inc()
-    LATENCY.labels(rpc, model).observe(seconds)
+class PrometheusObserver:
+    """The server's Observer (server/observer.py) as Prometheus metrics.
 
+    Label values for the model are only names the repository serves (``served``), so a client
+    cannot add label sets: any other name a request carries is counted under ``model=""``.
+    """
 
-def observe_run(endpoint: Endpoint, report: BatchReport) -> None:
-    """DataPlane batch observer: batch size, compute and queue time per run."""
-    BATCH_SIZE.labels(endpoint.name).observe(report.rows)
-    COMPUTE.labels(endpoint.name).observe(report.compute_s)
-    queue = QUEUE.labels(endpoint.name)
-    for seconds in report.queue_s:
-        queue.observe(seconds)
+    def __init__(self, served: Iterable[str]) -> None:
+        self._served = frozenset(served)
+        _labelled.update(self._served)
 
+    def rpc(self, rpc: str, model: str, code: str, seconds: float) -> None:
+        """Count every RPC and time it."""
+        if model not in self._served:
+            model = ""
+        REQUESTS.labels(rpc, model, code).inc()
+        LATENCY.labels(rpc, model).observe(seconds)
 
-def observe_drop(endpoint: Endpoint, reason: str) -> None:
-    """DataPlane drop observer: a queued request abandoned before its run ("cancelled", "deadline")."""
-    DROPPED.labels(endpoint.name, reason).inc()
+    def run(self, endpoint: Endpoint, report: BatchReport) -> None:
+        """Batch size, compute and queue time per run."""
+        BATCH_SIZE.labels(endpoint.name).observe(report.rows)
+        COMPUTE.labels(endpoint.name).observe(report.compute_s)
+        queue = QUEUE.labels(endpoint.name)
+        for seconds in report.queue_s:
+            queue.observe(seconds)
+
+    def dropped(self, endpoint: Endpoint, reason: str) -> None:
+        """A queued request abandoned before its run ("cancelled", "deadline")."""
+        DROPPED.labels(endpoint.name, reason).inc()
 
 
 PATH = "/metrics"

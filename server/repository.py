@@ -10,7 +10,7 @@ and the others serve. Lookups raise ModelNotFound / ModelUnavailable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from layerserve.proto.repository_pb2 import FileRef, ModelManifest
 from layerserve.proto.tensors import format_spec
 
 from . import runtime
-from .endpoints import Batching, Endpoint, TensorSpec
+from .endpoints import Batching, BatchingOverrides, Endpoint, TensorSpec
 from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ class ModelVersion:
         outputs, _ = runtime.chain(self.blocks, feeds)
         return outputs
 
+    def chain(
+        self, feeds: Mapping[str, np.ndarray], start: int, stop: int, keep: Sequence[int] = ()
+    ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
+        """Run blocks ``[start, stop)``: the last one's outputs, and each kept block's by its index."""
+        outputs, kept = runtime.chain(self.blocks[start:stop], feeds, [index - start for index in keep])
+        return outputs, {start + index: values for index, values in kept.items()}
+
     @property
     def block_names(self) -> list[str]:
         return [names.block_name(self.name, block.name) for block in self.manifest.blocks] if self.manifest else []
@@ -109,29 +116,23 @@ def _check_io(label: str, graph: runtime.Graph, inputs: tuple[TensorSpec, ...], 
                                 f"{format_spec(real.datatype, real.shape)}")
 
 
-def _batching(manifest: ModelManifest, overrides: Mapping[str, object]) -> Batching:
+def _batching(manifest: ModelManifest, overrides: BatchingOverrides) -> Batching:
     serving = manifest.serving
-    enabled = overrides.get("dynamic_batching")
-    size = overrides.get("max_batch_size")
-    delay = overrides.get("max_queue_delay_us")
-    return Batching(
-        enabled=bool(serving.dynamic_batching if enabled is None else enabled),
-        max_batch_size=int(serving.max_batch_size if size is None else size),
-        max_queue_delay_us=int(serving.max_queue_delay_us if delay is None else delay),
-    )
+    return overrides.applied(bool(serving.dynamic_batching), int(serving.max_batch_size),
+                             int(serving.max_queue_delay_us))
 
 
 def load_version(
     name: str,
     folder: Path,
     options: runtime.RuntimeOptions,
-    batching_overrides: Mapping[str, object] | None = None,
+    batching_overrides: BatchingOverrides | None = None,
     verify: bool = True,
 ) -> ModelVersion:
     """Load one version folder; failures other than DeviceUnavailable become an UNAVAILABLE reason."""
     model = ModelVersion(name=name, version=folder.name, path=folder)
     try:
-        _load_into(model, options, batching_overrides or {}, verify)
+        _load_into(model, options, batching_overrides or BatchingOverrides(), verify)
     except DeviceUnavailable:
         raise
     except (LoadError, manifests.ManifestError) as error:
@@ -159,7 +160,7 @@ def load_version(
 
 
 def _load_into(
-    model: ModelVersion, options: runtime.RuntimeOptions, overrides: Mapping[str, object], verify: bool
+    model: ModelVersion, options: runtime.RuntimeOptions, overrides: BatchingOverrides, verify: bool
 ) -> None:
     manifest = manifests.read_manifest(model.path)
     model.manifest = manifest
@@ -214,7 +215,7 @@ class Repository:
         cls,
         root: Path,
         options: runtime.RuntimeOptions,
-        batching_overrides: Mapping[str, object] | None = None,
+        batching_overrides: BatchingOverrides | None = None,
         verify: bool = True,
     ) -> Repository:
         """Load every version under ``root``; FileNotFoundError if ``root`` is not a folder."""

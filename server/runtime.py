@@ -18,36 +18,12 @@ import onnxruntime as ort
 
 from layerserve.proto.tensors import ORT_TYPES, TensorSpec
 
+from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device
 from .errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-
-
-@dataclass(frozen=True)
-class Device:
-    """One ``--device`` choice: the execution providers its sessions ask for, in preference order
-    (each with its provider options), the one that must really load, and where a chain keeps its
-    intermediates (an OrtValue device, None for host memory)."""
-
-    name: str
-    providers: tuple[tuple[str, dict[str, str]], ...]
-    required: str
-    value_device: tuple[str, int] | None = None
-    install_hint: str = ""
-
-
-# The one table of devices: the settings' validation, the CLI's choices and session creation read it.
-# Adding TensorRT or ROCm is one row (and "auto" tries the rows in order, before the CPU).
-DEVICES: dict[str, Device] = {
-    "cpu": Device("cpu", ((CPU, {}),), CPU),
-    "cuda": Device("cuda", ((CUDA, {"device_id": "0"}), (CPU, {})), CUDA, ("cuda", 0),
-                   "install onnxruntime-gpu (make setup-gpu)"),
-}
-AUTO = "auto"
-DEVICE_CHOICES: tuple[str, ...] = (*DEVICES, AUTO)
+__all__ = ["AUTO", "CPU", "CUDA", "DEVICES", "DEVICE_CHOICES", "Device", "Graph", "RuntimeOptions", "chain"]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import grpc
 
-from .errors import Unauthenticated, observe, status_of
+from .errors import Unauthenticated, status_of
+from .observer import Observer, Silent
 from .settings import HealthAuth, Settings
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,12 @@ class TokenAuth(grpc.aio.ServerInterceptor):
     """Refuse every RPC without a known bearer token (UNAUTHENTICATED); health checks as ``health`` says:
     "models" (only the overall "" service is open), "all" (none is open) or "none" (all are open)."""
 
-    def __init__(self, tokens: Sequence[str], health: HealthAuth = "models") -> None:
+    def __init__(self, tokens: Sequence[str], health: HealthAuth = "models", observer: Observer | None = None) -> None:
         if not tokens:
             raise ValueError("TokenAuth needs at least one token")
         self._tokens = [token.encode() for token in tokens]
         self._health = health
+        self._observer = observer or Silent()
 
     def allows(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         """Whether ``metadata`` carries a known token; compares with every token, in constant time each."""
@@ -111,8 +113,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             if self._health == "none":
                 return handler
             if self._health == "models":
-                return _overall_health_only(details.method, handler)
-        return _refusal(details.method, handler)
+                return _overall_health_only(details.method, handler, self._observer)
+        return _refusal(details.method, handler, self._observer)
 
 
 _REFUSED = Unauthenticated("missing or unknown bearer token (send 'authorization: Bearer <token>')")
@@ -122,7 +124,7 @@ _HEALTH_REFUSED = Unauthenticated(
 )
 
 
-def _overall_health_only(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _overall_health_only(method: str, handler: grpc.RpcMethodHandler, observer: Observer) -> grpc.RpcMethodHandler:
     """``handler`` (a health method) answering only for the overall service ``""``, UNAUTHENTICATED
     for a named one, so a caller without a token cannot learn which model names exist."""
     code, message = status_of(_HEALTH_REFUSED)
@@ -130,7 +132,7 @@ def _overall_health_only(method: str, handler: grpc.RpcMethodHandler) -> grpc.Rp
 
     async def refuse_named(request: object, context: grpc.aio.ServicerContext) -> None:
         if getattr(request, "service", None) != "":
-            observe(rpc, "", code, 0.0)
+            observer.rpc(rpc, "", code.name, 0.0)
             await context.abort(code, message)
 
     if handler.unary_unary is not None:
@@ -154,10 +156,10 @@ def _overall_health_only(method: str, handler: grpc.RpcMethodHandler) -> grpc.Rp
                 await answers
 
         return handler._replace(unary_stream=stream)
-    return _refusal(method, handler)
+    return _refusal(method, handler, observer)
 
 
-def _refusal(method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+def _refusal(method: str, handler: grpc.RpcMethodHandler | None, observer: Observer) -> grpc.RpcMethodHandler:
     """A handler of ``handler``'s kind that aborts with UNAUTHENTICATED, reading nothing it would parse.
 
     Unknown methods are refused the same way, so an unauthenticated caller learns nothing of the API;
@@ -167,7 +169,7 @@ def _refusal(method: str, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMeth
     rpc = method.rsplit("/", 1)[-1] if handler is not None else "unknown"
 
     async def refuse(request_or_iterator: object, context: grpc.aio.ServicerContext) -> None:
-        observe(rpc, "", code, 0.0)
+        observer.rpc(rpc, "", code.name, 0.0)
         await context.abort(code, message)
 
     streaming = (handler.request_streaming, handler.response_streaming) if handler is not None else (False, False)

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 from . import cpus
+from .devices import DEVICE_CHOICES
 
-Device = Literal["cpu", "cuda", "auto"]
+# The --device choices come from the one devices table (server/devices.py).
+Device = Literal[DEVICE_CHOICES]
 ENV_PREFIX = "LAYERSERVE_"
 # Fields that take "auto" (flag or variable), and the value that stands for it.
 AUTO: dict[str, object] = {"workers": 0, "instances": None, "max_message_bytes": None}

@@ -103,7 +103,8 @@ def test_metrics_stay_bounded_after_hostile_names(hostile_server: ServerThread) 
         text = reply.read().decode()
     assert len(text) <= METRICS_MAX_BYTES, len(text)
     models = set(re.findall(r'model="([^"]*)"', text))
-    assert models <= metrics._served | {""}, models - metrics._served
+    allowed = metrics.allowed_model_labels() | {""}
+    assert models <= allowed, models - allowed
     rpcs = set(re.findall(r'rpc="([^"]*)"', text))
     ours = {*pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name,
             *lpb.DESCRIPTOR.services_by_name["LayerService"].methods_by_name, "unknown"}
