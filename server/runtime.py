@@ -140,32 +140,33 @@ def chain(
     outputs, all as host arrays. On CUDA the tensors between graphs stay on the
     device as OrtValues; only the last outputs and kept ones are copied back.
     """
-    if graphs and graphs[0].value_device is not None and all(g.value_device == graphs[0].value_device for g in graphs):
-        return _chain_on_device(graphs, feeds, keep)
-    values: dict[str, np.ndarray] = dict(feeds)
-    kept: dict[int, dict[str, np.ndarray]] = {}
-    outputs: dict[str, np.ndarray] = {}
-    for index, graph in enumerate(graphs):
-        outputs = graph.run({spec.name: values[spec.name] for spec in graph.inputs})
-        values.update(outputs)
-        if index in keep:
-            kept[index] = outputs
-    return outputs, kept
+    device = graphs[0].value_device if graphs else None
+    if device is not None and all(graph.value_device == device for graph in graphs):
+        kind, index = device
 
+        def to_value(array: np.ndarray) -> ort.OrtValue:
+            return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), kind, index)
 
-def _chain_on_device(
-    graphs: Sequence[Graph], feeds: Mapping[str, np.ndarray], keep: Sequence[int]
-) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
-    kind, index = graphs[0].value_device
-    values: dict[str, ort.OrtValue] = {
-        name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), kind, index)
-        for name, array in feeds.items()
-    }
+        def to_host(value: ort.OrtValue) -> np.ndarray:
+            return value.numpy()
+
+        def run(graph: Graph, inputs: dict) -> dict:
+            return graph.run_on_device(inputs)
+    else:
+        def to_value(array: np.ndarray) -> np.ndarray:
+            return array
+
+        to_host = to_value
+
+        def run(graph: Graph, inputs: dict) -> dict:
+            return graph.run(inputs)
+
+    values = {name: to_value(array) for name, array in feeds.items()}
     kept: dict[int, dict[str, np.ndarray]] = {}
-    outputs: dict[str, ort.OrtValue] = {}
-    for index, graph in enumerate(graphs):
-        outputs = graph.run_on_device({spec.name: values[spec.name] for spec in graph.inputs})
+    outputs: dict = {}
+    for position, graph in enumerate(graphs):
+        outputs = run(graph, {spec.name: values[spec.name] for spec in graph.inputs})
         values.update(outputs)
-        if index in keep:
-            kept[index] = {name: value.numpy() for name, value in outputs.items()}
-    return {name: value.numpy() for name, value in outputs.items()}, kept
+        if position in keep:
+            kept[position] = {name: to_host(value) for name, value in outputs.items()}
+    return {name: to_host(value) for name, value in outputs.items()}, kept
