@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from bench.machine import rss_kib
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
@@ -52,14 +53,6 @@ time.sleep(2.0)  # let them all go out
 print("sent", flush=True)
 os.kill(os.getpid(), signal.SIGSTOP)
 """
-
-
-def rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def largest_output_request(models: Path, model: str) -> tuple[bytes, str, int]:

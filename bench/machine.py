@@ -76,3 +76,39 @@ def process_cpu_s(pid: int) -> float:
             if child is not None and int(child[1]) == pid:
                 ticks += int(child[11]) + int(child[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/{'status' if key == 'VmRSS' else 'smaps_rollup'}").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} for pid {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of ``pid`` in KiB (VmRSS)."""
+    return _status_kib(pid, "VmRSS")
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of ``pid`` in KiB: pages shared with other processes count by their share,
+    so summing it over a server's processes counts a shared weight file once."""
+    return _status_kib(pid, "Pss")
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and every process below it (a server's workers)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(child) for child in (task / "children").read_text().split()]
+    return [pid, *(grandchild for child in children for grandchild in tree_pids(child))]
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and its child processes, summed, in KiB (shared pages counted in each)."""
+    return sum(rss_kib(p) for p in tree_pids(pid))
+
+
+def tree_pss_kib(pid: int) -> int:
+    """PSS of ``pid`` and its child processes, summed, in KiB (shared pages counted once)."""
+    return sum(pss_kib(p) for p in tree_pids(pid))

@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from bench.fuzz import MAX_DETAILS_BYTES, metrics_bytes
 from bench.loadgen import MODEL_INFER, run_load
+from bench.machine import tree_rss_kib
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto.manifest import read_manifest, version_folders
 from layerserve.server.launcher import ServerProcess
@@ -38,22 +39,6 @@ from layerserve.server.launcher import ServerProcess
 SAMPLE_EVERY_S = 5.0
 WARMUP_S = 60.0
 HOSTILE_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT})
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of ``pid`` in KiB (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def tree_rss_kib(pid: int) -> int:
-    """VmRSS of ``pid`` and its child processes (a server's workers), summed, in KiB."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(child) for child in (task / "children").read_text().split()]
-    return rss_kib(pid) + sum(tree_rss_kib(child) for child in children)
 
 
 def hostile_request(index: int, valid: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -80,9 +81,13 @@ def _reflection_pool() -> object:
     return _pool.POOL
 
 
-def load(settings: Settings) -> DataPlane:
-    """Load the repository and build the core; DeviceUnavailable when the device cannot be used."""
-    options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning)
+def load(settings: Settings, optimized_dir: Path | None = None) -> DataPlane:
+    """Load the repository and build the core; DeviceUnavailable when the device cannot be used.
+
+    ``optimized_dir``: where the graphs' optimized copies are shared (server/optimized.py).
+    """
+    options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning,
+                                     optimized_dir)
     overrides = BatchingOverrides(settings.dynamic_batching, settings.max_batch_size, settings.max_queue_delay_us)
     repository = Repository.load(settings.models, options, overrides, verify=settings.verify)
     if settings.device == "auto":
@@ -95,10 +100,13 @@ def load(settings: Settings) -> DataPlane:
                 )
     max_message_bytes = settings.max_message_bytes or limits.message_limit(repository)
     observer = metrics.PrometheusObserver(repository.served_names())
-    return DataPlane(repository, settings.instance_count, settings.max_queue_size, max_message_bytes, observer)
+    return DataPlane(repository, settings.instance_count, settings.max_queue_size, max_message_bytes, observer,
+                     settings.max_batch_bytes)
 
 
-async def start(settings: Settings, reuse_port: bool = False, serve_metrics: bool = True) -> Running:
+async def start(
+    settings: Settings, reuse_port: bool = False, serve_metrics: bool = True, optimized_dir: Path | None = None
+) -> Running:
     """Load models and start serving; returns once the port is bound.
 
     Raises ValueError for unusable access settings (no tokens left), OSError for unreadable
@@ -107,7 +115,7 @@ async def start(settings: Settings, reuse_port: bool = False, serve_metrics: boo
     tokens = security.load_tokens(settings)
     credentials = security.server_credentials(settings)
     security.warn_if_exposed(settings, tokens)
-    dataplane = load(settings)
+    dataplane = load(settings, optimized_dir)
     interceptors = [security.TokenAuth(tokens, settings.auth_health, dataplane.observer)] if tokens else []
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--dynamic-batching", type=_bool, metavar="BOOL", help="override every manifest's dynamic_batching")
     add("--max-batch-size", type=int, help="override every manifest's max_batch_size (0: no limit)")
     add("--max-queue-delay-us", type=int, help="override every manifest's max_queue_delay_us")
+    add("--max-batch-bytes", type=int, help="merge requests while the merged batch's largest activation stays "
+        f"within this many bytes (default {defaults.max_batch_bytes})")
     add("--max-queue-size", type=int, help=f"queued requests per model before UNAVAILABLE (default {defaults.max_queue_size})")
     add("--grace-s", type=float, help=f"seconds in-flight requests get after SIGTERM (default {defaults.grace_s})")
     add("--log-level", help="DEBUG, INFO, WARNING, ... (default INFO)")

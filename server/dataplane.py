@@ -116,13 +116,16 @@ class DataPlane:
     """
 
     def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024,
-                 max_message_bytes: int = 64 << 20, observer: Observer | None = None) -> None:
+                 max_message_bytes: int = 64 << 20, observer: Observer | None = None,
+                 max_batch_bytes: int = 64 << 20) -> None:
         self.repository = repository
         self.instances = instances
         self.max_queue_size = max_queue_size
         # The gRPC message limit, both ways, this server runs with (``--max-message-bytes``, or derived
         # from the models by server/limits.py); one value, fixed once the repository is loaded.
         self.max_message_bytes = max_message_bytes
+        # Merging stops before a merged batch's largest activation passes this (Endpoint.merge_rows).
+        self.max_batch_bytes = max_batch_bytes
         self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
@@ -132,6 +135,8 @@ class DataPlane:
         self.gate = Gate()
         # Sees every RPC outcome (through rpc.handled), every run and every request dropped unrun.
         self.observer: Observer = observer or Silent()
+        self._in_flight = 0
+        self._last_active = time.monotonic()
 
     # -- what the servicers ask ----------------------------------------------------------------
 
@@ -197,7 +202,7 @@ class DataPlane:
             batcher = Batcher(
                 endpoint.run,
                 self.executor,
-                endpoint.batching.max_batch_size,
+                endpoint.merge_rows(self.max_batch_bytes),
                 endpoint.batching.max_queue_delay_us,
                 self.max_queue_size,
                 self.instances,
@@ -255,13 +260,21 @@ class DataPlane:
         """Count the request as a success or a failure of ``endpoint`` (Triton's success/fail durations)."""
         stats = self.stats[(endpoint.name, endpoint.version)]
         start = time.perf_counter()
+        self._in_flight += 1
         try:
             yield
         except BaseException:  # cancellation included: the request failed for its caller
             stats.fail.add(time.perf_counter() - start)
             raise
+        finally:
+            self._in_flight -= 1
+            self._last_active = time.monotonic()
         stats.success.add(time.perf_counter() - start)
         stats.last_inference_ms = int(time.time() * 1000)
+
+    def idle_seconds(self) -> float:
+        """Seconds since the last inference or chain ended; 0 while one runs (the memory janitor asks)."""
+        return 0.0 if self._in_flight else time.monotonic() - self._last_active
 
     def chain_model(self, name: str, version: str = "") -> ModelVersion:
         """The model version a Chain names (a model name, not a block's or the chain's); a transport

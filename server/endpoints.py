@@ -65,6 +65,16 @@ class Endpoint:
     batching: Batching
     run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
     block_index: int | None = None
+    # The largest activation one row of a run holds (its input, a block's output), in bytes; 0 unknown.
+    peak_row_bytes: int = 0
+
+    def merge_rows(self, max_batch_bytes: int) -> int:
+        """Rows a merged run may carry: max_batch_size (0: no limit), and no more than keep the largest
+        activation within ``max_batch_bytes`` (at least 1: a request is never split)."""
+        limit = self.batching.max_batch_size or 1 << 31
+        if self.peak_row_bytes and max_batch_bytes:
+            limit = min(limit, max(1, max_batch_bytes // self.peak_row_bytes))
+        return limit
 
     @property
     def batched(self) -> bool:

@@ -31,7 +31,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import allocator, app, cpus, limits, logs, metrics, ports, runtime, security
+from layerserve.proto import manifest as manifests
+
+from . import allocator, app, cpus, limits, logs, metrics, optimized, ports, runtime, security
 from .errors import DeviceUnavailable
 from .settings import Settings
 
@@ -45,10 +47,12 @@ async def serve(
     reuse_port: bool = False,
     serve_metrics: bool = True,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    optimized_dir: Path | None = None,
 ) -> None:
     """Serve until one of ``signals``, then drain."""
-    running = await app.start(settings, reuse_port, serve_metrics)
-    allocator.start_janitor(limits.heap_budget(running.dataplane.max_message_bytes))
+    running = await app.start(settings, reuse_port, serve_metrics, optimized_dir)
+    allocator.start_janitor(limits.heap_budget(running.dataplane.max_message_bytes),
+                            idle_s=running.dataplane.idle_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in signals:
@@ -76,17 +80,20 @@ def run(settings: Settings) -> int:
     logs.configure(settings.log_level, settings.log_format)
     allocator.retain_freed_memory()
     signal.signal(signal.SIGTERM, _stop_starting)  # until the event loop takes the signals over
+    optimized_dir = Path(tempfile.mkdtemp(prefix="layerserve-ort-"))  # this run's optimized graphs
     try:
         if settings.worker_count > 1:
-            return _run_workers(settings)
+            return _run_workers(settings, optimized_dir)
         ports.check_free(settings.host, settings.port)
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, optimized_dir=optimized_dir))
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
     except (DeviceUnavailable, ValueError, OSError) as error:
         prefix, code = _failure(error)
         log.error("%s: %s", prefix, error)
         return code
+    finally:
+        shutil.rmtree(optimized_dir, ignore_errors=True)
     return 0
 
 
@@ -107,7 +114,7 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQueue) -> None:
+def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQueue, optimized_dir: Path) -> None:
     """One worker process: serve on the shared port until the parent's SIGTERM.
 
     A start-up failure is put on ``failures`` for the parent to log once, not logged here.
@@ -121,7 +128,8 @@ def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQue
     logs.configure(settings.log_level, settings.log_format)
     allocator.retain_freed_memory()
     try:
-        asyncio.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,)))
+        asyncio.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,),
+                          optimized_dir=optimized_dir))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # drained: a late second SIGTERM must not kill it
     except _Stopped:
         return
@@ -140,7 +148,31 @@ def _check_before_workers(settings: Settings) -> None:
         raise FileNotFoundError(f"model repository {settings.models} is not a folder")
 
 
-def _run_workers(settings: Settings) -> int:
+def _graph_files(models: Path) -> list[Path]:
+    """Every graph file the repository's manifests name (unreadable manifests: the workers say why)."""
+    files = []
+    for _, folder in manifests.iter_repository(models):
+        try:
+            manifest = manifests.read_manifest(folder)
+        except manifests.ManifestError:
+            continue
+        files += [folder / ref.path for ref in (manifest.full_model, *(b.file for b in manifest.blocks))
+                  if (folder / ref.path).is_file()]
+    return files
+
+
+def _optimize_graphs(settings: Settings, optimized_dir: Path) -> None:
+    """Have ONNX Runtime optimize every graph once, so the workers map the same weights (a child process:
+    the parent never holds a session, nor the memory one leaves behind)."""
+    logs.configure(settings.log_level, settings.log_format)
+    options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning)
+    failed = optimized.prepare(optimized_dir, _graph_files(Path(settings.models)),
+                               lambda: runtime.session_options(options))
+    if failed:
+        log.debug("graphs left for the workers to load themselves", extra={"fields": {"graphs": failed}})
+
+
+def _run_workers(settings: Settings, optimized_dir: Path) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
     _check_before_workers(settings)
     port, held = ports.hold(settings.host, settings.port)  # PortInUse; kept until the workers are gone
@@ -149,7 +181,12 @@ def _run_workers(settings: Settings) -> int:
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
     child = settings.replace(port=port, workers=1, instances=settings.instance_count)
-    workers = [context.Process(target=_worker, args=(child, os.getpid(), failures), name=f"worker-{i}")
+    if runtime.resolve_device(settings.device).name == "cpu":
+        preparing = context.Process(target=_optimize_graphs, args=(settings, optimized_dir), name="optimize",
+                                    daemon=True)
+        preparing.start()
+        preparing.join()
+    workers = [context.Process(target=_worker, args=(child, os.getpid(), failures, optimized_dir), name=f"worker-{i}")
                for i in range(settings.worker_count)]
     stopping = False
     told: set[int] = set()

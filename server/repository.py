@@ -22,7 +22,7 @@ from layerserve.proto.repository_pb2 import FileRef, ModelManifest
 from layerserve.proto.tensors import format_spec
 
 from . import runtime
-from .endpoints import Batching, BatchingOverrides, Endpoint, TensorSpec
+from .endpoints import Batching, BatchingOverrides, Endpoint, TensorSpec, answer_row_bytes
 from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ def _load_into(
     inputs, outputs = _specs(manifest.inputs), _specs(manifest.outputs)
     _check_io(model.name, model.full, inputs, outputs)
     add = model.endpoints.__setitem__
-    add(model.name, Endpoint(model.name, model.name, model.version, "full", inputs, outputs, batching, model.full.run))
+    peak = max([manifest.input_bytes_per_sample, *(b.output_bytes_per_sample for b in manifest.blocks)])
+    add(model.name, Endpoint(model.name, model.name, model.version, "full", inputs, outputs, batching, model.full.run,
+                             peak_row_bytes=peak))
     for index, block in enumerate(manifest.blocks):
         if block.index != index:
             raise LoadError(f"block {block.name!r} has index {block.index}, expected {index}")
@@ -196,12 +198,13 @@ def _load_into(
         block_in, block_out = _specs(block.inputs), _specs(block.outputs)
         _check_io(served, block_graph, block_in, block_out)
         model.blocks.append(block_graph)
+        block_peak = max(answer_row_bytes(block_in) or 0, block.output_bytes_per_sample)
         add(served, Endpoint(served, model.name, model.version, "block", block_in, block_out, batching,
-                             block_graph.run, block_index=index))
+                             block_graph.run, block_index=index, peak_row_bytes=block_peak))
     chain_name = names.chain_name(model.name)
     first, last = manifest.blocks[0], manifest.blocks[-1]
     add(chain_name, Endpoint(chain_name, model.name, model.version, names.CHAIN, _specs(first.inputs),
-                             _specs(last.outputs), batching, model.run_chain))
+                             _specs(last.outputs), batching, model.run_chain, peak_row_bytes=peak))
 
 
 class Repository:

@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from layerserve.proto.tensors import ORT_TYPES, TensorSpec
 
+from . import optimized
 from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device
 from .errors import DeviceUnavailable
 
@@ -28,11 +29,16 @@ __all__ = ["AUTO", "CPU", "CUDA", "DEVICES", "DEVICE_CHOICES", "Device", "Graph"
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """What every session of a server is created with."""
+    """What every session of a server is created with.
+
+    ``optimized_dir``: where this server keeps ONNX Runtime's optimized copies of its graphs
+    (server/optimized.py); None optimizes each session's graph as it loads.
+    """
 
     device: str = "cpu"  # a DEVICES key, or "auto"
     intra_op_threads: int = 1
     allow_spinning: bool = False
+    optimized_dir: Path | None = None
 
 
 def available_providers() -> list[str]:
@@ -76,6 +82,10 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     spin = "1" if options.allow_spinning else "0"
     so.add_session_config_entry("session.intra_op.allow_spinning", spin)
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    # No arena: ONNX Runtime's CPU arena keeps the memory of the largest batch it ever ran, per
+    # session, for good; through malloc (server/allocator.py) it is reused while busy and given back
+    # once the load stops.
+    so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     return so
 
@@ -91,8 +101,16 @@ class Graph:
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         device = resolve_device(options.device)
         self.path = Path(path)
+        load_from, so = self.path, session_options(options)
+        if options.optimized_dir is not None and [name for name, _ in device.providers] == [CPU]:
+            try:
+                load_from = optimized.optimized_copy(options.optimized_dir, self.path, lambda: session_options(options))
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # it is optimized already
+            except OSError as error:  # no room or no write access: optimize in place, weights private
+                log.warning("optimized copy not written; loading the graph as it is",
+                            extra={"fields": {"graph": self.path.name, "error": str(error)}})
         self.session = ort.InferenceSession(
-            str(path), session_options(options),
+            str(load_from), so,
             providers=[name for name, _ in device.providers],
             provider_options=[dict(values) for _, values in device.providers],
         )

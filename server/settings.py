@@ -59,6 +59,10 @@ class Settings:
     dynamic_batching: bool | None = None
     max_batch_size: int | None = None
     max_queue_delay_us: int | None = None
+    # Requests are merged while the merged batch's largest activation (rows x the model's largest
+    # activation per row, from the manifest) stays within this many bytes; a request larger than it
+    # runs alone, never split. Bounds the memory batching can add (docs/server.md, "Memory").
+    max_batch_bytes: int = 64 * 1024 * 1024
     # Requests waiting per model before new ones are refused with UNAVAILABLE.
     max_queue_size: int = 1024
     # Seconds in-flight requests get to finish after SIGTERM.

@@ -126,3 +126,22 @@ def test_statistics_index_and_blocks(plane) -> None:
     assert listing.full_model_name == "tiny_cnn" and listing.chain_model_name == "tiny_cnn.chain"
     assert listing.block_model_names == ["tiny_cnn.00_stem", "tiny_cnn.01_stage1", "tiny_cnn.02_head"]
     assert listing.providers == ["CPUExecutionProvider"] and listing.max_message_bytes == 1 << 20
+
+
+def test_merged_batches_are_capped_in_bytes(plane, loop: asyncio.AbstractEventLoop) -> None:
+    """tiny_cnn's largest activation is h1, 1,024 bytes a row: under a 4,096-byte budget a merged run
+    carries at most 4 rows, while one request of 8 rows still runs whole."""
+    dataplane, _, run = plane
+    recorder = Recorder()
+    capped = DataPlane(dataplane.repository, instances=1, max_batch_bytes=4096, observer=recorder)
+    assert capped.endpoint("tiny_cnn", "1").merge_rows(4096) == 4
+
+    async def burst() -> None:
+        await asyncio.gather(*(capped.infer("tiny_cnn", "1", _x(1)) for _ in range(12)),
+                             capped.infer("tiny_cnn", "1", _x(8)))
+
+    run(burst())
+    rows = [r for name, r in recorder.runs if name == "tiny_cnn"]
+    assert sum(rows) == 20 and 8 in rows
+    assert max(r for r in rows if r != 8) <= 4 and any(1 < r <= 4 for r in rows), rows
+    run(capped.close())

@@ -101,6 +101,7 @@ CASES = [
     ("max_batch_size", "16", 16, ()),
     ("max_queue_delay_us", "250", 250, ()),
     ("max_queue_size", "7", 7, ()),
+    ("max_batch_bytes", "1048576", 1 << 20, ()),
     ("grace_s", "2.5", 2.5, ()),
     ("log_level", "DEBUG", "DEBUG", ()),
     ("log_format", "text", "text", ()),
