@@ -1,0 +1,204 @@
+"""The performance grid of issue 12: layerserve with its defaults against KServe tuned, in one run.
+
+    python -m bench.grid                                   # digits_cnn and resnet50_shaped, 3 repeats
+    python -m bench.grid --models digits_cnn --variant "intra 2=--intra-op-threads 2"
+
+Every server of a model is started once; the repeats go round-robin over them (bench/sweep.py), so
+drift on the shared two cores hits each alike. Cells, on the full graph unless said:
+
+* ``b1_c1``: batch 1, one client: p50 latency (ms);
+* ``b1_c16``: batch 1, 16 clients (a connection each): images per second;
+* ``b64_c4``: batch 64, 4 clients: images per second;
+* ``one_process_8_threads``: one client process, 8 threads, each with its own tritonclient
+  ``InferenceServerClient`` (gRPC shares one connection between them, as users get by default),
+  batch 1: images per second;
+* ``chain_over_full``: layerserve's ``<model>.chain`` p50 over the full graph's, batch 1 and 64, one client;
+* in-process floors: ``onnxruntime.InferenceSession(model.onnx)`` with default options in this process,
+  batch 1 and 64: images per second.
+
+Extra layerserve configurations (``--variant LABEL=FLAGS``) join the same interleaving, to compare a
+flag against the defaults. Results: ``--out`` JSON, and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.machine import machine_info
+from bench.payloads import manifest, model_input, model_root
+from bench.peers.kserve_peer import KServePeer
+from bench.served import served
+from bench.sweep import layerserve
+from layerserve.proto import names
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CELLS = ("b1_c1", "b1_c16", "b64_c4", "one_process_8_threads")
+# resnet50_shaped runs ~12 images/s per core: batch-64 cells would take a minute per request.
+BATCH_LARGE = {"digits_cnn": 64, "digits_resnet": 64, "resnet50_shaped": 16}
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def inprocess_images_per_s(model_file: Path, x: np.ndarray, seconds: float) -> float:
+    """ONNX Runtime as a user runs it: default session options (every core), one call at a time."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    runs, began = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - began < seconds:
+        session.run(None, {name: x})
+        runs += 1
+    return runs * len(x) / (time.perf_counter() - began)
+
+
+def triton_threads(address: str, model: str, input_name: str, x: np.ndarray, threads: int, seconds: float) -> float:
+    """Images per second of ``threads`` threads in this one process, each with its own tritonclient client."""
+    import tritonclient.grpc as triton
+
+    done = [0] * threads
+    errors: list[str] = []
+    stop_at = time.perf_counter() + seconds + 1.0
+    start_at = time.perf_counter() + 1.0  # the first second warms up
+
+    def client(index: int) -> None:
+        with triton.InferenceServerClient(address) as connection:
+            tensor = triton.InferInput(input_name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            while (now := time.perf_counter()) < stop_at:
+                try:
+                    connection.infer(model, [tensor])
+                except Exception as error:  # noqa: BLE001 - counted, reported below
+                    errors.append(str(error)[:120])
+                    continue
+                if now >= start_at:
+                    done[index] += 1
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        log(f"    {len(errors)} errors, e.g. {errors[0]}")
+    return sum(done) * len(x) / seconds
+
+
+def _servers(root: Path, model: str, model_file: Path, variants: dict[str, list[str]],
+             kserve: bool) -> dict[str, Callable[[], object]]:
+    servers: dict[str, Callable[[], object]] = {"layerserve (defaults)": layerserve(root)}
+    for label, flags in variants.items():
+        servers[f"layerserve ({label})"] = layerserve(root, *flags)
+    if kserve:
+        servers["KServe tuned"] = lambda: KServePeer(model_file, model, tuned=True)
+    return servers
+
+
+def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[str]], kserve: bool) -> dict:
+    """model -> {"cells": label -> cell -> [values], "inprocess": ..., "chain_over_full": ...}."""
+    root = model_root(model)
+    folder, spec = manifest(root, model)
+    model_file = folder / spec.full_model.path
+    large = BATCH_LARGE.get(model, 64)
+    x1, xl = model_input(spec, 1), model_input(spec, large)
+    input_name = spec.inputs[0].name
+    cells: dict[str, dict[str, list[float]]] = {}
+    chain_ratio: dict[str, list[float]] = {"b1": [], f"b{large}": []}
+    inprocess: dict[str, list[float]] = {"b1": [], f"b{large}": []}
+
+    def add(label: str, cell: str, value: float) -> None:
+        cells.setdefault(label, {}).setdefault(cell, []).append(value)
+
+    with contextlib.ExitStack() as stack:
+        started = {label: stack.enter_context(factory()) for label, factory in
+                   _servers(root, model, model_file, variants, kserve).items()}
+        for repeat in range(repeats):
+            inprocess["b1"].append(inprocess_images_per_s(model_file, x1[input_name], seconds))
+            inprocess[f"b{large}"].append(inprocess_images_per_s(model_file, xl[input_name], seconds))
+            log(f"[{repeat + 1}/{repeats}] {model} in-process: b1 {inprocess['b1'][-1]:.1f}, "
+                f"b{large} {inprocess[f'b{large}'][-1]:.1f} img/s")
+            for label, server in started.items():
+                pid = server.process.pid
+                c1 = served(server.address, model, x1, 1, seconds, 0.5, pid).result
+                c16 = served(server.address, model, x1, 16, seconds, 0.5, pid).result
+                c4 = served(server.address, model, xl, 4, seconds, 0.5, pid).result
+                threads = triton_threads(server.address, model, input_name, x1[input_name], 8, seconds)
+                add(label, "b1_c1", c1.p50_ms)
+                add(label, "b1_c16", c16.throughput)
+                add(label, "b64_c4", c4.throughput * large)
+                add(label, "one_process_8_threads", threads)
+                errors = c1.errors + c16.errors + c4.errors
+                log(f"  {label:<28} b1 c1 p50 {c1.p50_ms:7.2f} ms | b1 c16 {c16.throughput:8.1f} img/s | "
+                    f"b{large} c4 {c4.throughput * large:8.1f} img/s | 8 threads {threads:8.1f} img/s"
+                    + (f" | {errors} errors" if errors else ""))
+                if label == "layerserve (defaults)":
+                    for key, x in (("b1", x1), (f"b{large}", xl)):
+                        full = served(server.address, model, x, 1, seconds, 0.3, pid).result.p50_ms
+                        chain = served(server.address, names.chain_name(model), x, 1, seconds, 0.3, pid).result.p50_ms
+                        chain_ratio[key].append(chain / full)
+                    log(f"  chain/full: b1 {chain_ratio['b1'][-1]:.3f}, b{large} {chain_ratio[f'b{large}'][-1]:.3f}")
+    return {"batch_large": large, "cells": cells, "inprocess": inprocess, "chain_over_full": chain_ratio}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def markdown(results: dict) -> str:
+    """One table per model: each server's cells (median, min-max) and the ratios the goals name."""
+    lines = []
+    for model, found in results["models"].items():
+        large = found["batch_large"]
+        lines += [f"### {model}", "",
+                  f"| server | b1 c1 p50 ms | b1 c16 img/s | b{large} c4 img/s | 1 process, 8 threads img/s |",
+                  "|---|---|---|---|---|"]
+        for label, cells in found["cells"].items():
+            row = [f"{_summary(cells[c])['median']:.2f} ({min(cells[c]):.2f}-{max(cells[c]):.2f})" for c in CELLS]
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+        floors = {k: _summary(v) for k, v in found["inprocess"].items()}
+        ratios = {k: _summary(v) for k, v in found["chain_over_full"].items()}
+        lines += ["", "in-process ONNX Runtime (default options): "
+                  + ", ".join(f"{k} {v['median']:.1f} img/s ({v['min']:.1f}-{v['max']:.1f})" for k, v in floors.items()),
+                  "layerserve chain / full p50: "
+                  + ", ".join(f"{k} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})" for k, v in ratios.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="digits_cnn,resnet50_shaped")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="another layerserve configuration to interleave, e.g. 'intra 2=--intra-op-threads 2'")
+    parser.add_argument("--no-kserve", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "grid.json")
+    args = parser.parse_args(argv)
+    variants = {label: shlex.split(flags) for label, _, flags in (v.partition("=") for v in args.variant)}
+    results = {"machine": machine_info(), "repeats": args.repeats, "seconds": args.seconds, "variants": variants,
+               "models": {}}
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        results["models"][model] = measure(model, args.repeats, args.seconds, variants, not args.no_kserve)
+    results["machine"]["load_average_1m_end"] = machine_info()["load_average_1m"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
