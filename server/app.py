@@ -100,8 +100,8 @@ def load(settings: Settings, optimized_dir: Path | None = None) -> DataPlane:
                 )
     max_message_bytes = settings.max_message_bytes or limits.message_limit(repository)
     observer = metrics.PrometheusObserver(repository.served_names())
-    return DataPlane(repository, settings.instance_count, settings.max_queue_size, max_message_bytes, observer,
-                     settings.max_batch_bytes)
+    return DataPlane(repository, settings.instances, settings.max_queue_size, max_message_bytes, observer,
+                     settings.max_batch_bytes, cores=settings.instance_count)
 
 
 async def start(
@@ -161,7 +161,9 @@ async def start(
     log.info(
         "serving",
         extra={"fields": {"grpc": f"{settings.host}:{port}", "metrics_port": metrics_port, "device": settings.device,
-                          "instances": settings.instance_count, "intra_op_threads": settings.intra_op_threads,
+                          "instances": settings.instances if settings.instances is not None
+                          else f"auto (1 to {settings.instance_count})",
+                          "intra_op_threads": settings.intra_op_threads,
                           "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
                           "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
                           "max_message_bytes": dataplane.max_message_bytes,

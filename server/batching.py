@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import QueueFull, RequestExpired
+from .slots import RunSlots
 
 RunFn = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -93,7 +94,7 @@ class Batcher:
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
-        instances: int = 1,
+        instances: int | RunSlots = 1,
         on_batch: Callable[[BatchReport], None] | None = None,
         label: str = "",
         on_drop: Callable[[str], None] | None = None,
@@ -108,7 +109,8 @@ class Batcher:
         self._on_batch = on_batch
         self._on_drop = on_drop
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(max(1, instances))
+        # Runs this endpoint may have at once (server/slots.py): a count, or shared slots that follow the runs.
+        self._slots = instances if isinstance(instances, RunSlots) else RunSlots(instances)
         self._carry: _Pending | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
@@ -188,6 +190,7 @@ class Batcher:
             task.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[_Pending], rows: int, delayable: bool) -> None:
+        compute_s: float | None = None  # fed to the slots: how long runs take decides how many may go at once
         try:
             # Clients may have gone while the batch gathered (the delay) or waited for an instance.
             batch = [pending for pending in batch if self._live(pending)]
@@ -217,4 +220,4 @@ class Batcher:
                 queued = [started - p.enqueued for p in batch]
                 self._on_batch(BatchReport(rows, len(batch), compute_s, queued, delayable))
         finally:
-            self._slots.release()
+            await self._slots.release(compute_s)

@@ -51,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"(default {defaults.max_concurrent_streams})")
     add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
     add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")
-    add("--instances", type=_count_or_auto, metavar="N|auto", help="concurrent model runs (worker threads) per "
-        "process, 0 runs them on the event loop; auto: usable cores / workers (default auto)")
+    add("--instances", type=_count_or_auto, metavar="N|auto", help="runs one model may have at once per process, on "
+        "worker threads; 0 runs them on the event loop; auto: one while its runs are short, up to the usable "
+        "cores while they are long (default auto)")
     add("--dynamic-batching", type=_bool, metavar="BOOL", help="override every manifest's dynamic_batching")
     add("--max-batch-size", type=int, help="override every manifest's max_batch_size (0: no limit)")
     add("--max-queue-delay-us", type=int, help="override every manifest's max_queue_delay_us")

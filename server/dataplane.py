@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_i
 from .errors import InvalidInput, RequestExpired, quoted
 from .observer import Observer, Silent
 from .repository import READY, ModelVersion, Repository
+from .slots import RunSlots
 from .statistics import Stats
 
 # What ModelMetadata calls the backend of every served name.
@@ -108,26 +109,27 @@ class ChainResult:
 class DataPlane:
     """Everything the servicers ask, over ``repository``; async methods run on one event loop.
 
-    ``instances`` worker threads run sessions (0: run them on the event loop
-    itself); an endpoint with dynamic batching gets a Batcher allowed
-    ``instances`` concurrent runs (one when 0). ``max_message_bytes`` is the
-    transport's limit: a request whose answer would exceed it is refused before
-    it runs (0: no check).
+    ``instances``: how many runs one endpoint may have at once, on worker threads (0: one, on the
+    event loop itself; None: one while the endpoint's runs are short, up to ``cores`` while they are
+    long: server/slots.py). ``max_message_bytes`` is the transport's limit: a request whose answer
+    would exceed it is refused before it runs (0: no check).
     """
 
-    def __init__(self, repository: Repository, instances: int = 1, max_queue_size: int = 1024,
+    def __init__(self, repository: Repository, instances: int | None = 1, max_queue_size: int = 1024,
                  max_message_bytes: int = 64 << 20, observer: Observer | None = None,
-                 max_batch_bytes: int = 64 << 20) -> None:
+                 max_batch_bytes: int = 64 << 20, cores: int = 1) -> None:
         self.repository = repository
         self.instances = instances
+        self._most_runs = max(1, cores if instances is None else instances)
         self.max_queue_size = max_queue_size
         # The gRPC message limit, both ways, this server runs with (``--max-message-bytes``, or derived
         # from the models by server/limits.py); one value, fixed once the repository is loaded.
         self.max_message_bytes = max_message_bytes
         # Merging stops before a merged batch's largest activation passes this (Endpoint.merge_rows).
         self.max_batch_bytes = max_batch_bytes
-        self.executor = ThreadPoolExecutor(instances, thread_name_prefix="ort") if instances > 0 else None
+        self.executor = ThreadPoolExecutor(self._most_runs, thread_name_prefix="ort") if instances != 0 else None
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._slots: dict[tuple[str, str], RunSlots] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
         self.draining = False
@@ -205,13 +207,34 @@ class DataPlane:
                 endpoint.merge_rows(self.max_batch_bytes),
                 endpoint.batching.max_queue_delay_us,
                 self.max_queue_size,
-                self.instances,
+                self._run_slots(endpoint),
                 on_batch=lambda report: self._record(endpoint, report),
                 label=endpoint.name,
                 on_drop=lambda reason: self._dropped(endpoint, reason),
             )
             self._batchers[key] = batcher
         return batcher
+
+    def _run_slots(self, endpoint: Endpoint) -> RunSlots:
+        """The endpoint's slots: its runs, batched or not, share them."""
+        key = (endpoint.name, endpoint.version)
+        if key not in self._slots:
+            fixed = None if self.instances is None else max(1, self.instances)
+            self._slots[key] = RunSlots(fixed, self._most_runs)
+        return self._slots[key]
+
+    async def _run(self, endpoint: Endpoint, fn: Callable, *args: object) -> tuple[object, float]:
+        """``fn(*args)`` on a worker thread within the endpoint's slots; (result, seconds it ran)."""
+        slots = self._run_slots(endpoint)
+        await slots.acquire()
+        begun = time.perf_counter()
+        seconds: float | None = None
+        try:
+            result = await call_on(self.executor, fn, *args)
+            seconds = time.perf_counter() - begun
+            return result, seconds
+        finally:
+            await slots.release(seconds)
 
     def _record(self, endpoint: Endpoint, report: BatchReport) -> None:
         self.stats[(endpoint.name, endpoint.version)].record_run(
@@ -250,9 +273,8 @@ class DataPlane:
                     self._dropped(endpoint, "deadline")
                     raise RequestExpired("deadline exceeded before the run; the request was not run")
                 # A cancelled caller cancels the executor job too while it still waits for a thread.
-                begun = time.perf_counter()
-                results = await call_on(self.executor, endpoint.run, inputs)
-                self._record(endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
+                results, seconds = await self._run(endpoint, endpoint.run, inputs)
+                self._record(endpoint, BatchReport(rows, 1, seconds, [0.0]))
         return InferResult(endpoint, {name: results[name] for name in names})
 
     @contextmanager
@@ -321,9 +343,8 @@ class DataPlane:
             ]
             total = None if any(b is None for b in row_bytes) else sum(row_bytes)
             check_answer_size(f"{model} chain [{start}, {stop})", rows, total, self.max_message_bytes, first.batched)
-            begun = time.perf_counter()
-            outputs, kept = await call_on(self.executor, version_.chain, inputs, start, stop, keep)
-            self._record(chain_endpoint, BatchReport(rows, 1, time.perf_counter() - begun, [0.0]))
+            (outputs, kept), seconds = await self._run(chain_endpoint, version_.chain, inputs, start, stop, keep)
+            self._record(chain_endpoint, BatchReport(rows, 1, seconds, [0.0]))
         kept_outputs = [KeptOutputs(index, blocks[index].name, kept[index]) for index in sorted(kept)]
         return ChainResult(dict(outputs), kept_outputs, [block.name for block in blocks[start:stop]], version_)
 

@@ -180,7 +180,7 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
-    child = settings.replace(port=port, workers=1, instances=settings.instance_count)
+    child = settings.replace(port=port, workers=1)
     if runtime.resolve_device(settings.device).name == "cpu":
         preparing = context.Process(target=_optimize_graphs, args=(settings, optimized_dir), name="optimize",
                                     daemon=True)

@@ -51,9 +51,10 @@ class Settings:
     # (docs/BENCHMARKS.md, "Server concurrency design").
     intra_op_threads: int = 1
     allow_spinning: bool = False
-    # Threads that run sessions; also the number of batches one model may run at once
-    # (Triton's instance count). 0 runs sessions on the event loop itself; None ("auto"): usable
-    # cores / workers, at least 1, so all workers' runs together fill the cores once.
+    # Runs (batches) one served model may have at once, on worker threads (Triton's instance count).
+    # 0 runs sessions on the event loop itself; None ("auto"): one at a time while the model's runs
+    # are short, up to the usable cores while they are long (server/slots.py), so one client
+    # connection, which reaches one worker, can still use every core for a large model.
     instances: int | None = None
     # Dynamic batching: None keeps each manifest's ServingConfig.
     dynamic_batching: bool | None = None
@@ -91,10 +92,11 @@ class Settings:
 
     @property
     def instance_count(self) -> int:
-        """``instances`` per worker, with None ("auto") resolved to usable cores / workers (at least 1)."""
+        """The most runs one model may have at once per worker: ``instances``, or with None ("auto") the
+        usable cores (reached only while the model's runs are long)."""
         if self.instances is not None:
             return self.instances
-        return max(1, usable_cores() // self.worker_count)
+        return usable_cores()
 
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""

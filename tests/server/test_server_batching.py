@@ -137,3 +137,24 @@ def test_an_idle_server_never_holds_a_lone_request_for_the_queue_delay() -> None
     # and the 64-row request that arrived after them filled a batch by itself and ran as it was.
     assert reports[2].delayable and reports[2].requests == 3
     assert seen == [1, 1, 3, 64]
+
+
+def test_run_slots_follow_the_runs() -> None:
+    """Auto instances: one run at a time while runs are short, up to ``most`` once they are long; fixed stays."""
+    from layerserve.server.slots import LONG_RUN_S, RunSlots
+
+    async def main() -> list[int]:
+        slots, seen = RunSlots(None, most=3), []
+        for run_s in (LONG_RUN_S / 10, LONG_RUN_S / 10, LONG_RUN_S * 50, LONG_RUN_S * 50):
+            await slots.acquire()
+            seen.append(slots.allowed)
+            await slots.release(run_s)
+        seen.append(slots.allowed)
+        fixed = RunSlots(2, most=8)
+        await fixed.acquire()
+        await fixed.release(10.0)
+        seen.append(fixed.allowed)
+        return seen
+
+    # short, short: 1; one long run lifts the mean (0.2 x 100 ms + 0.8 x 0.2 ms > 2 ms): 3
+    assert asyncio.run(main()) == [1, 1, 1, 3, 3, 2]

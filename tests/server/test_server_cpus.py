@@ -162,5 +162,5 @@ def test_a_server_in_a_one_cpu_cgroup_counts_one_core_and_logs_it(
     assert len(serving) == 1, lines  # one process: auto counted 1 worker, not the affinity's
     assert serving[0]["usable_cores"] == 1
     assert serving[0]["usable_cores_from"].startswith("cgroup v")
-    assert serving[0]["instances"] == 1
+    assert serving[0]["instances"] == "auto (1 to 1)"  # one run at a time: one usable core
     assert not [line for line in lines if line["msg"] == "workers started"]

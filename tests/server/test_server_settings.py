@@ -53,9 +53,9 @@ def test_workers_and_instances_default_to_auto_from_the_usable_cores() -> None:
     settings = from_sources({}, {})
     assert (settings.workers, settings.instances) == (0, None)
     assert settings.worker_count == cores
-    assert settings.instance_count == max(1, cores // cores)
-    one = from_sources({"workers": 1}, {})
-    assert (one.worker_count, one.instance_count) == (1, cores)
+    assert settings.instance_count == cores  # at most; one at a time while a model's runs are short
+    one = from_sources({"workers": 1, "instances": 2}, {})
+    assert (one.worker_count, one.instance_count) == (1, 2)
     assert from_sources({}, {"LAYERSERVE_WORKERS": "3", "LAYERSERVE_INSTANCES": "0"}).instance_count == 0
     # "auto" spelled out, in a variable or as a flag (which wins over the variable)
     assert from_sources({}, {"LAYERSERVE_WORKERS": "auto"}).worker_count == cores

@@ -1,0 +1,59 @@
+"""How many runs of one endpoint may go at once: Triton's instance count, fixed or following the runs.
+
+Short runs (a digits CNN: a tenth of a millisecond) gain nothing from running side by side in one
+process: the event loop and gRPC are the bottleneck, and a second thread only adds hand-offs. Long
+runs (a ResNet-50: tens of milliseconds on one core) do: one client process whose requests all
+reach one worker (gRPC multiplexes them on one connection) otherwise gets one core of the machine.
+So by default an endpoint runs one batch at a time while its mean run is short, and up to
+``most`` (the usable cores) at once while it is long (LONG_RUN_S, measured on the runs
+themselves). ``--instances N`` fixes the count instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+# A run this long (mean over recent runs) is worth a second thread; well above a hand-off's cost.
+LONG_RUN_S = 0.002
+# Weight of the newest run in the running mean.
+_SMOOTHING = 0.2
+
+
+class RunSlots:
+    """An asyncio semaphore whose size is ``fixed``, or 1 / ``most`` as the endpoint's runs are short / long."""
+
+    def __init__(self, fixed: int | None = None, most: int = 1, long_run_s: float = LONG_RUN_S) -> None:
+        self._fixed = None if fixed is None else max(1, fixed)
+        self._most = max(1, most)
+        self._long_run_s = long_run_s
+        self._mean_s = 0.0
+        self._in_use = 0
+        self._changed: asyncio.Condition | None = None
+
+    @property
+    def allowed(self) -> int:
+        """Runs allowed at once now."""
+        if self._fixed is not None:
+            return self._fixed
+        return self._most if self._mean_s >= self._long_run_s else 1
+
+    def locked(self) -> bool:
+        """Whether a run would have to wait for a slot now."""
+        return self._in_use >= self.allowed
+
+    async def acquire(self) -> None:
+        """Wait for a slot (on the running event loop)."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_use < self.allowed)
+            self._in_use += 1
+
+    async def release(self, run_s: float | None = None) -> None:
+        """Give a slot back; ``run_s`` (how long the run took) feeds the mean that decides the count."""
+        if run_s is not None:
+            self._mean_s = run_s if self._mean_s == 0.0 else (1 - _SMOOTHING) * self._mean_s + _SMOOTHING * run_s
+        self._in_use -= 1
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
