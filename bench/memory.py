@@ -1,6 +1,6 @@
 """Memory: what a model adds to ``layerserve serve`` (defaults) against one plain ONNX Runtime process.
 
-    python -m bench.memory                               # resnet50_shaped, from bench.foreign's repository
+    python -m bench.memory                               # resnet50_shaped (built by bench.payloads)
     python -m bench.memory --models models --model digits_cnn
 
 Measured as PSS (proportional set size: a page shared by several processes counts by its
@@ -34,13 +34,12 @@ import numpy as np
 
 from bench.loadgen import run_load
 from bench.machine import machine_info, tree_pss_kib
-from bench.payloads import infer_request
+from bench.payloads import infer_request, model_root
 from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
 from layerserve.server.launcher import ServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODELS = REPO_ROOT / "bench" / "out" / "foreign" / "models" / "dynamo"
 SETTLE_S = 15.0
 
 _HOLD = textwrap.dedent("""
@@ -109,7 +108,7 @@ def _touch(address: str, requests: dict[str, bytes]) -> None:
         run_load(address, payload, 1, duration=0.0, warmup=0.0)
 
 
-def server_pss_mib(models: Path, model: str | None, seconds: float) -> dict[str, float]:
+def server_pss_mib(models: Path, model: str | None, seconds: float, settle_s: float = SETTLE_S) -> dict[str, float]:
     """Idle, peak-under-load and settled PSS of a default server over ``models``, in MiB."""
     with tempfile.TemporaryDirectory() as log_dir, ServerProcess(
         models, extra_args=["--metrics-port", "-1", "--log-format", "text"],
@@ -141,40 +140,58 @@ def server_pss_mib(models: Path, model: str | None, seconds: float) -> dict[str,
         finally:
             running = False
             sampler.join()
-        time.sleep(SETTLE_S)
+        time.sleep(settle_s)
         return {"idle": idle, "peak": max(peak), "settled": tree_pss_kib(pid) / 1024}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="repository holding the model")
-    parser.add_argument("--model", default="resnet50_shaped")
-    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load cell")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "memory.json")
-    args = parser.parse_args(argv)
-
-    full = version_folders(args.models / args.model)[-1] / "model.onnx"
+def measure(models: Path, model: str, seconds: float, settle_s: float = SETTLE_S) -> dict:
+    """The memory row for ``model`` in the repository ``models`` (module docstring)."""
+    full = version_folders(models / model)[-1] / "model.onnx"
     with tempfile.TemporaryDirectory() as scratch:
         empty_graph = _empty_graph(Path(scratch) / "empty.onnx")
         (Path(scratch) / "repo").mkdir()
         ort_empty = ort_pss_mib(empty_graph)
         ort_model = ort_pss_mib(full)
-        server_empty = server_pss_mib(Path(scratch) / "repo", None, args.seconds)["idle"]
-    server = server_pss_mib(args.models, args.model, args.seconds)
+        server_empty = server_pss_mib(Path(scratch) / "repo", None, seconds)["idle"]
+    server = server_pss_mib(models, model, seconds, settle_s)
     ort_adds = ort_model - ort_empty
     server_adds = server["idle"] - server_empty
-    report = {
+    return {
         "machine": machine_info(),
-        "model": args.model,
+        "model": model,
+        "settle_s": settle_s,
         "ort_process_mib": {"empty": ort_empty, "model": ort_model, "adds": ort_adds},
         "server_mib": {"empty": server_empty, **server, "adds": server_adds},
         "server_over_ort": server_adds / ort_adds,
         "settled_over_idle": server["settled"] / server["idle"],
         "peak_over_idle": server["peak"] / server["idle"],
     }
+
+
+def markdown(report: dict) -> str:
+    """The memory row as Markdown."""
+    ort, server = report["ort_process_mib"], report["server_mib"]
+    return (f"### Memory: {report['model']} (PSS, MiB)\n\n"
+            "| | empty | with the model | the model adds |\n|---|---|---|---|\n"
+            f"| one ONNX Runtime process | {ort['empty']:.0f} | {ort['model']:.0f} | {ort['adds']:.0f} |\n"
+            f"| layerserve serve (defaults) | {server['empty']:.0f} | {server['idle']:.0f} | {server['adds']:.0f} |\n\n"
+            f"server / ORT: **{report['server_over_ort']:.2f}x**; under the load: peak {server['peak']:.0f} MiB "
+            f"({report['peak_over_idle']:.2f}x idle), {report['settle_s']:.0f} s after it {server['settled']:.0f} MiB "
+            f"(**{report['settled_over_idle']:.2f}x** idle)\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, default=None, help="repository holding the model (default: the "
+                        "committed models, or bench/out/models where bench.payloads builds benchmark models)")
+    parser.add_argument("--model", default="resnet50_shaped")
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per load cell")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "memory.json")
+    args = parser.parse_args(argv)
+    report = measure(args.models or model_root(args.model), args.model, args.seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=2))
+    print(markdown(report))
     return 0
 
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import report
+from bench import grid, memory, report
 from bench.inprocess import InProcess
 from bench.machine import machine_info
 from bench.payloads import manifest, model_input, model_root
@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="digits_cnn,resnet18_shaped")
     parser.add_argument("--no-kserve", action="store_true", help="skip the KServe comparison")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    parser.add_argument("--no-grid", action="store_true", help="skip issue 12's grid and memory row (bench.grid, "
+                        "bench.memory)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     started = time.monotonic()
@@ -176,9 +178,20 @@ def main(argv: list[str] | None = None) -> int:
         plan = quick(PLANS.get(model, Plan())) if args.quick else PLANS.get(model, Plan())
         kserve = not args.no_kserve and model == "digits_cnn"
         results["models"][model] = measure_model(model, plan, repeats, kserve, not args.no_profile, args.out)
+    if not args.no_grid:
+        log("== the grid: layerserve defaults vs KServe tuned (bench.grid), and the memory row (bench.memory)")
+        grid_models = ("digits_cnn", "resnet50_shaped")
+        results["grid"] = {model: grid.measure(model, repeats, 4.0 if model == "digits_cnn" else 8.0, {}, not args.no_kserve)
+                           for model in grid_models}
+        results["memory"] = memory.measure(model_root("resnet50_shaped"), "resnet50_shaped", 6.0)
     results["machine"]["load_average_1m_end"] = machine_info()["load_average_1m"]
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["summary"] = report.write(results, args.out)
+    if "grid" in results:
+        text = (args.out / "results.md").read_text()
+        text += "\n## The grid (issue 12): layerserve defaults vs KServe tuned\n\n" + grid.markdown(
+            {"models": results["grid"]}) + "\n" + memory.markdown(results["memory"]) + "\n"
+        (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     log(f"wrote {args.out}/results.json, results.md and plots in {results['wall_s']:.0f} s")
     return 0

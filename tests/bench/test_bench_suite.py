@@ -108,3 +108,25 @@ def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(t
     assert any(note.startswith("batch made dynamic") for note in report["notes"]["torchscript"])
     assert set(report["served_over_inprocess"]) == {"b1_c1", "b1_c2", "b16_c1", "b16_c2"}
     assert all(cell["median"] > 0 for cell in report["served_over_inprocess"].values())
+
+
+@pytest.mark.slow
+def test_grid_measures_every_cell_for_defaults_and_a_variant() -> None:
+    from bench import grid
+
+    found = grid.measure("digits_cnn", 1, 0.3, {"one instance": ["--instances", "1"]}, kserve=False)
+    assert set(found["cells"]) == {"layerserve (defaults)", "layerserve (one instance)"}
+    for cells in found["cells"].values():
+        assert set(cells) == set(grid.CELLS) and all(values[0] > 0 for values in cells.values())
+    assert found["inprocess"]["b1"][0] > 0 and found["chain_over_full"]["b64"][0] > 0
+    assert "| layerserve (defaults) |" in grid.markdown({"models": {"digits_cnn": found}})
+
+
+@pytest.mark.slow
+def test_memory_row_compares_the_server_with_one_ort_process() -> None:
+    from bench import memory
+
+    report = memory.measure(COMMITTED, "digits_cnn", 0.3, settle_s=0.5)
+    assert report["ort_process_mib"]["adds"] > 0 and report["server_mib"]["idle"] > report["server_mib"]["empty"]
+    assert report["server_mib"]["peak"] >= report["server_mib"]["idle"] > 0
+    assert "server / ORT:" in memory.markdown(report)
