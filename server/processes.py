@@ -80,6 +80,8 @@ def run(settings: Settings) -> int:
         if settings.worker_count > 1:
             return _run_workers(settings)
         ports.check_free(settings.host, settings.port)
+        if settings.http_port >= 0:
+            ports.check_free(settings.host, settings.http_port, "HTTP port")
         asyncio.run(serve(settings))
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
@@ -144,11 +146,20 @@ def _run_workers(settings: Settings) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
     _check_before_workers(settings)
     port, held = ports.hold(settings.host, settings.port)  # PortInUse; kept until the workers are gone
+    http_port = settings.http_port
+    if http_port >= 0:
+        try:
+            http_port, held_http = ports.hold(settings.host, http_port, "HTTP port")  # one HTTP port for all workers
+        except OSError:
+            for sock in held:
+                sock.close()
+            raise
+        held += held_http
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
-    child = settings.replace(port=port, workers=1, instances=settings.instance_count)
+    child = settings.replace(port=port, http_port=http_port, workers=1, instances=settings.instance_count)
     workers = [context.Process(target=_worker, args=(child, os.getpid(), failures), name=f"worker-{i}")
                for i in range(settings.worker_count)]
     stopping = False
@@ -177,6 +188,7 @@ def _run_workers(settings: Settings) -> int:
             process.start()
         signal.signal(signal.SIGINT, on_signal)
         log.info("workers started", extra={"fields": {"workers": settings.worker_count, "grpc": f"{settings.host}:{port}",
+                                                      "http": f"{settings.host}:{http_port}" if http_port >= 0 else None,
                                                       "pids": [p.pid for p in workers], **cpus.log_fields()}})
         while not stopping and all(process.is_alive() for process in workers):
             with contextlib.suppress(InterruptedError):
