@@ -73,9 +73,12 @@ class Running:
             log.warning("grace period over; cancelling RPCs still running", extra={"fields": {"rpcs": left}})
         else:
             await self.dataplane.gate.settle(QUIET_S, min(SETTLE_MAX_S, max(0.0, deadline - loop.time())))
+        # Both at once: anything between the settle and gRPC's stop widens the instant in which a call
+        # that has just arrived is cancelled rather than refused.
+        stops = [self.server.stop(max(0.0, deadline - loop.time()))]
         if self.http is not None:
-            await self.http.stop()
-        await self.server.stop(max(0.0, deadline - loop.time()))
+            stops.append(self.http.stop())
+        await asyncio.gather(*stops)
         await self.dataplane.close()
 
 
