@@ -12,6 +12,12 @@ Decoding leans on the one codec (``proto/tensors.py``): binary chunks are wrappe
 zero-copy by ``decode_raw``, which checks sizes with Python integers first; JSON
 arrays are checked against the declared shape before they are cast. Every refusal
 is an InvalidInput or TensorCodecError naming what was declared and what came.
+
+JSON is read and written with orjson: a batch of 64 digits as JSON ``data`` (1.3 MB)
+parses in ~2.6 ms where the standard library takes ~21 ms (docs/server.md). It is
+strict JSON, so a request spelling NaN or Infinity is refused; an answer holding
+them in JSON ``data`` is written by the standard library, which spells them as
+Python's json (and tritonclient.http) reads them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from layerserve.proto.tensors import (
     TensorCodecError,
@@ -89,8 +96,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             raise InvalidInput(f"Inference-Header-Content-Length expects at most the body's {len(body)} bytes, "
                                f"got {length}")
     try:
-        document = json.loads(view[:length].tobytes() if header_length is not None else body)
-    except (ValueError, UnicodeDecodeError) as error:
+        document = orjson.loads(view[:length] if header_length is not None else body)
+    except orjson.JSONDecodeError as error:
         raise InvalidInput(f"request body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise InvalidInput(f"request body expects a JSON object, got {type(document).__name__}")
@@ -192,7 +199,6 @@ def encode_tensors(outputs: Mapping[str, np.ndarray], binary: Callable[[str], bo
             entry["parameters"] = {"binary_data_size": data.nbytes}
             chunks.append(data)
         else:
-            # NaN and Infinity go out as Python's json writes them (JSON itself has no spelling for them).
             entry["data"] = array.ravel().tolist()
         described.append(entry)
     return described
@@ -201,9 +207,25 @@ def encode_tensors(outputs: Mapping[str, np.ndarray], binary: Callable[[str], bo
 def encode_body(document: Mapping[str, Any], chunks: Iterable[bytes | memoryview] = ()) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """The response body and its content headers: JSON alone, or JSON then binary chunks with
     ``Inference-Header-Content-Length``."""
-    header = json.dumps(document, separators=(",", ":")).encode()
+    try:
+        header = orjson.dumps(document)
+    except TypeError:
+        header = json.dumps(document, separators=(",", ":")).encode()
+    if b"null" in header and _has_non_finite(document):  # orjson writes NaN and Infinity as null
+        header = json.dumps(document, separators=(",", ":")).encode()
     chunks = list(chunks)
     if not chunks:
         return header, [(b"content-type", JSON_TYPE)]
     return b"".join([header, *chunks]), [(b"content-type", BINARY_TYPE),
                                          (HEADER_LENGTH.encode(), str(len(header)).encode())]
+
+
+def _has_non_finite(document: Any) -> bool:
+    """Whether any float in ``document`` (nested lists and dicts) is NaN or infinite."""
+    if isinstance(document, float):
+        return document != document or document in (float("inf"), float("-inf"))
+    if isinstance(document, dict):
+        return any(_has_non_finite(value) for value in document.values())
+    if isinstance(document, list):
+        return any(_has_non_finite(value) for value in document)
+    return False
