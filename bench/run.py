@@ -7,8 +7,9 @@
 Per model (digits_cnn, overhead-bound; resnet18_shaped, compute-bound, random weights): in-process
 full/block/chain vs the same endpoints served (c=1), the client chain vs the server chain, a
 concurrency sweep; dynamic batching off / on 0 µs / on 500 µs at c=16; for digits_cnn, KServe's
-ModelServer (as shipped and with our ONNX Runtime options) vs layerserve at c=1 and c=16, and a
-py-spy profile of each at c=16. Every cell is repeated ``--repeats`` times, interleaved; the report
+ModelServer (as shipped and with our ONNX Runtime options) vs layerserve at c=1 and c=16, the same
+over HTTP/REST (batch 1 with 1 and 16 clients, batch 64 with 4; binary and JSON tensors;
+``--rest-only`` runs just that), and a py-spy profile of each at c=16. Every cell is repeated ``--repeats`` times, interleaved; the report
 gives median and min-max. The load generator runs in this process on the same two cores, unpinned;
 its CPU per request and share of a core are recorded with every served cell.
 """

@@ -49,7 +49,7 @@ from .settings import HealthAuth
 log = logging.getLogger(__name__)
 
 _MODEL = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<tail>/[a-z]+)?$")
-_REFUSED = Unauthenticated("missing or unknown bearer token (send 'authorization: Bearer <token>')")
+_REFUSED = "missing or unknown bearer token (send 'authorization: Bearer <token>')"
 
 
 @dataclass
@@ -226,10 +226,15 @@ class RestApi:
         observer = self.dataplane.observer
         rpc, model, admitted = "http.unknown", "", False
         try:
-            name, route, model, version, access = self.route(method, path)
+            try:
+                name, route, model, version, access = self.route(method, path)
+            except ModelNotFound:
+                if not self._allowed("api", headers):  # without a token, no path is told apart from another
+                    raise Unauthenticated(_REFUSED) from None
+                raise
             rpc = f"http.{name}"
             if not self._allowed(access, headers):
-                raise _REFUSED
+                raise Unauthenticated(_REFUSED)
             if route is None:
                 raise _MethodNotAllowed(f"{method} is not allowed on {quoted(path)}")
             if refused is not None:

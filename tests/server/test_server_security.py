@@ -222,6 +222,7 @@ def test_rest_takes_the_same_tokens_and_leaves_only_the_probes_open(token_server
     for token in (None, "wrong", TOKENS[0] + "x"):
         assert _rest(infer, token, _REST_BODY) == 401
     assert _rest(f"{base}/v2/models/nope/infer", None, _REST_BODY) == 401  # no token: no name is told apart
+    assert _rest(f"{base}/v9/what", None) == 401 and _rest(f"{base}/v9/what", TOKENS[0]) == 404  # nor any path
     assert _rest(f"{base}/v2/health/live") == 200 and _rest(f"{base}/v2/health/ready") == 200
     assert _rest(f"{base}/v2/models/tiny_cnn/ready") == 401  # a named model's health needs a token
     assert _rest(f"{base}/v2/models/tiny_cnn/ready", TOKENS[0]) == 200
