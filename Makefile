@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 HOST   ?= 127.0.0.1
 PORT   ?= 8001
+HTTP_PORT ?= 8000
 METRICS_PORT ?= 8002
 DEVICE ?= cpu
 MODELS ?= models
@@ -20,7 +21,7 @@ STAMP_KSERVE := bench/.venv-kserve/.kserve-0.21.0
 .PHONY: help setup setup-dev setup-gpu serve test lint proto models bench load gpu-check clean
 
 help:
-	@echo "make serve   serve the default model repository on $(HOST):$(PORT) (metrics on :$(METRICS_PORT))"
+	@echo "make serve   serve the default model repository on $(HOST):$(PORT) (gRPC), :$(HTTP_PORT) (HTTP/REST), metrics on :$(METRICS_PORT)"
 	@echo "make test    lint and run every test"
 	@echo "make models  retrain, re-export and re-split the built-in models (needs torch)"
 	@echo "make bench   run the benchmark suite; results go to docs/"
@@ -59,7 +60,7 @@ $(STAMP_GPU): $(STAMP_SERVE)
 setup-gpu: $(STAMP_GPU)
 
 serve: $(STAMP_SERVE)
-	$(VENV)/bin/layerserve serve --models $(MODELS) --host $(HOST) --port $(PORT) \
+	$(VENV)/bin/layerserve serve --models $(MODELS) --host $(HOST) --port $(PORT) --http-port $(HTTP_PORT) \
 		--metrics-port $(METRICS_PORT) --device $(DEVICE)
 
 lint: $(STAMP_DEV)

@@ -32,7 +32,7 @@ def summarize(results: dict) -> dict:
     """Derived numbers per model and the four goals."""
     out: dict = {"models": {}, "goals": []}
     for model, data in results["models"].items():
-        cells = data["cells"]
+        cells = data.get("cells", {})
         rows = {}
         for key in cells:
             if key.startswith("served/"):
@@ -67,7 +67,7 @@ def summarize(results: dict) -> dict:
                     "client_bytes": client[0]["bytes_moved"],
                     "server_bytes": chain[0]["bytes_moved"],
                 }
-        summary["sweep"] = {c: {k: spread([r[k] for r in cells[f"sweep/c{c}"]])
+        summary["sweep"] = {} if not cells else {c: {k: spread([r[k] for r in cells[f"sweep/c{c}"]])
                                 for k in ("throughput", "p50_ms", "p95_ms", "p99_ms", "client_cpu_us_per_request",
                                           "client_core_share", "server_cpu_us_per_request")}
                             for c in SWEEP if f"sweep/c{c}" in cells}
@@ -78,6 +78,17 @@ def summarize(results: dict) -> dict:
                                                              "client_cpu_us_per_request", "server_cpu_us_per_request")}
                                           for c, records in by_c.items()}
                                   for label, by_c in data[group].items()}
+        if "rest" in data:
+            summary["rest"] = {label: {key: {k: spread([r[k] for r in records])
+                                             for k in ("throughput", "p50_ms", "p99_ms", "client_cpu_us_per_request",
+                                                       "server_cpu_us_per_request")}
+                                       for key, records in by_key.items()}
+                               for label, by_key in data["rest"].items()}
+            ours = data["rest"]["layerserve"]
+            summary["rest_ratio"] = {peer: {key: paired(ours[key], theirs[key],
+                                                        lambda a, b: a["throughput"] / b["throughput"])
+                                            for key in ours}
+                                     for peer, theirs in data["rest"].items() if peer != "layerserve"}
         if "kserve" in data:
             ours = data["kserve"]["layerserve"]
             for peer in ("KServe as shipped", "KServe tuned"):
@@ -116,6 +127,12 @@ def _goals(models: dict) -> list[dict]:
         ratio = digits.get("kserve_ratio", {}).get(peer, {}).get(16)
         goals.append(_goal(f">= 1.5x KServe ModelServer throughput at concurrency 16 ({peer})", ratio, 1.5, True, "x",
                            "digits_cnn, full graph, batch 1, same load generator"))
+    for peer, by_key in digits.get("rest_ratio", {}).items():
+        for key, ratio in by_key.items():
+            if key.startswith("binary/"):
+                _, batch, clients = key.split("/")
+                goals.append(_goal(f"REST >= KServe's REST throughput ({peer})", ratio, 1.0, True, "x",
+                                   f"digits_cnn, full graph, batch {batch[1:]}, {clients[1:]} clients, binary tensors"))
     for model, data in (("resnet18_shaped", resnet), ("digits_cnn", digits)):
         ratio = data.get("chain_vs_full/b64", {}).get("served_p50_ratio")
         if ratio:
@@ -130,8 +147,10 @@ def _plots(summary: dict, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    written: list[str] = []
     models = [m for m, s in summary["models"].items() if s.get("sweep")]
+    if not models:  # a --rest-only run has no sweep to plot
+        return written
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         sweep = summary["models"][model]["sweep"]
@@ -228,42 +247,44 @@ def markdown(results: dict, summary: dict, plots: list[str]) -> str:
     ]
     for model, s in summary["models"].items():
         data = results["models"][model]
-        lines += [f"## {model}", "",
-                  f"Input {data['input']}; blocks {', '.join(data['blocks'])}; the `block` target is "
-                  f"`{data['block_target']}`.", "",
-                  "### Served (c=1) vs in-process", "",
-                  "| endpoint / batch | in-process p50 ms | served p50 ms | served p99 ms | overhead µs (p50 diff) | "
-                  "throughput served/in-process | generator CPU µs/req | server CPU µs/req | bytes/request |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for key, row in s["served_vs_inprocess"].items():
-            lines.append(
-                f"| {key} | {fmt(row['inprocess_p50_ms'], 3)} | {fmt(row['served_p50_ms'], 3)} | "
-                f"{fmt(row['served_p99_ms'], 3)} | {fmt(row['overhead_us'], 0)} | {fmt(row['throughput_ratio'])} | "
-                f"{fmt(row['client_cpu_us_per_request'], 0)} | {fmt(row['server_cpu_us_per_request'], 0)} | "
-                f"{row['bytes_moved']:,} |")
-        lines += ["", "### Chain vs full graph", "",
-                  "| batch | in-process chain/full p50 | served chain/full p50 | served chain/full throughput |",
-                  "|---|---|---|---|"]
-        for batch in ("b1", "b64"):
-            row = s.get(f"chain_vs_full/{batch}")
-            if row:
-                lines.append(f"| {batch[1:]} | {fmt(row['inprocess_p50_ratio'])} | {fmt(row['served_p50_ratio'])} | "
-                             f"{fmt(row['served_throughput_ratio'])} |")
-        lines += ["", "### Client chain vs server chain (c=1)", "",
-                  "| batch | client chain p50 ms | server chain p50 ms | client/server latency | bytes moved per "
-                  "request: client chain | server chain |", "|---|---|---|---|---|---|"]
-        for batch in ("b1", "b64"):
-            row = s.get(f"client_vs_server_chain/{batch}")
-            if row:
-                lines.append(f"| {batch[1:]} | {fmt(row['client_p50_ms'], 3)} | {fmt(row['server_p50_ms'], 3)} | "
-                             f"{fmt(row['latency_ratio'])} | {row['client_bytes']:,} | {row['server_bytes']:,} |")
-        lines += ["", "### Concurrency sweep (full graph, batch 1)", "",
-                  "| concurrency | req/s | p50 ms | p95 ms | p99 ms | generator CPU µs/req | generator share of a core "
-                  "| server CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
-        for c, row in s["sweep"].items():
-            lines.append(f"| {c} | {fmt(row['throughput'], 0)} | {fmt(row['p50_ms'])} | {fmt(row['p95_ms'])} | "
-                         f"{fmt(row['p99_ms'])} | {fmt(row['client_cpu_us_per_request'], 0)} | "
-                         f"{fmt(row['client_core_share'], 0, 100)} % | {fmt(row['server_cpu_us_per_request'], 0)} |")
+        lines += [f"## {model}", ""]
+        if "input" in data:
+            lines += [f"Input {data['input']}; blocks {', '.join(data['blocks'])}; the `block` target is "
+                      f"`{data['block_target']}`.", ""]
+        if data.get("cells"):
+            lines += ["### Served (c=1) vs in-process", "",
+                      "| endpoint / batch | in-process p50 ms | served p50 ms | served p99 ms | overhead µs (p50 diff) | "
+                      "throughput served/in-process | generator CPU µs/req | server CPU µs/req | bytes/request |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            for key, row in s["served_vs_inprocess"].items():
+                lines.append(
+                    f"| {key} | {fmt(row['inprocess_p50_ms'], 3)} | {fmt(row['served_p50_ms'], 3)} | "
+                    f"{fmt(row['served_p99_ms'], 3)} | {fmt(row['overhead_us'], 0)} | {fmt(row['throughput_ratio'])} | "
+                    f"{fmt(row['client_cpu_us_per_request'], 0)} | {fmt(row['server_cpu_us_per_request'], 0)} | "
+                    f"{row['bytes_moved']:,} |")
+            lines += ["", "### Chain vs full graph", "",
+                      "| batch | in-process chain/full p50 | served chain/full p50 | served chain/full throughput |",
+                      "|---|---|---|---|"]
+            for batch in ("b1", "b64"):
+                row = s.get(f"chain_vs_full/{batch}")
+                if row:
+                    lines.append(f"| {batch[1:]} | {fmt(row['inprocess_p50_ratio'])} | {fmt(row['served_p50_ratio'])} | "
+                                 f"{fmt(row['served_throughput_ratio'])} |")
+            lines += ["", "### Client chain vs server chain (c=1)", "",
+                      "| batch | client chain p50 ms | server chain p50 ms | client/server latency | bytes moved per "
+                      "request: client chain | server chain |", "|---|---|---|---|---|---|"]
+            for batch in ("b1", "b64"):
+                row = s.get(f"client_vs_server_chain/{batch}")
+                if row:
+                    lines.append(f"| {batch[1:]} | {fmt(row['client_p50_ms'], 3)} | {fmt(row['server_p50_ms'], 3)} | "
+                                 f"{fmt(row['latency_ratio'])} | {row['client_bytes']:,} | {row['server_bytes']:,} |")
+            lines += ["", "### Concurrency sweep (full graph, batch 1)", "",
+                      "| concurrency | req/s | p50 ms | p95 ms | p99 ms | generator CPU µs/req | generator share of a core "
+                      "| server CPU µs/req |", "|---|---|---|---|---|---|---|---|"]
+            for c, row in s["sweep"].items():
+                lines.append(f"| {c} | {fmt(row['throughput'], 0)} | {fmt(row['p50_ms'])} | {fmt(row['p95_ms'])} | "
+                             f"{fmt(row['p99_ms'])} | {fmt(row['client_cpu_us_per_request'], 0)} | "
+                             f"{fmt(row['client_core_share'], 0, 100)} % | {fmt(row['server_cpu_us_per_request'], 0)} |")
         for group, title in (("batching", "Dynamic batching (full graph, batch 1)"),
                              ("kserve", "KServe ModelServer vs layerserve (full graph, batch 1, same load generator)")):
             if group not in s:
@@ -276,6 +297,20 @@ def markdown(results: dict, summary: dict, plots: list[str]) -> str:
                     lines.append(f"| {label} | {c} | {fmt(row['throughput'], 0)} | {fmt(row['p50_ms'])} | "
                                  f"{fmt(row['p99_ms'])} | {fmt(row['client_cpu_us_per_request'], 0)} | "
                                  f"{fmt(row['server_cpu_us_per_request'], 0)} |")
+        if "rest" in s:
+            lines += ["", "### HTTP/REST: layerserve vs KServe ModelServer's REST (full graph, bench/rest_loadgen.py)", "",
+                      "Cells are `encoding/batch/clients`: binary tensors as tritonclient.http sends them "
+                      "(`Inference-Header-Content-Length`; KServe answers in JSON all the same), or JSON `data` "
+                      "arrays as curl users send them.", "",
+                      "| cell | server | req/s | p50 ms | p99 ms | generator CPU µs/req | server CPU µs/req | "
+                      "layerserve/this throughput |", "|---|---|---|---|---|---|---|---|"]
+            for key in next(iter(s["rest"].values())):
+                for label, by_key in s["rest"].items():
+                    row = by_key[key]
+                    ratio = s["rest_ratio"].get(label, {}).get(key)
+                    lines.append(f"| {key} | {label} | {fmt(row['throughput'], 0)} | {fmt(row['p50_ms'])} | "
+                                 f"{fmt(row['p99_ms'])} | {fmt(row['client_cpu_us_per_request'], 0)} | "
+                                 f"{fmt(row['server_cpu_us_per_request'], 0)} | {fmt(ratio) if ratio else ''} |")
         if "kserve_ratio" in s:
             lines += ["", "layerserve / KServe throughput: " + "; ".join(
                 f"{peer} c={c}: {fmt(r)}" for peer, by_c in s["kserve_ratio"].items() for c, r in by_c.items())]

@@ -7,8 +7,9 @@
 Per model (digits_cnn, overhead-bound; resnet18_shaped, compute-bound, random weights): in-process
 full/block/chain vs the same endpoints served (c=1), the client chain vs the server chain, a
 concurrency sweep; dynamic batching off / on 0 µs / on 500 µs at c=16; for digits_cnn, KServe's
-ModelServer (as shipped and with our ONNX Runtime options) vs layerserve at c=1 and c=16, and a
-py-spy profile of each at c=16. Every cell is repeated ``--repeats`` times, interleaved; the report
+ModelServer (as shipped and with our ONNX Runtime options) vs layerserve at c=1 and c=16, the same
+over HTTP/REST (batch 1 with 1 and 16 clients, batch 64 with 4; binary and JSON tensors;
+``--rest-only`` runs just that), and a py-spy profile of each at c=16. Every cell is repeated ``--repeats`` times, interleaved; the report
 gives median and min-max. The load generator runs in this process on the same two cores, unpinned;
 its CPU per request and share of a core are recorded with every served cell.
 """
@@ -30,13 +31,17 @@ from bench.payloads import manifest, model_input, model_root
 from bench.peers.kserve_peer import KServePeer
 from bench.profile import profile_during
 from bench.served import client_chain, served
-from bench.sweep import interleaved, layerserve
+from bench.sweep import interleaved, interleaved_rest, layerserve
 from layerserve.proto import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The served configuration every served-vs-in-process cell uses: batching on, no added delay.
 MAIN_FLAGS = ["--max-queue-delay-us", "0"]
 SWEEP = [1, 4, 16, 64]
+# HTTP/REST against KServe's REST: (batch, clients) cells, each with binary tensors (tritonclient.http's
+# default) and JSON data arrays (curl's).
+REST_CELLS = [(1, 1), (1, 16), (64, 4)]
+REST_ENCODINGS = ["binary", "json"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,7 @@ def measure_model(model: str, plan: Plan, repeats: int, kserve: bool, profile: b
              "KServe as shipped": lambda: KServePeer(model_file, model),
              "KServe tuned": lambda: KServePeer(model_file, model, tuned=True)},
             model, model_input(spec, 1), [1, 16], repeats, plan.compare_s, plan.warmup_s[1], log)
+        result["rest"] = rest_comparison(root, model, model_file, spec, repeats, plan)
         if profile:
             result["profiles"] = {}
             for label, factory in (("layerserve", layerserve(root, *MAIN_FLAGS)),
@@ -159,6 +165,17 @@ def measure_model(model: str, plan: Plan, repeats: int, kserve: bool, profile: b
     return result
 
 
+def rest_comparison(root: Path, model: str, model_file: Path, spec, repeats: int, plan: Plan) -> dict:  # noqa: ANN001
+    """layerserve's HTTP/REST vs KServe's REST (as shipped and tuned), full graph, REST_CELLS, interleaved."""
+    log(f"== {model}: HTTP/REST, layerserve vs KServe ModelServer's REST")
+    return interleaved_rest(
+        {"layerserve": layerserve(root, *MAIN_FLAGS),
+         "KServe as shipped": lambda: KServePeer(model_file, model),
+         "KServe tuned": lambda: KServePeer(model_file, model, tuned=True)},
+        model, lambda batch: model_input(spec, batch), REST_CELLS, REST_ENCODINGS, repeats, plan.compare_s,
+        plan.warmup_s[1], log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repeat, shorter cells")
@@ -169,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument("--no-grid", action="store_true", help="skip issue 12's grid and memory row (bench.grid, "
                         "bench.memory)")
+    parser.add_argument("--rest-only", action="store_true",
+                        help="only the HTTP/REST comparison with KServe (digits_cnn); results to --out as usual")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     started = time.monotonic()
@@ -176,9 +195,15 @@ def main(argv: list[str] | None = None) -> int:
                "served_flags": MAIN_FLAGS, "models": {}}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         plan = quick(PLANS.get(model, Plan())) if args.quick else PLANS.get(model, Plan())
+        if args.rest_only:
+            root = model_root(model)
+            folder, spec = manifest(root, model)
+            results["models"][model] = {"rest": rest_comparison(root, model, folder / spec.full_model.path, spec,
+                                                                repeats, plan)}
+            break
         kserve = not args.no_kserve and model == "digits_cnn"
         results["models"][model] = measure_model(model, plan, repeats, kserve, not args.no_profile, args.out)
-    if not args.no_grid:
+    if not args.no_grid and not args.rest_only:
         log("== the grid: layerserve defaults vs KServe tuned (bench.grid), and the memory row (bench.memory)")
         grid_models = ("digits_cnn", "resnet50_shaped")
         results["grid"] = {model: grid.measure(model, repeats, 4.0 if model == "digits_cnn" else 8.0, {}, not args.no_kserve)

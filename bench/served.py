@@ -18,6 +18,7 @@ import numpy as np
 from bench.loadgen import MODEL_INFER, LoadResult, run_load
 from bench.machine import process_cpu_s
 from bench.payloads import infer_request
+from bench.rest_loadgen import rest_body, run_rest_load
 from layerserve.proto import grpc_service_pb2 as pb
 
 _OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
@@ -59,6 +60,17 @@ def served(address: str, name: str, inputs: dict[str, np.ndarray], concurrency: 
     result = run_load(address, payload, concurrency, duration=duration, warmup=warmup)
     after = process_cpu_s(server_pid) if server_pid else float("nan")
     return Cell(result, len(payload) + result.response_bytes, after - before, warmup)
+
+
+def served_rest(base_url: str, name: str, inputs: dict[str, np.ndarray], concurrency: int, duration: float,
+                warmup: float, server_pid: int | None = None, binary: bool = True) -> Cell:
+    """Closed-loop load on ``POST {base_url}/v2/models/{name}/infer`` (bench.rest_loadgen): binary tensors as
+    tritonclient.http sends them, or JSON ``data`` arrays; server CPU as :func:`served` reads it."""
+    body, headers = rest_body(inputs, binary)
+    before = process_cpu_s(server_pid) if server_pid else float("nan")
+    result = run_rest_load(base_url, name, body, headers, concurrency, duration=duration, warmup=warmup)
+    after = process_cpu_s(server_pid) if server_pid else float("nan")
+    return Cell(result, len(body) + result.response_bytes, after - before, warmup)
 
 
 def _percentile(ordered: list[float], q: float) -> float:

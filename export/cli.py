@@ -84,8 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(handler=_guarded(_export))
 
     split = subparsers.add_parser("split", help="split an ONNX model into blocks and write a model repository")
-    split.add_argument("model", type=Path, help="ONNX file with one image input")
-    split.add_argument("--out", type=Path, required=True, help="model folder to write (version 1 goes inside)")
+    split.add_argument("model", type=Path, help="ONNX file with one image input (with --triton: a Triton repository)")
+    split.add_argument("--out", type=Path, help="model folder to write (version 1 goes inside); not with --triton")
+    split.add_argument("--triton", action="store_true",
+                       help="MODEL is a Triton model repository: split each ONNX Runtime model version it serves, "
+                       "writing blocks/ and manifest.json beside its model file (left as it is)")
     split.add_argument("--granularity", choices=("layer", "cut"), default="layer",
                        help="layer: one block per module (see --depth); cut: a block between every two cuts")
     _add_depth(split)
@@ -192,14 +195,40 @@ def _split(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from .errors import ExportError
     from .imported import SplitOptions, split_to_repository
 
     at = tuple(name.strip() for name in args.at.split(",") if name.strip()) if args.at else ()
+    if args.triton:
+        if args.out is not None:
+            raise ExportError("--triton writes into the repository it is given; --out does not apply")
+        return _split_triton(args, SplitOptions(granularity=args.granularity, at=at, depth=args.depth,
+                                                make_dynamic=False))
+    if args.out is None:
+        raise ExportError("--out is required (the model folder to write), unless --triton")
     options = SplitOptions(granularity=args.granularity, at=at, depth=args.depth, make_dynamic=not args.fixed_batch)
     began = time.perf_counter()
     manifest = split_to_repository(args.model, args.out, args.name, options, _preprocessing_for_file(args),
                                    _labels(args.labels))
     _print_summary(Console(), manifest, args.out / manifest.version, time.perf_counter() - began)
+    return 0
+
+
+def _split_triton(args: argparse.Namespace, options) -> int:  # noqa: ANN001 - SplitOptions, imported late
+    from .errors import ExportError
+    from .imported import split_triton_repository
+
+    if not args.model.is_dir():
+        raise ExportError(f"--triton expects a Triton model repository folder, got {args.model}")
+    done = split_triton_repository(args.model, options)
+    if not done:
+        raise ExportError(f"{args.model} holds no Triton model (no <model>/config.pbtxt)")
+    for model, version, manifest, note in done:
+        if manifest is None:
+            print(f"{model}: skipped: {note}")
+        else:
+            print(f"{model} version {version}: {note} ({', '.join(b.name for b in manifest.blocks)}) "
+                  f"-> {args.model / model / version}")
     return 0
 
 

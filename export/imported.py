@@ -1,5 +1,10 @@
 """Splitting an ONNX file from elsewhere (``layerserve split``) into a model repository.
 
+``split_triton_repository`` (``layerserve split --triton REPO``) does the same for every
+ONNX Runtime model of a Triton repository, writing ``blocks/`` and ``manifest.json`` into
+each served version folder beside its model file, which it leaves as it is; the
+server then serves the model's blocks and chain too (docs/server.md, "Triton repositories").
+
 Contract of :func:`split_to_repository`: load ``source`` (refusing non-ONNX files,
 graphs with several inputs and what ONNX Runtime cannot run; bringing old IR
 versions, untyped tensors and fixed batch dimensions into shape, see
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from layerserve.proto import triton
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
 
 from .foreign import probe_input
@@ -68,20 +74,9 @@ def split_to_repository(
 
     ``preprocessing``: how pictures become the input (default: torchvision-style for image inputs).
     """
-    from .versions import tool_versions
-
     model = load_model(source, options.make_dynamic)
     result, report = checked_split(model, options)
-    provenance = Provenance(
-        architecture="imported",
-        chain_max_abs_diff=report.max_abs_diff,
-        chain_max_rel_diff=report.max_rel_diff,
-        tool_versions=tool_versions(),
-        created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
-        source=str(source),
-        granularity=result.granularity,
-        notes=list(model.notes),
-    )
+    provenance = _provenance(source, model, result, report)
     out = Path(out)
     return write_repository(
         out.parent,
@@ -94,3 +89,54 @@ def split_to_repository(
         preprocessing=preprocessing or image_preprocessing(per_sample_shape(model.proto)),
         fixed_batch=model.fixed_batch,
     )
+
+
+def _provenance(source: Path, model: LoadedModel, result: SplitResult, report: ChainReport) -> Provenance:
+    from .versions import tool_versions
+
+    return Provenance(
+        architecture="imported",
+        chain_max_abs_diff=report.max_abs_diff,
+        chain_max_rel_diff=report.max_rel_diff,
+        tool_versions=tool_versions(),
+        created=datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
+        source=str(source),
+        granularity=result.granularity,
+        notes=list(model.notes),
+    )
+
+
+def split_triton_repository(
+    repository: Path, options: SplitOptions = SplitOptions(make_dynamic=False), models: tuple[str, ...] = ()
+) -> list[tuple[str, str, ModelManifest | None, str]]:
+    """Split every version a Triton repository serves (``models``: only these), beside its model file.
+
+    Returns (model, version, manifest or None, note) per version, and per model we do not serve
+    (None, with the one-line reason the server would give). The batch stays as the file has it
+    (``make_dynamic`` False), so the blocks take what config.pbtxt declares. SplitError when a
+    servable model cannot be split.
+    """
+    done: list[tuple[str, str, ModelManifest | None, str]] = []
+    for folder in sorted(Path(repository).iterdir()):
+        if not folder.is_dir() or not triton.is_triton_model(folder) or (models and folder.name not in models):
+            continue
+        try:
+            config = triton.read_config(folder)
+            reason = triton.refusal(config, folder.name)
+        except triton.ConfigError as error:
+            reason = str(error)
+        if reason is not None:
+            done.append((folder.name, "", None, reason))
+            continue
+        for version_dir in triton.served_versions(folder, config):
+            source = version_dir / triton.model_file(config)
+            model = load_model(source, options.make_dynamic)
+            result, report = checked_split(model, options)
+            manifest = write_repository(
+                folder.parent, folder.name, model.proto, result, _provenance(source, model, result, report),
+                description=f"Triton model {folder.name}, split beside {source.name}",
+                preprocessing=image_preprocessing(per_sample_shape(model.proto)),
+                fixed_batch=model.fixed_batch, version=version_dir.name, beside=source.name,
+            )
+            done.append((folder.name, version_dir.name, manifest, f"{len(manifest.blocks)} blocks"))
+    return done

@@ -89,20 +89,26 @@ def write_repository(
     version: str = VERSION,
     preprocessing: Preprocessing | None = None,
     fixed_batch: int | None = None,
+    beside: str | None = None,
 ) -> ModelManifest:
     """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest.
 
     ``fixed_batch``: the only batch size the graph takes (None: any), which decides the serving defaults.
+    ``beside``: the full graph is this file already in the version folder (a Triton repository's
+    ``model.onnx``), left as it is; only ``blocks/`` and the manifest are (re)written next to it.
     """
     version_dir = Path(root) / name / version
-    if version_dir.exists():
-        shutil.rmtree(version_dir)
+    if beside is None:
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+    else:
+        shutil.rmtree(version_dir / "blocks", ignore_errors=True)
     (version_dir / "blocks").mkdir(parents=True)
-    full_path = version_dir / "model.onnx"
+    full_path = version_dir / (beside or "model.onnx")
     block_paths = [version_dir / "blocks" / f"{block.name}.onnx" for block in result.blocks]
     # Copies: the weights move out of the graphs written, not out of the caller's.
-    written = [(_copy(proto), path) for proto, path in [(full, full_path),
-                                                       *zip((b.proto for b in result.blocks), block_paths, strict=True)]]
+    graphs = [*zip((b.proto for b in result.blocks), block_paths, strict=True)]
+    written = [(_copy(proto), path) for proto, path in ([] if beside else [(full, full_path)]) + graphs]
     weights_path = version_dir / WEIGHTS_FILE
     share_weights(written, weights_path)
     for proto, path in written:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
-PROTO_FILES = ("grpc_service.proto", "repository.proto", "layerserve.proto")
+PROTO_FILES = ("model_config.proto", "grpc_service.proto", "repository.proto", "layerserve.proto")
 _IMPORT = re.compile(r"^import (\w+_pb2)( as \w+)?$", re.MULTILINE)
 _DEFAULT_POOL = "_descriptor_pool.Default()"
 

@@ -21,6 +21,8 @@ from google.protobuf import json_format
 from .repository_pb2 import ModelManifest
 
 MANIFEST_FILE = "manifest.json"
+# What marks a Triton model folder (proto/triton.py reads it).
+TRITON_CONFIG = "config.pbtxt"
 FORMAT_VERSION = 1
 
 
@@ -71,9 +73,12 @@ def version_folders(model_dir: Path) -> list[Path]:
 
 
 def iter_repository(root: Path) -> Iterator[tuple[str, Path]]:
-    """Yield ``(model name, version folder)`` for every model version under ``root``, sorted."""
+    """Yield ``(model name, version folder)`` for every model version under ``root``, sorted.
+
+    Triton model folders (holding a config.pbtxt) are left out: proto/triton.py reads those.
+    """
     for model_dir in sorted(Path(root).iterdir()):
-        if model_dir.is_dir():
+        if model_dir.is_dir() and not (model_dir / TRITON_CONFIG).is_file():
             for version_dir in version_folders(model_dir):
                 yield model_dir.name, version_dir
 

@@ -1,9 +1,10 @@
-"""Assemble one server process: the DataPlane, the gRPC services, health, reflection, metrics, drain.
+"""Assemble one server process: the DataPlane, the gRPC services, HTTP/REST, health, reflection, metrics, drain.
 
-``start`` loads the repository, builds the core and binds the port; ``Running.stop``
-drains: health turns NOT_SERVING, new RPCs get UNAVAILABLE (the drain gate,
-server/drain.py), those accepted before (batched ones included) get ``grace_s`` to
-finish, then gRPC stops. Process management (signals, SO_REUSEPORT workers, exit
+``start`` loads the repository, builds the core and binds the ports (gRPC, and
+HTTP/REST on the same event loop: server/rest.py); ``Running.stop`` drains: health
+turns NOT_SERVING, new RPCs and REST requests get UNAVAILABLE / 503 (the drain gate,
+server/drain.py, which both transports pass), those accepted before (batched ones
+included) get ``grace_s`` to finish, then HTTP and gRPC stop. Process management (signals, SO_REUSEPORT workers, exit
 codes) is server/processes.py.
 """
 
@@ -24,7 +25,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import cpus, limits, metrics, ports, runtime, security
+from . import cpus, limits, metrics, ports, rest, runtime, security
 from .dataplane import DataPlane
 from .endpoints import BatchingOverrides
 from .grpc_inference import InferenceServicer
@@ -51,6 +52,12 @@ class Running:
     metrics_port: int | None
     dataplane: DataPlane
     health: health.aio.HealthServicer
+    # The HTTP/REST endpoint, None with --http-port -1.
+    http: rest.HttpServer | None = None
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def stop(self, grace_s: float) -> None:
         """Drain: NOT_SERVING, refuse new RPCs (UNAVAILABLE), let admitted ones finish within ``grace_s``.
@@ -67,7 +74,12 @@ class Running:
             log.warning("grace period over; cancelling RPCs still running", extra={"fields": {"rpcs": left}})
         else:
             await self.dataplane.gate.settle(QUIET_S, min(SETTLE_MAX_S, max(0.0, deadline - loop.time())))
-        await self.server.stop(max(0.0, deadline - loop.time()))
+        # Both at once: anything between the settle and gRPC's stop widens the instant in which a call
+        # that has just arrived is cancelled rather than refused.
+        stops = [self.server.stop(max(0.0, deadline - loop.time()))]
+        if self.http is not None:
+            stops.append(self.http.stop())
+        await asyncio.gather(*stops)
         await self.dataplane.close()
 
 
@@ -155,12 +167,15 @@ async def start(
             ports.check_free(settings.host, settings.port)  # PortInUse, naming the process
         raise OSError(f"cannot bind gRPC to {address}: {error}") from None
     await server.start()
+    http = await _start_http(settings, dataplane, tokens, reuse_port) if settings.http_port >= 0 else None
     metrics_port = None
     if serve_metrics and settings.metrics_port >= 0:
         metrics_port = metrics.serve_http(settings.host, settings.metrics_port)
     log.info(
         "serving",
-        extra={"fields": {"grpc": f"{settings.host}:{port}", "metrics_port": metrics_port, "device": settings.device,
+        extra={"fields": {"grpc": f"{settings.host}:{port}",
+                          "http": f"{settings.host}:{http.port}" if http is not None else None,
+                          "metrics_port": metrics_port, "device": settings.device,
                           "instances": settings.instances if settings.instances is not None
                           else f"auto (1 to {settings.instance_count})",
                           "intra_op_threads": settings.intra_op_threads,
@@ -170,7 +185,18 @@ async def start(
                           "max_concurrent_streams": settings.max_concurrent_streams,
                           "models": dataplane.repository.served_names(), **cpus.log_fields()}},
     )
-    return Running(server, port, metrics_port, dataplane, health_servicer)
+    return Running(server, port, metrics_port, dataplane, health_servicer, http)
+
+
+async def _start_http(settings: Settings, dataplane: DataPlane, tokens: list[str], reuse_port: bool) -> rest.HttpServer:
+    """HTTP/REST on ``settings.http_port`` over the same DataPlane, TLS and tokens as gRPC."""
+    if not reuse_port:  # our own workers hold the port with SO_REUSEPORT: no test-bind then
+        ports.check_free(settings.host, settings.http_port, "HTTP port")  # PortInUse, naming the process
+    api = rest.RestApi(dataplane, tokens, settings.auth_health)
+    http = rest.HttpServer(api, rest.bind(settings.host, settings.http_port, reuse_port),
+                           security.ssl_context(settings), dataplane.max_message_bytes)
+    await http.start()
+    return http
 
 
 def _service_names() -> tuple[str, ...]:

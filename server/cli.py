@@ -32,14 +32,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = Settings()
     parser = subparsers.add_parser(
         "serve",
-        help="serve a model repository over the Open Inference Protocol (gRPC)",
-        description="Serve every model under --models: the full graph, each block and the chain, over gRPC. "
+        help="serve a model repository over the Open Inference Protocol (gRPC and HTTP/REST)",
+        description="Serve every model under --models (ours, or a Triton repository): the full graph, each block and the chain, "
+        "over gRPC and HTTP/REST. "
         "Each flag also reads LAYERSERVE_<FLAG> (e.g. LAYERSERVE_PORT); flags win.",
     )
     add = parser.add_argument
     add("--models", help=f"model repository folder (default {defaults.models})")
     add("--host", help=f"address to bind (default {defaults.host})")
     add("--port", type=int, help=f"gRPC port, 0 picks a free one (default {defaults.port})")
+    add("--http-port", type=int, help="Open Inference Protocol over HTTP/REST, -1 disables, 0 picks a free one "
+        f"(default {defaults.http_port})")
     add("--metrics-port", type=int, help=f"Prometheus HTTP port, -1 disables (default {defaults.metrics_port})")
     add("--device", choices=settings.choices("device"), help="execution provider: cuda refuses to start if CUDA "
         "does not load; auto falls back to the CPU (default cpu)")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from layerserve.proto import names
+from layerserve.proto import names, triton
+from layerserve.proto.model_config_pb2 import ModelConfig
 from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
@@ -30,6 +31,7 @@ from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_i
 from .errors import InvalidInput, RequestExpired, quoted
 from .observer import Observer, Silent
 from .repository import READY, ModelVersion, Repository
+from .runtime import CUDA
 from .slots import RunSlots
 from .statistics import Stats
 
@@ -164,6 +166,18 @@ class DataPlane:
         model = self.repository.models[endpoint.model]
         versions = [v for v in sorted(model, key=int) if model[v].ready and name in model[v].endpoints]
         return ModelInfo(endpoint.name, versions, PLATFORM, endpoint.inputs, endpoint.outputs)
+
+    def config(self, name: str, version: str = "") -> ModelConfig:
+        """ModelConfig: what ``name`` serves, stated as Triton's config.pbtxt would (dims without the batch
+        when max_batch_size > 0). A Triton model's full graph keeps the rest of its own config.pbtxt."""
+        endpoint = self.repository.endpoint(name, version)
+        model = self.repository.models[endpoint.model][endpoint.version]
+        batching = endpoint.batching
+        return triton.model_config(
+            endpoint.name, endpoint.inputs, endpoint.outputs, endpoint.batched, batching.max_batch_size,
+            batching.enabled, batching.max_queue_delay_us, self.instances, CUDA in model.providers,
+            base=model.config if endpoint.kind == "full" else None,
+        )
 
     def statistics(self, name: str = "", version: str = "") -> list[EndpointStatistics]:
         """ModelStatistics of ``name`` (every served name when empty), at ``version`` (every one when empty)."""

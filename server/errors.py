@@ -3,7 +3,9 @@
 The core raises these; :func:`status_of` gives the status code and message a
 client gets for any exception: a domain error its own, the codec's
 TensorCodecError INVALID_ARGUMENT, anything unexpected INTERNAL. The RPC plumbing
-that applies it to every servicer method is server/rpc.py.
+that applies it to every servicer method is server/rpc.py. HTTP/REST derives its
+status from the same code (:data:`HTTP_STATUS`, :func:`http_status_of`), so both
+transports tell a client the same thing.
 
 Messages echo what the client sent, which has no size bound: ``quoted`` cuts one
 client value to MAX_ECHO_CHARS, and ``status_of`` cuts every whole message to
@@ -104,3 +106,30 @@ def status_of(error: BaseException, model: str = "") -> tuple[grpc.StatusCode, s
     if isinstance(error, TensorCodecError):
         return grpc.StatusCode.INVALID_ARGUMENT, bounded(f"{model} {error}" if model else str(error))
     return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(error).__name__}: {error}")
+
+
+# The HTTP status a REST client gets for each gRPC code: one table, so REST never decides on its own.
+# RESOURCE_EXHAUSTED is 413 (the request or its answer is over the message limit); a full batching
+# queue is UNAVAILABLE (503), retryable like gRPC's.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNKNOWN: 500,
+}
+
+
+def http_status_of(error: BaseException, model: str = "") -> tuple[int, grpc.StatusCode, str]:
+    """The HTTP status, the gRPC code it stands for, and the message a REST client gets for ``error``."""
+    code, message = status_of(error, model)
+    return HTTP_STATUS.get(code, 500), code, message

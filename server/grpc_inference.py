@@ -23,7 +23,9 @@ from .errors import quoted
 from .rpc import handled
 
 SERVER_NAME = "layerserve"
-EXTENSIONS = ["model_repository", "statistics", "layerserve.v1.LayerService"]
+# What ServerMetadata advertises: only what both transports really serve. "model_repository" stands for
+# RepositoryIndex (load and unload are not served: the repository is fixed at start-up).
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "layerserve.v1.LayerService"]
 
 
 def server_version() -> str:
@@ -43,7 +45,8 @@ def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataRespon
     return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
 
 
-def _statistics(entry: EndpointStatistics) -> pb.ModelStatistics:
+def statistics_message(entry: EndpointStatistics) -> pb.ModelStatistics:
+    """One endpoint's statistics as Triton's ModelStatistics message (both transports answer with it)."""
     stats = entry.stats
     message = pb.ModelStatistics(
         name=entry.name,
@@ -105,9 +108,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     @handled
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext):
+        return pb.ModelConfigResponse(config=self.dataplane.config(request.name, request.version))
+
+    @handled
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext):
         entries = self.dataplane.statistics(request.name, request.version)
-        return pb.ModelStatisticsResponse(model_stats=[_statistics(entry) for entry in entries])
+        return pb.ModelStatisticsResponse(model_stats=[statistics_message(entry) for entry in entries])
 
     @handled
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext):

@@ -57,6 +57,7 @@ class ServerProcess:
         self.host = host
         self.port = free_port(host)
         self.metrics_port = free_port(host)
+        self.http_port = free_port(host)
         self.ready_timeout = ready_timeout
         self.env = env
         self.address = f"{host}:{self.port}"
@@ -73,8 +74,14 @@ class ServerProcess:
             "--host", self.host,
             "--port", str(self.port),
             "--metrics-port", str(self.metrics_port),
+            "--http-port", str(self.http_port),
             *self.extra_args,
         ]
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP/REST endpoint's base URL (``http://127.0.0.1:PORT``)."""
+        return f"http://{self.host}:{self.http_port}"
 
     def start(self) -> ServerProcess:
         """Start the process and wait until it is ready."""

@@ -42,8 +42,11 @@ def _addresses(host: str, port: int) -> list[tuple[int, tuple]]:
     return list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
 
 
-def check_free(host: str, port: int) -> None:
-    """Raise PortInUse when some process listens on (or holds) ``host:port``; port 0 is always free."""
+def check_free(host: str, port: int, what: str = "port") -> None:
+    """Raise PortInUse when some process listens on (or holds) ``host:port``; port 0 is always free.
+
+    ``what`` names the port in the message (``HTTP port 8000 is in use by pid 4242``).
+    """
     if port == 0:
         return
     for family, address in _addresses(host, port):
@@ -54,16 +57,16 @@ def check_free(host: str, port: int) -> None:
             except OSError as error:
                 if error.errno != errno.EADDRINUSE:
                     raise
-                raise PortInUse(in_use_message(port)) from None
+                raise PortInUse(in_use_message(port, what)) from None
 
 
-def hold(host: str, port: int) -> tuple[int, list[socket.socket]]:
+def hold(host: str, port: int, what: str = "port") -> tuple[int, list[socket.socket]]:
     """Bind ``host:port`` (0: a free port) so that only SO_REUSEPORT sockets of this user can join.
 
     Returns the port and the sockets; keep them open as long as the workers serve. Checks the
-    port first (PortInUse).
+    port first (PortInUse; ``what`` names it in the message).
     """
-    check_free(host, port)
+    check_free(host, port, what)
     held: list[socket.socket] = []
     try:
         for family, address in _addresses(host, port):
@@ -76,7 +79,7 @@ def hold(host: str, port: int) -> tuple[int, list[socket.socket]]:
         for sock in held:
             sock.close()
         if error.errno == errno.EADDRINUSE:
-            raise PortInUse(in_use_message(port)) from None
+            raise PortInUse(in_use_message(port, what)) from None
         raise
     return port, held
 

@@ -85,6 +85,8 @@ def run(settings: Settings) -> int:
         if settings.worker_count > 1:
             return _run_workers(settings, optimized_dir)
         ports.check_free(settings.host, settings.port)
+        if settings.http_port >= 0:
+            ports.check_free(settings.host, settings.http_port, "HTTP port")
         asyncio.run(serve(settings, optimized_dir=optimized_dir))
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
@@ -176,11 +178,20 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
     """N processes on one port (SO_REUSEPORT; the kernel spreads connections), metrics summed here."""
     _check_before_workers(settings)
     port, held = ports.hold(settings.host, settings.port)  # PortInUse; kept until the workers are gone
+    http_port = settings.http_port
+    if http_port >= 0:
+        try:
+            http_port, held_http = ports.hold(settings.host, http_port, "HTTP port")  # one HTTP port for all workers
+        except OSError:
+            for sock in held:
+                sock.close()
+            raise
+        held += held_http
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
-    child = settings.replace(port=port, workers=1)
+    child = settings.replace(port=port, http_port=http_port, workers=1)
     if runtime.resolve_device(settings.device).name == "cpu":
         preparing = context.Process(target=_optimize_graphs, args=(settings, optimized_dir), name="optimize",
                                     daemon=True)
@@ -214,6 +225,7 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
             process.start()
         signal.signal(signal.SIGINT, on_signal)
         log.info("workers started", extra={"fields": {"workers": settings.worker_count, "grpc": f"{settings.host}:{port}",
+                                                      "http": f"{settings.host}:{http_port}" if http_port >= 0 else None,
                                                       "pids": [p.pid for p in workers], **cpus.log_fields()}})
         while not stopping and all(process.is_alive() for process in workers):
             with contextlib.suppress(InterruptedError):

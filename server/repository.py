@@ -5,6 +5,12 @@ root, checks each file's sha256 and size against the manifest, creates one ONNX
 Runtime session per graph (the full model and each block) and publishes the
 endpoints. A version that fails any step is kept as UNAVAILABLE with the reason,
 and the others serve. Lookups raise ModelNotFound / ModelUnavailable.
+
+A model folder holding a ``config.pbtxt`` is a Triton model, read as it is
+(proto/triton.py): its version policy picks the versions, its config the batching
+and the inputs and outputs (checked against the ONNX file). A version that
+``layerserve split --triton`` has split carries our manifest beside the model file
+and serves its blocks and chain too; one without serves its full graph only.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from layerserve.proto import manifest as manifests
-from layerserve.proto import names
-from layerserve.proto.repository_pb2 import FileRef, ModelManifest
+from layerserve.proto import names, triton
+from layerserve.proto.model_config_pb2 import ModelConfig
+from layerserve.proto.repository_pb2 import FileRef, ModelManifest, ServingConfig
 from layerserve.proto.tensors import format_spec
 
 from . import runtime
@@ -48,6 +55,8 @@ class ModelVersion:
     full: runtime.Graph | None = None
     blocks: list[runtime.Graph] = field(default_factory=list)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    # The parsed config.pbtxt of a model read from a Triton repository (proto/triton.py), else None.
+    config: ModelConfig | None = None
 
     @property
     def ready(self) -> bool:
@@ -128,14 +137,16 @@ def load_version(
     options: runtime.RuntimeOptions,
     batching_overrides: BatchingOverrides | None = None,
     verify: bool = True,
+    config: ModelConfig | None = None,
 ) -> ModelVersion:
-    """Load one version folder; failures other than DeviceUnavailable become an UNAVAILABLE reason."""
-    model = ModelVersion(name=name, version=folder.name, path=folder)
+    """Load one version folder (of a Triton model when ``config`` is its parsed config.pbtxt);
+    failures other than DeviceUnavailable become an UNAVAILABLE reason."""
+    model = ModelVersion(name=name, version=folder.name, path=folder, config=config)
     try:
         _load_into(model, options, batching_overrides or BatchingOverrides(), verify)
     except DeviceUnavailable:
         raise
-    except (LoadError, manifests.ManifestError) as error:
+    except (LoadError, manifests.ManifestError, triton.ConfigError) as error:
         model.reason = str(error)
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         model.reason = f"{type(error).__name__}: {error}"
@@ -162,11 +173,11 @@ def load_version(
 def _load_into(
     model: ModelVersion, options: runtime.RuntimeOptions, overrides: BatchingOverrides, verify: bool
 ) -> None:
-    manifest = manifests.read_manifest(model.path)
+    manifest = manifests.read_manifest(model.path) if model.config is None else _triton_manifest(model, model.config)
     model.manifest = manifest
     if manifest.name and manifest.name != model.name:
         raise LoadError(f"manifest names the model {manifest.name!r}, its folder is {model.name!r}")
-    if not manifest.blocks:
+    if not manifest.blocks and model.config is None:
         raise LoadError("manifest lists no blocks")
 
     def graph(ref: FileRef) -> runtime.Graph:
@@ -184,8 +195,11 @@ def _load_into(
         _verify(model.path, manifest.weights)  # the data file every graph reads its weights from
     batching = _batching(manifest, overrides)
     model.full = graph(manifest.full_model)
-    inputs, outputs = _specs(manifest.inputs), _specs(manifest.outputs)
-    _check_io(model.name, model.full, inputs, outputs)
+    if model.config is None:
+        inputs, outputs = _specs(manifest.inputs), _specs(manifest.outputs)
+        _check_io(model.name, model.full, inputs, outputs)
+    else:
+        inputs, outputs = _triton_io(model.config, model.full)
     add = model.endpoints.__setitem__
     peak = max([manifest.input_bytes_per_sample, *(b.output_bytes_per_sample for b in manifest.blocks)])
     add(model.name, Endpoint(model.name, model.name, model.version, "full", inputs, outputs, batching, model.full.run,
@@ -201,10 +215,89 @@ def _load_into(
         block_peak = max(answer_row_bytes(block_in) or 0, block.output_bytes_per_sample)
         add(served, Endpoint(served, model.name, model.version, "block", block_in, block_out, batching,
                              block_graph.run, block_index=index, peak_row_bytes=block_peak))
+    if not manifest.blocks:
+        log.warning("Triton model without blocks: serving its full graph only; `layerserve split --triton "
+                    "REPOSITORY` adds its blocks and chain", extra={"fields": {"model": model.name,
+                                                                                "version": model.version}})
+        return
     chain_name = names.chain_name(model.name)
     first, last = manifest.blocks[0], manifest.blocks[-1]
     add(chain_name, Endpoint(chain_name, model.name, model.version, names.CHAIN, _specs(first.inputs),
                              _specs(last.outputs), batching, model.run_chain, peak_row_bytes=peak))
+
+
+def _triton_manifest(model: ModelVersion, config: ModelConfig) -> ModelManifest:
+    """The manifest a Triton version serves from: the split's (``layerserve split --triton``) when there is
+    one, else one naming the model file alone; batching always from config.pbtxt."""
+    file = triton.model_file(config)
+    if (model.path / manifests.MANIFEST_FILE).is_file():
+        manifest = manifests.read_manifest(model.path)
+        if manifest.full_model.path != file:
+            raise LoadError(f"{manifests.MANIFEST_FILE} was split from {manifest.full_model.path}, "
+                            f"{triton.CONFIG_FILE} serves {file}")
+    else:
+        manifest = ModelManifest(name=model.name, version=model.version, full_model=FileRef(path=file))
+    dynamic = config.HasField("dynamic_batching")
+    manifest.serving.CopyFrom(ServingConfig(
+        max_batch_size=config.max_batch_size, dynamic_batching=dynamic and config.max_batch_size > 0,
+        max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
+        preferred_batch_sizes=config.dynamic_batching.preferred_batch_size,
+    ))
+    return manifest
+
+
+def _triton_io(config: ModelConfig, graph: runtime.Graph) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs a Triton model serves: config.pbtxt's (every input, any outputs), checked
+    against the ONNX file; the file's own when the config lists none. With ``max_batch_size`` > 0,
+    the file's first dimension must be a free batch dimension, as Triton requires."""
+    declared_in, declared_out = triton.config_specs(config)
+    label = f"{triton.CONFIG_FILE} vs {graph.path.name}"
+    if config.max_batch_size > 0:
+        for spec in [*graph.inputs, *graph.outputs]:
+            if spec.shape[:1] != (-1,):
+                raise LoadError(f"{label}: max_batch_size {config.max_batch_size} needs a free batch dimension "
+                                f"first, but {spec.name!r} is {spec}")
+
+    def served(side: str, declared: tuple[TensorSpec, ...], actual: list[TensorSpec], every: bool) -> tuple:
+        if not declared:
+            return tuple(actual)
+        by_name = {spec.name: spec for spec in actual}
+        for spec in declared:
+            real = by_name.get(spec.name)
+            if real is None:
+                raise LoadError(f"{label}: {side} {spec.name!r} is declared, the file has "
+                                f"{', '.join(repr(s.name) for s in actual)}")
+            if spec.datatype != real.datatype or len(spec.shape) != len(real.shape) or any(
+                    want != got and got != -1 for want, got in zip(spec.shape, real.shape, strict=True)):
+                raise LoadError(f"{label}: {side} {spec.name!r} declared {spec}, the file has {real}")
+        missing = [spec.name for spec in actual if spec.name not in {s.name for s in declared}]
+        if every and missing:
+            raise LoadError(f"{label}: the file's {side}s {missing} are not declared")
+        return declared
+
+    return served("input", declared_in, graph.inputs, True), served("output", declared_out, graph.outputs, False)
+
+
+def load_triton_model(
+    folder: Path, options: runtime.RuntimeOptions, overrides: BatchingOverrides, verify: bool
+) -> dict[str, ModelVersion]:
+    """Every version of the Triton model in ``folder`` its version policy serves; a model we cannot serve
+    is kept as UNAVAILABLE, each of its version folders (or version 1) with the one-line reason."""
+    name = folder.name
+    try:
+        config = triton.read_config(folder)
+        reason = triton.refusal(config, name)
+        chosen = triton.served_versions(folder, config) if reason is None else []
+        if reason is None and not chosen:
+            reason = f"no version folder holds {triton.model_file(config)} (under the version policy)"
+    except triton.ConfigError as error:
+        reason, chosen = str(error), []
+    if reason is None:
+        return {v.name: load_version(name, v, options, overrides, verify, config) for v in chosen}
+    numbered = sorted((child.name for child in folder.iterdir() if child.is_dir() and child.name.isdigit()),
+                      key=int) or ["1"]
+    log.error("model unavailable", extra={"fields": {"model": name, "versions": numbered, "reason": reason}})
+    return {v: ModelVersion(name=name, version=v, path=folder / v, reason=reason) for v in numbered}
 
 
 class Repository:
@@ -226,6 +319,10 @@ class Repository:
         if not root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
         models: dict[str, dict[str, ModelVersion]] = {}
+        for folder in sorted(root.iterdir()):
+            if folder.is_dir() and triton.is_triton_model(folder):
+                models[folder.name] = load_triton_model(folder, options, batching_overrides or BatchingOverrides(),
+                                                        verify)
         for name, folder in manifests.iter_repository(root):
             models.setdefault(name, {})[folder.name] = load_version(name, folder, options, batching_overrides, verify)
         if not models:

@@ -52,11 +52,10 @@ def load_tokens(settings: Settings) -> list[str]:
     return tokens
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """TLS credentials from ``tls_cert``/``tls_key`` (PEM); with ``tls_client_ca``, clients must
-    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files,
-    ValueError on files that are not a matching PEM certificate and key (gRPC itself would only fail
-    at bind time, once per worker)."""
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP/REST port's TLS context from the same files as gRPC's (mutual TLS: client certificates
+    required and checked against ``tls_client_ca``); None when TLS is off. OSError on unreadable files,
+    ValueError on files that are not a matching PEM certificate and key."""
     if settings.tls_cert is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -64,19 +63,47 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
         if settings.tls_client_ca is not None:
             context.load_verify_locations(settings.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
     except ssl.SSLError as error:
         raise ValueError(f"TLS files do not load (--tls-cert {settings.tls_cert}, --tls-key {settings.tls_key}"
                          f"{f', --tls-client-ca {settings.tls_client_ca}' if settings.tls_client_ca else ''}): "
                          f"{error.reason or error}") from None
+    return context
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from ``tls_cert``/``tls_key`` (PEM); with ``tls_client_ca``, clients must
+    present a certificate signed by it (mutual TLS). None when TLS is off. OSError on unreadable files,
+    ValueError on files that are not a matching PEM certificate and key (gRPC itself would only fail
+    at bind time, once per worker): the files are checked through :func:`ssl_context`."""
+    if ssl_context(settings) is None:
+        return None
     pair = (Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())
     client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca is not None else None
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def bearer(value: str | None) -> bytes | None:
+    """The token of an ``authorization: Bearer <token>`` value (gRPC metadata or HTTP header), else None."""
+    if isinstance(value, str) and value[: len(_SCHEME)].lower() == _SCHEME:
+        return value[len(_SCHEME) :].strip().encode()
+    return None
+
+
+def token_known(tokens: Sequence[bytes], offered: bytes | None) -> bool:
+    """Whether ``offered`` is one of ``tokens``; compares with every token, in constant time each."""
+    if offered is None:
+        return False
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(offered, token)
+    return matched
+
+
 def _bearer(metadata: Sequence[tuple[str, str | bytes]] | None) -> bytes | None:
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value[: len(_SCHEME)].lower() == _SCHEME:
-            return value[len(_SCHEME) :].strip().encode()
+        if key == "authorization" and (token := bearer(value)) is not None:  # type: ignore[arg-type]
+            return token
     return None
 
 
@@ -93,13 +120,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
     def allows(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
         """Whether ``metadata`` carries a known token; compares with every token, in constant time each."""
-        offered = _bearer(metadata)
-        if offered is None:
-            return False
-        matched = False
-        for token in self._tokens:
-            matched |= hmac.compare_digest(offered, token)
-        return matched
+        return token_known(self._tokens, _bearer(metadata))
 
     async def intercept_service(
         self,

@@ -37,6 +37,9 @@ class Settings:
     port: int = 8001
     # Prometheus over HTTP; a negative port turns metrics off.
     metrics_port: int = 8002
+    # The Open Inference Protocol over HTTP/REST (Triton's and KServe's default port); -1 turns it off,
+    # 0 lets the OS pick.
+    http_port: int = 8000
     device: Device = "cpu"
     # Processes sharing the port through SO_REUSEPORT; 1 serves in this process; 0 ("auto"): one per
     # usable core (docs/BENCHMARKS.md, "Performance levers (measured)").
@@ -206,6 +209,8 @@ def validate(settings: Settings) -> Settings:
     if settings.workers < 0:
         raise InvalidSetting("workers", f"workers must be >= 1, or 0 / auto for one per usable core, "
                                         f"got {settings.workers}")
+    if settings.http_port < -1:
+        raise InvalidSetting("http_port", f"http_port must be a port, 0 (any free one) or -1 (off), got {settings.http_port}")
     for name in ("intra_op_threads", "max_queue_size", "max_message_bytes", "max_concurrent_streams"):
         value = getattr(settings, name)
         if value is not None and value < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from pathlib import Path
 
 import cnn_zoo
@@ -15,6 +16,11 @@ import foreign_graphs
 import pytest
 
 from layerserve.cli.main import main
+
+# Servers the tests start from the command line (and their workers) take a free HTTP/REST port rather
+# than the fixed default 8000, which another server on this machine may hold; a test that means a
+# port says so with --http-port.
+os.environ.setdefault("LAYERSERVE_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ class ServerThread:
     """The real app.start() on its own event loop in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
+        if settings.http_port == Settings.http_port:  # tests never take a fixed port: 0 picks a free one
+            settings = settings.replace(http_port=0)
         self.settings = settings
         self.running: app.Running | None = None
         self._ready = threading.Event()
@@ -52,3 +54,8 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP/REST endpoint's base URL."""
+        return f"http://127.0.0.1:{self.running.http_port}"

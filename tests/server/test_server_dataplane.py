@@ -80,6 +80,22 @@ def test_endpoint_and_metadata(plane) -> None:
     assert [str(s) for s in info.inputs] == ["FP32 [-1,1,8,8]"] and info.outputs[0].name == "h1"
 
 
+def test_config_states_each_served_name_as_triton_would(plane) -> None:
+    dataplane, _, run = plane
+    config = dataplane.config("tiny_cnn.01_stage1", "1")
+    assert (config.name, config.platform, config.backend) == ("tiny_cnn.01_stage1", "onnxruntime_onnx", "onnxruntime")
+    batching = dataplane.endpoint("tiny_cnn.01_stage1").batching
+    assert config.max_batch_size == batching.max_batch_size > 0
+    full = dataplane.endpoint("tiny_cnn.01_stage1")
+    assert [list(i.dims) for i in config.input] == [list(full.inputs[0].shape[1:])]  # the batch left out
+    assert config.instance_group[0].count == 1 and config.instance_group[0].kind == 2  # KIND_CPU
+    assert config.HasField("dynamic_batching") == batching.enabled
+    with pytest.raises(ModelNotFound):
+        dataplane.config("nope")
+    with pytest.raises(ModelUnavailable):
+        dataplane.config("broken_cnn")
+
+
 def test_infer_runs_the_endpoint_and_reports_the_run(plane, tiny_repository: Path) -> None:
     dataplane, recorder, run = plane
     x = _x(3)

@@ -5,14 +5,19 @@ string field leave /metrics within a fixed size. bench/fuzz.py holds the strateg
 
 from __future__ import annotations
 
+import http.client
+import json
+import math
 import re
 import socket
 import struct
 import tracemalloc
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +31,7 @@ from bench.fuzz import (
     chain_requests,
     garbage_payloads,
     infer_requests,
+    outputs_match,
     string_field_payloads,
 )
 from layerserve.proto import grpc_service_pb2 as pb
@@ -250,3 +256,56 @@ def test_non_grpc_bytes_on_the_port_close_that_connection_only(
             pass
     assert closed, "the server kept a connection open that spoke no HTTP/2"
     assert prober.still_right("tiny_cnn")
+
+
+# ---------------------------------------------------------------- the same requests over HTTP/REST
+
+
+def _rest_body(request: pb.ModelInferRequest) -> tuple[bytes, dict[str, str]]:
+    """The REST twin of a drawn ModelInfer request: raw contents as binary tensor data (their declared and
+    real sizes alike), typed contents as JSON ``data``."""
+    tensors, chunks = [], []
+    for index, tensor in enumerate(request.inputs):
+        entry: dict = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if index < len(request.raw_input_contents):
+            entry["parameters"] = {"binary_data_size": len(request.raw_input_contents[index])}
+            chunks.append(request.raw_input_contents[index])
+        else:
+            entry["data"] = [v for name in ("bool_contents", "int_contents", "int64_contents", "uint_contents",
+                                            "uint64_contents", "fp32_contents", "fp64_contents")
+                             for v in getattr(tensor.contents, name)]
+        tensors.append(entry)
+    header = json.dumps({"inputs": tensors, "outputs": [{"name": o.name} for o in request.outputs]},
+                        allow_nan=False).encode() if _finite(tensors) else b'{"inputs": "NaN"}'
+    return header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _finite(tensors: list[dict]) -> bool:
+    return all(isinstance(v, bool) or math.isfinite(v) for t in tensors for v in t.get("data", []))
+
+
+@settings(BOUNDED, max_examples=80)
+@given(data=st.data())
+def test_malformed_rest_requests_get_proper_statuses(hostile_server: ServerThread, reference: Reference,
+                                                     data) -> None:
+    request = data.draw(infer_requests(reference))
+    body, headers = _rest_body(request)
+    port = int(hostile_server.http_url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        path = "/v2/models/" + urllib.parse.quote(request.model_name or "-", safe="") + "/infer"
+        connection.request("POST", path, body, headers)
+        reply = connection.getresponse()
+        answer = reply.read()
+        assert reply.status in (200, 400, 404, 413, 503), (reply.status, answer[:300])
+        if reply.status != 200:
+            assert len(answer) <= MAX_DETAILS_BYTES + 64 and "error" in json.loads(answer), answer[:300]
+        valid, want = reference.valid_request("tiny_cnn")
+        body, headers = _rest_body(valid)
+        connection.request("POST", "/v2/models/tiny_cnn/infer", body, headers)
+        reply = connection.getresponse()
+        got = json.loads(reply.read())["outputs"][0]
+        assert reply.status == 200 and got["name"] == "logits"
+        assert outputs_match({"logits": np.array(got["data"], np.float32).reshape(got["shape"])}, want)
+    finally:
+        connection.close()

@@ -3,6 +3,7 @@ share a port no other server may join, one-line start-up errors, the metrics por
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -115,17 +116,54 @@ def test_drain_finishes_accepted_requests_refuses_new_ones_and_exits_0(
         one_request(port)
 
 
+def rest_request(http_port: int, rows: int = 1) -> tuple[int, dict]:
+    """One JSON inference over HTTP/REST on a fresh connection: status and answer."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": [rows, 1, 8, 8], "datatype": "FP32",
+                                   "data": [1.0] * (rows * 64)}]}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/tiny_cnn/infer", data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_rest_requests_drain_like_rpcs(tiny_repository: Path) -> None:
+    http_port = free_port()
+    process, _ = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "3000000",
+                              "--workers", "1", "--http-port", str(http_port))
+    accepted: list[tuple[int, dict]] = []
+    first = [threading.Thread(target=lambda: accepted.append(rest_request(http_port))) for _ in range(4)]
+    for thread in first:
+        thread.start()
+    time.sleep(1.5)  # sent and queued in the 3 s batching window, not yet run
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    later = rest_request(http_port)
+    for thread in first:
+        thread.join(30)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert [status for status, _ in accepted] == [200] * 4
+    assert later == (503, {"error": "the server is shutting down; retry (another replica, or this one once "
+                                    "restarted)"})
+
+
 def test_workers_share_the_port_and_sum_metrics(tiny_repository: Path) -> None:
-    metrics_port = free_port()
-    process, port = start_server(tiny_repository, "--workers", "2", "--metrics-port", str(metrics_port))
+    metrics_port, http_port = free_port(), free_port()
+    process, port = start_server(tiny_repository, "--workers", "2", "--metrics-port", str(metrics_port),
+                                 "--http-port", str(http_port))
     try:
         for rows in range(1, 7):
             assert one_request(port, rows).shape == (rows, 10)
+            status, answer = rest_request(http_port, rows)  # HTTP/REST: one port for both workers too
+            assert status == 200 and answer["outputs"][0]["shape"] == [rows, 10]
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
-        ok = [line for line in text.splitlines()
-              if line.startswith('layerserve_requests_total{code="OK",model="tiny_cnn",rpc="ModelInfer"}')]
-        assert ok and float(ok[0].rsplit(" ", 1)[1]) == 6
+        for rpc in ("ModelInfer", "http.ModelInfer"):
+            ok = [line for line in text.splitlines()
+                  if line.startswith(f'layerserve_requests_total{{code="OK",model="tiny_cnn",rpc="{rpc}"}}')]
+            assert ok and float(ok[0].rsplit(" ", 1)[1]) == 6, rpc
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
@@ -216,6 +254,16 @@ def test_a_port_another_program_listens_on_is_refused_naming_it(tiny_repository:
         code, output = _refused("--models", str(tiny_repository), "--port", str(port), "--metrics-port", "-1")
     assert code == 1
     assert f"cannot serve: port {port} is in use by pid {os.getpid()}" in _one_line(output)
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+def test_an_http_port_in_use_is_refused_naming_who_holds_it(tiny_repository: Path, workers: str) -> None:
+    with socket.create_server(("127.0.0.1", 0), reuse_port=True) as other:
+        http_port = other.getsockname()[1]
+        code, output = _refused("--models", str(tiny_repository), "--port", "0", "--metrics-port", "-1",
+                                "--http-port", str(http_port), "--workers", workers)
+    assert code == 1
+    assert f"cannot serve: HTTP port {http_port} is in use by pid {os.getpid()}" in _one_line(output)
 
 
 def test_start_up_errors_are_one_line_with_workers(tiny_repository: Path, tmp_path: Path) -> None:

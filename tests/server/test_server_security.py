@@ -4,6 +4,10 @@ refused without a token."""
 
 from __future__ import annotations
 
+import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,3 +195,50 @@ def test_access_settings_are_checked(tmp_path: Path) -> None:
     assert security.load_tokens(chosen) == ["a", "b"] and chosen.auth_health == "all"
     assert "a, b" not in repr(chosen)  # tokens stay out of logs
     assert not security.TokenAuth(["a"]).allows((("authorization", "Bearer "),))
+
+
+# ---------------------------------------------------------------- the same access over HTTP/REST
+
+_REST_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                     "data": X.ravel().tolist()}]}).encode()
+
+
+def _rest(url: str, token: str | None = None, body: bytes | None = None,
+          context: ssl.SSLContext | None = None) -> int:
+    """The HTTP status of a GET (or a POST of ``body``) to ``url``, with a bearer token when given."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30, context=context) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_rest_takes_the_same_tokens_and_leaves_only_the_probes_open(token_server: ServerThread) -> None:
+    base = token_server.http_url
+    infer = f"{base}/v2/models/tiny_cnn/infer"
+    assert [_rest(infer, token, _REST_BODY) for token in TOKENS] == [200, 200]
+    for token in (None, "wrong", TOKENS[0] + "x"):
+        assert _rest(infer, token, _REST_BODY) == 401
+    assert _rest(f"{base}/v2/models/nope/infer", None, _REST_BODY) == 401  # no token: no name is told apart
+    assert _rest(f"{base}/v9/what", None) == 401 and _rest(f"{base}/v9/what", TOKENS[0]) == 404  # nor any path
+    assert _rest(f"{base}/v2/health/live") == 200 and _rest(f"{base}/v2/health/ready") == 200
+    assert _rest(f"{base}/v2/models/tiny_cnn/ready") == 401  # a named model's health needs a token
+    assert _rest(f"{base}/v2/models/tiny_cnn/ready", TOKENS[0]) == 200
+    assert _rest(f"{base}/v2", None) == 401 and _rest(f"{base}/v2", TOKENS[1]) == 200
+
+
+def test_rest_over_tls_and_mutual_tls(tls_server: ServerThread, mtls_server: ServerThread, certs: Path) -> None:
+    trusted = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    https = tls_server.http_url.replace("http://", "https://")
+    assert _rest(f"{https}/v2/models/tiny_cnn/infer", TOKENS[0], _REST_BODY, trusted) == 200
+    assert _rest(f"{https}/v2/health/ready", None, None, trusted) == 401  # --auth-health all
+    with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext HTTP to a TLS port: no answer
+        urllib.request.urlopen(f"{tls_server.http_url}/v2/health/live", timeout=10)
+    mutual = mtls_server.http_url.replace("http://", "https://")
+    with_cert = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with_cert.load_cert_chain(certs / "client.pem", certs / "client.key")
+    assert _rest(f"{mutual}/v2/models/tiny_cnn/infer", None, _REST_BODY, with_cert) == 200
+    with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+        _rest(f"{mutual}/v2/models/tiny_cnn/infer", None, _REST_BODY, trusted)  # no client certificate

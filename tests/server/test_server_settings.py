@@ -86,6 +86,8 @@ CASES = [
     ("host", "0.0.0.0", "0.0.0.0", ()),
     ("port", "9001", 9001, ()),
     ("metrics_port", "-1", -1, ()),
+    ("http_port", "-1", -1, ()),
+    ("http_port", "8080", 8080, ()),
     ("device", "auto", "auto", ()),
     ("device", "cuda", "cuda", ()),
     ("workers", "3", 3, ()),
