@@ -175,7 +175,7 @@ class DataPlane:
         batching = endpoint.batching
         return triton.model_config(
             endpoint.name, endpoint.inputs, endpoint.outputs, endpoint.batched, batching.max_batch_size,
-            batching.enabled, batching.max_queue_delay_us, self.instances, CUDA in model.providers,
+            batching.enabled, batching.max_queue_delay_us, self._most_runs, CUDA in model.providers,
             base=model.config if endpoint.kind == "full" else None,
         )
 
