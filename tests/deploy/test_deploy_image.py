@@ -125,7 +125,7 @@ class ImageCommand(ServerProcess):
         stage = _final_stage()
         argv = json.loads(_one(stage, "ENTRYPOINT")) + json.loads(_one(stage, "CMD"))
         swap = {IMAGE_MODELS: str(self.models), "0.0.0.0": self.host, "8001": str(self.port),
-                "9091": str(self.metrics_port)}
+                "8000": str(self.http_port), "9091": str(self.metrics_port)}
         argv = [swap.get(arg, arg) for arg in argv]
         argv[0] = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or argv[0]
         return argv
