@@ -15,6 +15,7 @@ import asyncio
 import resource
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import grpc
@@ -55,17 +56,17 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-async def _run(
-    address: str,
-    payload: bytes,
+async def closed_loop(
+    senders: list[Callable[[], Awaitable[bytes]]],
     concurrency: int,
     duration: float,
     warmup: float,
-    method: str,
-    channels: int,
+    failures: tuple[type[BaseException], ...],
 ) -> LoadResult:
-    opened = [grpc.aio.insecure_channel(address, options=_OPTIONS) for _ in range(max(1, channels))]
-    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in opened]
+    """``concurrency`` coroutines send back to back for ``warmup`` then ``duration`` seconds; coroutine
+    ``i`` uses ``senders[i % len(senders)]`` (one per connection). A sender returns the answer's bytes
+    and raises one of ``failures`` for a failed request, which is counted, never timed. Every sender is
+    called once before anything is timed, so each connection is up."""
     latencies: list[float] = []
     errors = 0
     response_bytes = 0
@@ -74,14 +75,14 @@ async def _run(
 
     async def worker(index: int) -> None:
         nonlocal errors, response_bytes
-        call = calls[index % len(calls)]
+        send = senders[index % len(senders)]
         while True:
             now = time.perf_counter()
             if recording and now >= stop_at:
                 return
             try:
-                reply = await call(payload, timeout=30)
-            except grpc.aio.AioRpcError:
+                reply = await send()
+            except failures:
                 if recording:
                     errors += 1
                 continue
@@ -89,21 +90,17 @@ async def _run(
                 latencies.append(time.perf_counter() - now)
                 response_bytes = len(reply)
 
-    try:
-        for call in calls:  # connect every channel before timing anything
-            await call(payload, timeout=30)
-        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-        await asyncio.sleep(warmup)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        stop_at = started + duration
-        recording = True
-        await asyncio.gather(*tasks)
-        seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
-    finally:
-        for channel in opened:
-            await channel.close()
+    for send in senders:
+        await send()
+    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(warmup)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    stop_at = started + duration
+    recording = True
+    await asyncio.gather(*tasks)
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
     ordered = sorted(latencies)
     return LoadResult(
         concurrency=concurrency,
@@ -117,6 +114,25 @@ async def _run(
         client_cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
         response_bytes=response_bytes,
     )
+
+
+async def _run(
+    address: str,
+    payload: bytes,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    method: str,
+    channels: int,
+) -> LoadResult:
+    opened = [grpc.aio.insecure_channel(address, options=_OPTIONS) for _ in range(max(1, channels))]
+    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in opened]
+    try:
+        return await closed_loop([lambda call=call: call(payload, timeout=30) for call in calls], concurrency,
+                                 duration, warmup, (grpc.aio.AioRpcError,))
+    finally:
+        for channel in opened:
+            await channel.close()
 
 
 def run_load(

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
-import time
 
 import aiohttp
 import numpy as np
 
-from bench.loadgen import LoadResult, _percentile
+from bench.loadgen import LoadResult, closed_loop
 from layerserve.proto.tensors import datatype_of
 
 
@@ -45,11 +43,6 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
                warmup: float) -> LoadResult:
     sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, force_close=False),
                                       timeout=aiohttp.ClientTimeout(total=30)) for _ in range(concurrency)]
-    latencies: list[float] = []
-    errors = 0
-    response_bytes = 0
-    recording = False
-    stop_at = 0.0
 
     async def post(session: aiohttp.ClientSession) -> bytes:
         async with session.post(url, data=body, headers=headers) as reply:
@@ -58,50 +51,12 @@ async def _run(url: str, body: bytes, headers: dict[str, str], concurrency: int,
                 raise RuntimeError(f"HTTP {reply.status}: {answer[:200]!r}")
             return answer
 
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors, response_bytes
-        while True:
-            now = time.perf_counter()
-            if recording and now >= stop_at:
-                return
-            try:
-                answer = await post(session)
-            except (aiohttp.ClientError, RuntimeError, TimeoutError):
-                if recording:
-                    errors += 1
-                continue
-            if recording:
-                latencies.append(time.perf_counter() - now)
-                response_bytes = len(answer)
-
     try:
-        for session in sessions:  # connect every client before timing anything
-            await post(session)
-        tasks = [asyncio.create_task(worker(session)) for session in sessions]
-        await asyncio.sleep(warmup)
-        before = resource.getrusage(resource.RUSAGE_SELF)
-        started = time.perf_counter()
-        stop_at = started + duration
-        recording = True
-        await asyncio.gather(*tasks)
-        seconds = time.perf_counter() - started
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        return await closed_loop([lambda session=session: post(session) for session in sessions], concurrency,
+                                 duration, warmup, (aiohttp.ClientError, RuntimeError, TimeoutError))
     finally:
         for session in sessions:
             await session.close()
-    ordered = sorted(latencies)
-    return LoadResult(
-        concurrency=concurrency,
-        requests=len(latencies),
-        errors=errors,
-        seconds=seconds,
-        throughput=len(latencies) / seconds if seconds > 0 else 0.0,
-        p50_ms=_percentile(ordered, 0.50) * 1e3,
-        p95_ms=_percentile(ordered, 0.95) * 1e3,
-        p99_ms=_percentile(ordered, 0.99) * 1e3,
-        client_cpu_s=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        response_bytes=response_bytes,
-    )
 
 
 def run_rest_load(base_url: str, model: str, body: bytes, headers: dict[str, str], concurrency: int,
