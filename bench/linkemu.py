@@ -100,7 +100,7 @@ async def serve(target: tuple[str, int], link: Link, port: int, host: str = "127
                 ready: Path | None = None) -> None:
     """Accept on ``host:port`` and carry every connection to ``target`` over ``link``, until cancelled.
 
-    Every 0.5 s (and once ready) ``ready`` gets the bytes carried so far: ``up down``.
+    Every 0.1 s (and once ready) ``ready`` gets the bytes carried so far: ``up down``.
     """
     counters = ([0], [0])  # client -> target, target -> client
 
@@ -124,13 +124,13 @@ async def serve(target: tuple[str, int], link: Link, port: int, host: str = "127
         while True:
             if ready is not None:
                 ready.write_text(f"{counters[0][0]} {counters[1][0]}\n")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
 
 
 class LinkEmulator:
     """``with LinkEmulator(server.address, link) as emulated: emulated.address`` — a proxy child process.
 
-    ``carried()`` returns the bytes carried each way so far (updated every 0.5 s).
+    ``carried()`` returns the bytes carried each way so far (updated every 0.1 s).
     """
 
     def __init__(self, target: str, link: Link | str, host: str = "127.0.0.1") -> None:
@@ -162,7 +162,7 @@ class LinkEmulator:
         return self
 
     def carried(self) -> tuple[int, int]:
-        """Bytes carried (towards the target, back from it) as of the last update."""
+        """Bytes carried (towards the target, back from it) as of the last update (every 0.1 s)."""
         if self._ready is None or not self._ready.exists():
             return 0, 0
         up, down = self._ready.read_text().split()

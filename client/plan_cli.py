@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction, add: AddCommand) -> None:
     plan.add_argument("--min-agreement", type=float, default=0.99, help="a compressed cut must agree with fp32 on "
                       "at least this share of the samples (default 0.99; 0 accepts unmeasured ones)")
     plan.add_argument("--rows", type=int, default=1, help="rows (images) per request to plan for (default 1)")
-    plan.add_argument("--warmup", type=int, default=2, help="unrecorded runs per block and endpoint (default 2)")
-    plan.add_argument("--repeats", type=int, default=5, help="recorded runs per block and endpoint (default 5)")
+    plan.add_argument("--warmup", type=int, default=3, help="unrecorded runs per block and endpoint (default 3)")
+    plan.add_argument("--repeats", type=int, default=10, help="recorded runs per block and endpoint (default 10)")
     plan.add_argument("--profile-link", help="the link the far server is reached over while profiling, "
                       "subtracted from its times (default: --link; 'none' for a direct path)")
     plan.add_argument("--samples", type=Path, help="labelled .npz (images, labels) to measure each encoding's "
@@ -104,7 +104,7 @@ def _profile(args: argparse.Namespace, link, encodings: list[str]) -> tuple[Mode
     with _client(args, args.near) as near, _client(args, args.far) as far:
         found = served_blocks(far, args.model, "far")
         images, labels = _samples(args, far, args.model)
-        steps = 1 + 2 * len(found) + (0 if images is None else -(-len(images) // 16))
+        steps = 1 + 2 * len(found) + (0 if images is None else -(-len(images) // 16))  # what profile_model reports
         with _progress(steps, "profile") as step:
             return profile_model(near, far, args.model, args.rows, args.warmup, args.repeats, profile_link,
                                  encodings, images, labels, on_step=step)

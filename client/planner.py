@@ -11,8 +11,10 @@ tensor that crosses (proto/encodings.py) the predicted latency is
     far   = sum(far compute [k, n)) + far RPC cost(wire + answer bytes) + encode/decode time
 
 where an endpoint's RPC cost is ``rpc_seconds + seconds_per_byte * bytes``
-(client/profiling.py fits both). ``best`` minimises latency, or bytes over the link
-(then latency breaks ties). A compressed encoding is a candidate only when its
+(client/profiling.py fits both). ``best`` minimises latency; or, with objective
+``bytes``, the bytes sent over the link among the cuts that use the far endpoint (all-near
+sends none, so it would always win; ``bytes`` answers "where to cut when the far side must
+run the tail", e.g. over a metered link), latency breaking ties. A compressed encoding is a candidate only when its
 measured agreement with FP32 reaches ``min_agreement``: the plan weighs bytes
 against accuracy instead of trading one silently for the other.
 """
@@ -203,7 +205,8 @@ def plan(
     encodings: Sequence[str] = ("fp32",),
     min_agreement: float = 0.99,
 ) -> Plan:
-    """Every cut at every encoding in ``encodings`` (cut n only as fp32: nothing crosses), and the best.
+    """Every cut at every encoding in ``encodings`` (cut n only as fp32: nothing crosses), and the best
+    (module docstring).
 
     ValueError for an unknown objective or encoding. A compressed candidate whose
     agreement is unmeasured or below ``min_agreement`` is listed with ``refused`` set
@@ -223,7 +226,7 @@ def plan(
     if objective == "latency":
         best = min(allowed, key=lambda c: (c.seconds, c.link_bytes))
     else:
-        best = min(allowed, key=lambda c: (c.link_bytes, c.seconds))
+        best = min((c for c in allowed if c.cut < count), key=lambda c: (c.link_bytes, c.seconds))
     return Plan(profile.model, near, far, link, objective, profile.rows, profile.block_names, tuple(candidates), best)
 
 

@@ -6,8 +6,12 @@ activation (``rows`` rows, the tensor the block gets in a real run) is sent
 the model's chain endpoint says how long the server computed (``compute_infer``).
 The block's time is the median of those server-side times; the rest of what the
 client waited, minus what the link model says the link took (``link``, when the
-endpoint is reached over one), is the RPC's own cost. Its medians over the blocks
-are fitted as ``rpc_seconds + seconds_per_byte * (request + answer bytes)``.
+endpoint is reached over one), is the RPC's own cost. The whole chain ``[0, n)`` is
+measured the same way: a Chain call costs the server a fixed amount besides its
+blocks' sessions (the chain loop, copying the answer), which the per-block times each
+include once; ``(sum of blocks - whole chain) / (n - 1)`` separates it, so a chain over
+several blocks is not charged it several times. The RPC costs (the blocks' and the
+whole chain's) are fitted as ``rpc_seconds + seconds_per_byte * (request + answer bytes)``.
 
 The result (:class:`~layerserve.client.planner.ModelProfile`) does not depend on
 the link, so one profile serves any number of plans (``layerserve plan --profile``).
@@ -69,43 +73,65 @@ def _compute_ns(client: LayerClient, chain_name: str) -> int:
     return sum(s.inference_stats.compute_infer.ns for s in stats)
 
 
+def _timed(client: LayerClient, model: str, chain_name: str, x: np.ndarray, start: int, stop: int, warmup: int,
+           repeats: int) -> tuple[float, float]:
+    """Median (client-view seconds, server compute seconds) of a Chain over ``[start, stop)``."""
+    seen, compute = [], []
+    before = _compute_ns(client, chain_name)
+    for attempt in range(warmup + repeats):
+        began = time.perf_counter()
+        client.chain(model, x, start=start, stop=stop, where="server")
+        waited = time.perf_counter() - began
+        after = _compute_ns(client, chain_name)
+        if attempt >= warmup:
+            seen.append(waited)
+            compute.append((after - before) / 1e9)
+        before = after
+    return statistics.median(seen), statistics.median(compute)
+
+
 def measure_endpoint(
     client: LayerClient,
     model: str,
     inputs: Sequence[np.ndarray],
     link: Link | None = None,
-    warmup: int = 2,
-    repeats: int = 5,
+    warmup: int = 3,
+    repeats: int = 10,
     on_step: OnStep = _quiet,
 ) -> tuple[EndpointProfile, list[dict[str, float]]]:
-    """Profile every block at ``client``'s server (module docstring); also returns per-block medians
-    (client-view, compute and RPC seconds, payload bytes) for tables."""
+    """Profile every block, and the whole chain, at ``client``'s server (module docstring); also returns
+    per-block medians (client-view, compute and RPC seconds, payload bytes) for tables."""
     blocks = client.blocks(model)
     chain_name = blocks.chain_model_name
-    computes, rows = [], []
-    payloads, overheads = [], []
+    count = len(blocks)
+
+    def answer_bytes(index: int, rows: int) -> int:
+        return sum(s.row_bytes() or 0 for s in blocks.output_specs(index)) * rows
+
+    def rpc_seconds(waited: float, compute: float, request: int, answer: int) -> float:
+        link_s = link.transfer_seconds(request + FRAMING_BYTES, answer + FRAMING_BYTES) if link else 0.0
+        return waited - compute - link_s
+
+    computes, rows, payloads, overheads = [], [], [], []
     for index, x in enumerate(inputs):
-        answer_bytes = sum(s.row_bytes() or 0 for s in blocks.output_specs(index)) * len(x)
-        payload = x.nbytes + answer_bytes
-        seen, compute = [], []
-        for attempt in range(warmup + repeats):
-            before = _compute_ns(client, chain_name)
-            began = time.perf_counter()
-            client.chain(model, x, start=index, stop=index + 1, where="server")
-            waited = time.perf_counter() - began
-            if attempt >= warmup:
-                seen.append(waited)
-                compute.append((_compute_ns(client, chain_name) - before) / 1e9)
+        waited, compute = _timed(client, model, chain_name, x, index, index + 1, warmup, repeats)
         on_step(f"{client.address} {blocks.blocks[index].name}")
-        link_s = link.transfer_seconds(x.nbytes + FRAMING_BYTES, answer_bytes + FRAMING_BYTES) if link else 0.0
-        overhead = statistics.median(w - c - link_s for w, c in zip(seen, compute, strict=True))
-        computes.append(statistics.median(compute))
-        payloads.append(payload)
-        overheads.append(overhead)
-        rows.append({"client_seconds": statistics.median(seen), "compute_seconds": computes[-1],
-                     "rpc_seconds": overhead, "payload_bytes": payload})
+        answer = answer_bytes(index, len(x))
+        computes.append(compute)
+        payloads.append(x.nbytes + answer)
+        overheads.append(rpc_seconds(waited, compute, x.nbytes, answer))
+        rows.append({"client_seconds": waited, "compute_seconds": compute, "rpc_seconds": overheads[-1],
+                     "payload_bytes": payloads[-1]})
+    per_call = 0.0
+    if count > 1:
+        waited, whole = _timed(client, model, chain_name, inputs[0], 0, count, warmup, repeats)
+        answer = answer_bytes(count - 1, len(inputs[0]))
+        per_call = min(max((sum(computes) - whole) / (count - 1), 0.0), min(computes))
+        payloads.append(inputs[0].nbytes + answer)
+        overheads.append(rpc_seconds(waited, whole, inputs[0].nbytes, answer))
     fixed, per_byte = fit_rpc_cost(payloads, overheads)
-    return EndpointProfile(client.address, tuple(computes), fixed, per_byte), rows
+    blocks_only = tuple(c - per_call for c in computes)
+    return EndpointProfile(client.address, blocks_only, fixed + per_call, per_byte), rows
 
 
 def fit_rpc_cost(payloads: Sequence[int], overheads: Sequence[float]) -> tuple[float, float]:
@@ -137,8 +163,8 @@ def profile_model(
     far: LayerClient,
     model: str,
     rows: int = 1,
-    warmup: int = 2,
-    repeats: int = 5,
+    warmup: int = 3,
+    repeats: int = 10,
     link: Link | None = None,
     encodings: Sequence[str] = ("fp16", "int8"),
     images: np.ndarray | None = None,
