@@ -151,6 +151,7 @@ def run_model(model: str, links: list[Link], args: argparse.Namespace, cgroup: P
                 began = time.perf_counter()
                 times = measure(client, model, x, chosen, args.repeats, args.slow_repeats, args.burst)
                 results.append(summarise(model, link, chosen, times, time.perf_counter() - began))
+                results[-1]["profile"] = profile.to_dict()
                 log(line(results[-1]))
     return results
 
