@@ -26,7 +26,7 @@ is put behind ``bench.linkemu`` (a token-bucket TCP proxy on loopback) and:
 
 Separately, on the far server without a link: each encoding's agreement with FP32 and
 bytes per request at every cut on all held-out samples of digits_cnn and digits_resnet.
-Results: ``--out`` JSON and Markdown on stdout.
+Results: ``--out`` JSON and Markdown on stdout (``--render JSON`` prints it again; docs/bench/splitplan.md).
 """
 
 from __future__ import annotations
@@ -217,6 +217,30 @@ def markdown(results: list[dict], encodings: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def candidates_markdown(results: list[dict]) -> str:
+    """Every candidate's prediction and measurement, per model and link."""
+    rows = ["| model | link | candidate | predicted ms | measured ms, median (min-max) | runs | error |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for c in r["candidates"]:
+            mark = " **(planned)**" if c is r["planned"] or c == r["planned"] else ""
+            rows.append(f"| {r['model']} | {r['link']} | {c['name']}{mark} | {c['predicted_ms']:.1f} | "
+                        f"{c['median_ms']:.1f} ({c['min_ms']:.1f}-{c['max_ms']:.1f}) | {c['runs']} | "
+                        f"{c['predicted_ms'] / c['median_ms'] - 1:+.0%} |")
+    return "\n".join(rows)
+
+
+def render(document: dict) -> str:
+    """The whole report as Markdown: the summary, the encodings and every candidate."""
+    machine = document["machine"]
+    quota = f"{document['near_quota']} CPU" if document["quota_applied"] else "none (no root)"
+    head = (f"`python -m bench.splitplan` on {machine['date'][:10]}, {machine['cpu']}, {machine['logical_cores']} "
+            f"cores shared with other work (1-min load {machine['load_average_1m']:.2f} at the end), commit "
+            f"{machine['commit']}; near quota {quota}.")
+    return "\n\n".join([head, markdown(document["results"], document["encodings"]),
+                         candidates_markdown(document["results"])]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="digits_resnet,resnet50_shaped")
@@ -231,7 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-agreement", type=float, default=0.99)
     parser.add_argument("--encodings", default="digits_cnn,digits_resnet", help="models for the encoding table")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "splitplan.json")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print the Markdown of an earlier run and exit")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())), end="")
+        return 0
     # SIGTERM unwinds like Ctrl-C, so every server and proxy this run started is stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     links = [Link.parse(text) for text in args.links.split(";") if text.strip()]
@@ -241,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             results += run_model(model, links, args, cgroup)
     encodings = encoding_table([m for m in args.encodings.split(",") if m])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine_info(), "near_quota": args.near_quota,
-                                    "quota_applied": cgroup is not None, "results": results,
-                                    "encodings": encodings}, indent=2))
-    print(markdown(results, encodings))
+    document = {"machine": machine_info(), "near_quota": args.near_quota, "quota_applied": cgroup is not None,
+                "results": results, "encodings": encodings}
+    args.out.write_text(json.dumps(document, indent=2))
+    print(render(document), end="")
     return 0
 
 

@@ -52,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction, add: AddCommand) -> None:
 
 def read_plan(path: Path, model: str) -> Plan:
     """The plan in ``path`` (``layerserve plan --json`` output); ValueError (one line) if it is not one for ``model``."""
-    plan = Plan.from_dict(_document(path, "plan"))
+    try:
+        plan = Plan.from_dict(_document(path, "plan"))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} holds no plan: {type(error).__name__}: {error}") from None
     if plan.model != model:
         raise ValueError(f"{path} plans {plan.model!r}, not {model!r}")
     return plan
@@ -92,7 +95,7 @@ def _profile(args: argparse.Namespace, link, encodings: list[str]) -> tuple[Mode
         data = _document(args.profile, "profile")
         try:
             profile = ModelProfile.from_dict(data)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"{args.profile} holds no profile: {type(error).__name__}: {error}") from None
         if profile.model != args.model:
             raise ValueError(f"{args.profile} profiles {profile.model!r}, not {args.model!r}")

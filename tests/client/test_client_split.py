@@ -132,7 +132,11 @@ def test_plan_refusals_are_one_line(server: str, planned: tuple[dict, Path], tmp
          "plans 'digits_resnet', not 'digits_cnn'"),
         (("plan", MODEL, "--profile", str(tmp_path / "missing.json"), "--link", LINK), 2,
          "missing.json is not `layerserve plan --json` output: FileNotFoundError"),
+        (("chain", MODEL, "x.npy", "--plan", str(tmp_path / "other.json")), 2, "other.json holds no plan: KeyError"),
+        (("plan", MODEL, "--profile", str(tmp_path / "other.json"), "--link", LINK), 2,
+         "other.json holds no profile: KeyError"),
     ]
+    (tmp_path / "other.json").write_text('{"plan": {"model": "digits_resnet"}, "profile": {"model": "digits_resnet"}}')
     for args, code, message in cases:
         shown = layerserve(*args)
         assert shown.returncode == code, (args, shown.stderr)
