@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -34,6 +34,9 @@ from .fit import fit as fit_to
 from .fit import per_sample
 from .placement import Placement
 from .sizing import rows_per_request, total_row_bytes
+
+if TYPE_CHECKING:
+    from .planner import Plan
 
 Where = Literal["client", "server"]
 Response = TypeVar("Response")
@@ -333,12 +336,14 @@ class LayerClient:
         outputs: Sequence[str] = (),
         version: str = "",
         address: str | None = None,
+        encoding: str = "fp32",
     ) -> dict[str, np.ndarray]:
         """ModelInfer: ``x`` (one array for a one-input model, or a dict by input name) -> outputs by name.
 
         The rows go in as many requests as the model's batch and the message limits
         need (module docstring); their outputs are concatenated. ``address`` overrides
-        the server (placement uses it). Raises ServerError with the server's message
+        the server (placement uses it). ``encoding`` ``fp16``/``int8`` sends FP32 inputs
+        compressed (proto/encodings.py). Raises ServerError with the server's message
         (e.g. INVALID_ARGUMENT on a shape mismatch).
         """
         named = self._named_inputs(model, x, version, address)
@@ -356,7 +361,7 @@ class LayerClient:
         for batch in _batches(named, rows):
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             for name, array in batch.items():
-                tensors.add_raw_input(request, name, array)
+                tensors.add_raw_input(request, name, array, encoding)
             for name in outputs:
                 request.outputs.add(name=name)
             parts.append(tensors.outputs_by_name(self._call(endpoint.inference.ModelInfer, request, "ModelInfer")))
@@ -389,42 +394,53 @@ class LayerClient:
         x: np.ndarray,
         start: int = 0,
         stop: int | None = None,
-        where: Where = "client",
+        where: Where | None = None,
         keep: Iterable[int] = (),
         version: str = "",
+        placement: Placement | Plan | None = None,
     ) -> ChainResult:
         """Run blocks ``[start, stop)`` of ``model`` on ``x`` (the input of block ``start``).
 
         ``where="client"``: one ModelInfer per block ("<model>.<block>"), the client
         passing each output on; ``where="server"``: the LayerService.Chain RPC, the
-        activations staying on the server. With a placement, each block (client) or
-        each run of consecutive blocks (server) goes to the address its range names.
-        ``keep``: block indices whose outputs are returned too. Raises ValueError for
-        a bad range, ServerError with the server's message otherwise.
+        activations staying on the server. With a placement (``placement``, else the
+        client's), each block (client) or each run of consecutive blocks (server) goes
+        to the address its range names, tensors sent in the range's encoding. A
+        :class:`~layerserve.client.planner.Plan` runs its chosen cut, ``where`` then
+        defaulting to "server" (one Chain RPC per side, as the plan predicted); otherwise
+        ``where`` defaults to "client". ``keep``: block indices whose outputs are returned
+        too. Raises ValueError for a bad range, ServerError with the server's message otherwise.
         """
         blocks = self.blocks(model, version)
         start, stop, kept = self._range(blocks, start, stop, keep)
+        if placement is not None and not isinstance(placement, Placement):
+            where = where or "server"
+            placement = placement.placement()
+        placement = placement or self.placement
+        where = where or "client"
         if where == "client":
-            return self._chain_client(blocks, x, start, stop, kept, version)
+            return self._chain_client(blocks, x, start, stop, kept, version, placement)
         if where == "server":
-            return self._chain_server(blocks, x, start, stop, kept, version)
+            return self._chain_server(blocks, x, start, stop, kept, version, placement)
         raise ValueError(f"where must be 'client' or 'server', got {where!r}")
 
     def _chain_client(
-        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str
+        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str,
+        placement: Placement,
     ) -> ChainResult:
         result = ChainResult(outputs={})
         current: dict[str, np.ndarray] = {}
         for index in range(start, stop):
             block = blocks.blocks[index]
-            address = self.placement.address_for(index, self.address)
+            address = placement.address_for(index, self.address)
             if index == start:
                 feed: np.ndarray | dict[str, np.ndarray] = np.asarray(x)
             elif len(block.inputs) == 1 and len(current) == 1:
                 feed = {block.inputs[0].name: next(iter(current.values()))}
             else:  # several tensors cross the cut: match them by name
                 feed = {spec.name: current[spec.name] for spec in block.inputs}
-            current = self.infer(blocks.block_model_names[index], feed, version=version, address=address)
+            current = self.infer(blocks.block_model_names[index], feed, version=version, address=address,
+                                 encoding=placement.encoding_for(index))
             result.blocks_run.append(block.name)
             result.addresses[block.name] = address
             if index in kept:
@@ -433,12 +449,13 @@ class LayerClient:
         return result
 
     def _chain_server(
-        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str
+        self, blocks: ModelBlocks, x: np.ndarray, start: int, stop: int, kept: set[int], version: str,
+        placement: Placement,
     ) -> ChainResult:
         model = blocks.manifest.name
         result = ChainResult(outputs={})
         current = np.asarray(x)
-        for segment in self.placement.segments(start, stop, self.address):
+        for segment in placement.segments(start, stop, self.address):
             endpoint = self._endpoint(segment.address)
             spec = blocks.blocks[segment.start].inputs[0]
             feed = np.asarray(current, dtype=tensors.numpy_dtype(spec.datatype))
@@ -457,7 +474,7 @@ class LayerClient:
                     model_name=model, model_version=version, start=segment.start, stop=segment.stop, keep=segment_keep
                 )
                 request.request.model_name = blocks.chain_model_name
-                tensors.add_raw_input(request.request, spec.name, batch[spec.name])
+                tensors.add_raw_input(request.request, spec.name, batch[spec.name], segment.encoding)
                 answer = self._call(endpoint.layers.Chain, request, "Chain")
                 parts.append(tensors.outputs_by_name(answer.response))
                 kept_parts.append({k.block_name: tensors.outputs_by_name(k.outputs) for k in answer.kept})

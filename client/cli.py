@@ -1,4 +1,4 @@
-"""``layerserve blocks | infer | chain | compare``: the client's subcommands.
+"""``layerserve blocks | infer | chain | compare | plan``: the client's subcommands (plan: client/plan_cli.py).
 
 Every command talks to ``--server`` (default 127.0.0.1:8001), prints rich tables
 (or JSON with ``--json``), shows progress on stderr, and exits 1 printing the
@@ -24,7 +24,9 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``blocks``, ``infer``, ``chain`` and ``compare``."""
+    """Add ``blocks``, ``infer``, ``chain``, ``compare`` and ``plan``."""
+    from . import plan_cli
+
     blocks = _add(subparsers, "blocks", _blocks, "list the served models, or one model's blocks")
     blocks.add_argument("model", nargs="?", help="a model name; without it, list every served model")
 
@@ -37,9 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_input(chain)
     chain.add_argument("--start", default="0", help="first block (index or name; default 0)")
     chain.add_argument("--stop", type=int, help="one past the last block to run (default: through the head)")
-    chain.add_argument("--where", choices=["client", "server"], default="client", help="who passes activations on")
+    chain.add_argument("--where", choices=["client", "server"], help="who passes activations on (default client)")
     chain.add_argument("--keep", default="", help="block indices whose outputs to show: '1,3' or 'all'")
     chain.add_argument("--fit", choices=FITS, help="force the input into block start's shape")
+    chain.add_argument("--plan", type=Path, metavar="FILE.json", help="run the cut `layerserve plan --json` chose "
+                       "(its near and far servers, its encoding; --where defaults to server)")
 
     compare = _add(subparsers, "compare", _compare, "the experiment: full graph vs chains vs final blocks alone")
     compare.add_argument("model")
@@ -56,13 +60,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("--no-curve", action="store_true", help="skip the skip curve")
     compare.add_argument("--seed", type=int, default=0, help="seed of the project adapter")
     compare.add_argument("--report", type=Path, metavar="DIR", help="write an HTML report with pictures to DIR")
+    compare.add_argument("--encodings", default="fp16,int8", help="wire encodings whose accuracy cost to measure "
+                         "at every cut ('' for none)")
+    compare.add_argument("--encoding-rows", type=int, default=1, help="rows per request when measuring encodings "
+                         "(INT8's scale spans a request; default 1, as `layerserve plan` sends)")
+    plan_cli.register(subparsers, _add)
 
 
-def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, help_text: str,
+         server: bool = True) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     group = parser.add_argument_group("connection")
-    group.add_argument("--server", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
-    group.add_argument("--placement", help="route block ranges to servers: '0-2=HOST:PORT,3-4=HOST:PORT'")
+    if server:
+        group.add_argument("--server", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+        group.add_argument("--placement", help="route block ranges to servers: '0-2=HOST:PORT,3-4=HOST:PORT[@int8]'")
     group.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     group.add_argument("--root-certs", type=Path, help="PEM root certificates (implies --tls)")
     group.add_argument("--cert", type=Path, help="client certificate chain, PEM (mutual TLS)")
@@ -95,12 +106,10 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return 2
 
 
-def _client(args: argparse.Namespace):
-    from .api import LayerClient
+def _settings(args: argparse.Namespace):
     from .connection import ConnectionSettings
-    from .placement import Placement
 
-    settings = ConnectionSettings(
+    return ConnectionSettings(
         tls=args.tls,
         root_certificates=args.root_certs,
         certificate_chain=args.cert,
@@ -108,8 +117,14 @@ def _client(args: argparse.Namespace):
         token=args.token,
         timeout=args.timeout,
     )
-    placement = Placement.parse(args.placement) if args.placement else None
-    return LayerClient(args.server, settings, placement, batch_size=args.batch_size)
+
+
+def _client(args: argparse.Namespace, address: str | None = None):
+    from .api import LayerClient
+    from .placement import Placement
+
+    placement = Placement.parse(args.placement) if getattr(args, "placement", None) else None
+    return LayerClient(address or args.server, _settings(args), placement, batch_size=args.batch_size)
 
 
 # Without a terminal (pipes, CI logs, README captures) rich would wrap tables at 80 columns.
@@ -303,7 +318,13 @@ def _chain(args: argparse.Namespace) -> int:
 
     from .fit import fit, per_sample
 
-    with _client(args) as client:
+    plan = None
+    if args.plan is not None:
+        from .plan_cli import read_plan
+
+        plan = read_plan(args.plan, args.model)
+    where = args.where or ("server" if plan else "client")
+    with _client(args, plan.near if plan else None) as client:
         found = client.blocks(args.model)
         start = found.index(args.start)
         stop = len(found) if args.stop is None else args.stop
@@ -312,16 +333,17 @@ def _chain(args: argparse.Namespace) -> int:
         if args.fit:
             x = fit(x, per_sample(spec.shape), args.fit)
         keep = list(range(start, stop)) if args.keep.strip() == "all" else _keep(args.keep)
-        result = client.chain(args.model, x, start=start, stop=stop, where=args.where, keep=keep)
+        result = client.chain(args.model, x, start=start, stop=stop, where=where, keep=keep, placement=plan)
         if args.json:
             _print_json({
-                "model": args.model, "where": args.where, "blocks_run": result.blocks_run, "addresses": result.addresses,
+                "model": args.model, "where": where, "blocks_run": result.blocks_run, "addresses": result.addresses,
                 "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in result.outputs.items()},
                 "kept": {block: {k: {"shape": list(v.shape), "data": v} for k, v in outputs.items()}
                          for block, outputs in result.kept.items()},
             })
             return 0
-        run = Table("block", "ran at", title=f"{args.model}: chain in the {args.where}")
+        title = f"{args.model}: chain in the {where}" + (f", {plan.describe(plan.best)}" if plan else "")
+        run = Table("block", "ran at", title=title)
         for name in result.blocks_run:
             run.add_row(name, result.addresses.get(name, args.server))
         _console().print(run)
@@ -385,6 +407,13 @@ def _compare(args: argparse.Namespace) -> int:
                     client, args.model, images[:count], labels[:count], fit=args.matrix_fit, seed=args.seed,
                     on_step=step,
                 )
+        chosen = [e.strip() for e in args.encodings.split(",") if e.strip()]
+        if chosen:
+            from .compression import encoding_costs
+
+            with _progress(len(images), "encodings", client) as step:
+                report.encodings = encoding_costs(client, args.model, images, labels, chosen, args.encoding_rows,
+                                                  on_step=step)
         index = None
         if args.report:
             from .report import write_report
@@ -436,3 +465,22 @@ def _print_compare(report) -> None:
         for name, row in zip(matrix.sources, matrix.accuracy, strict=True):
             table.add_row(name, *["" if np.isnan(v) else f"{v:.0%}" for v in row])
         console.print(table)
+    if report.encodings is not None:
+        console.print(encodings_table(report.encodings))
+
+
+def encodings_table(costs):
+    """A rich table: per cut, each encoding's bytes per request, agreement with fp32 and accuracy."""
+    from rich.table import Table
+
+    table = Table("cut (tensor sent)", "fp32 bytes", *[f"{e}: bytes, agreement, accuracy" for e in costs.encodings],
+                  title=f"{costs.model}: wire encodings at each cut, {costs.samples} samples, {costs.rows} row(s) per "
+                        "request" + ("" if costs.fp32_accuracy is None else f", fp32 accuracy {costs.fp32_accuracy:.1%}"))
+    for cut, name in enumerate(costs.cut_names()):
+        cells = []
+        for e in costs.encodings:
+            accuracy = costs.accuracy[e][cut]
+            cells.append(f"{costs.bytes_per_request[e][cut]:,}  {costs.agreement[e][cut]:.1%}  "
+                         + ("—" if accuracy is None else f"{accuracy:.1%}"))
+        table.add_row(f"{cut}: {name}", f"{costs.bytes_per_request['fp32'][cut]:,}", *cells)
+    return table

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .api import LayerClient, Where
+from .compression import EncodingCosts
 from .errors import ServerError
 from .fit import FITS, per_sample
 from .fit import fit as fit_to
@@ -122,6 +123,8 @@ class CompareReport:
     paths: list[PathResult]
     skip_curve: SkipCurve | None = None
     skip_matrix: SkipMatrix | None = None
+    # Each wire encoding's cost at each cut (client/compression.py).
+    encodings: EncodingCosts | None = None
     # What the samples are, for titles: "held-out samples", "pictures from photos/".
     samples_label: str = "held-out samples"
 
@@ -143,6 +146,7 @@ class CompareReport:
             "paths": [p.to_dict() for p in self.paths],
             "skip_curve": self.skip_curve.to_dict() if self.skip_curve else None,
             "skip_matrix": self.skip_matrix.to_dict() if self.skip_matrix else None,
+            "encodings": self.encodings.to_dict() if self.encodings else None,
         }
 
 

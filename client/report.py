@@ -2,8 +2,9 @@
 
 :func:`write_report` writes ``index.html`` and ``paths.png`` (accuracy per path),
 ``samples.png`` (digits with every path's prediction), ``skip_curve.png``,
-``skip_matrix.png`` and ``activations.png`` (what each block outputs for one
-image), each only when the report holds its data. matplotlib is imported here
+``skip_matrix.png``, ``activations.png`` (what each block outputs for one
+image) and ``encodings.png`` (each wire encoding's agreement with FP32 and its bytes
+at each cut), each only when the report holds its data. matplotlib is imported here
 only, with the Agg backend forced, so no display is ever needed.
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compression import EncodingCosts
 from .experiment import CompareReport, most_common_answer
 
 GOOD, BAD, MUTED = "#2e7d32", "#c62828", "#757575"
@@ -171,6 +173,49 @@ def plot_activations(
     return path
 
 
+def plot_encodings(costs: EncodingCosts, path: Path) -> Path:
+    """Per cut: bytes per request of each encoding (bars) and its agreement with FP32 (line, right axis)."""
+    plt = _pyplot()
+    cuts = costs.cut_names()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cuts) + 2), 3.8))
+    names = ["fp32", *costs.encodings]
+    width = 0.8 / len(names)
+    for offset, name in enumerate(names):
+        xs = [cut + (offset - (len(names) - 1) / 2) * width for cut in range(len(cuts))]
+        ax.bar(xs, costs.bytes_per_request[name], width, label=f"{name} bytes", alpha=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"bytes per request ({costs.rows} row(s))")
+    ax.set_xticks(range(len(cuts)), cuts, rotation=20, fontsize=8)
+    right = ax.twinx()
+    for name in costs.encodings:
+        right.plot(range(len(cuts)), costs.agreement[name], marker="o", label=f"{name} agreement")
+    right.set_ylim(min(0.9, *(min(v) for v in costs.agreement.values())) - 0.01, 1.005)
+    right.set_ylabel("agreement with fp32")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower left")
+    ax.set_title(f"{costs.model}: what each encoding saves and costs at each cut ({costs.samples} samples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _encodings_table(costs: EncodingCosts) -> str:
+    head = "<tr><th>cut (tensor sent)</th>" + "".join(
+        f"<th>{html.escape(e)} bytes</th><th>{html.escape(e)} agreement</th><th>{html.escape(e)} accuracy</th>"
+        for e in costs.encodings) + "<th>fp32 bytes</th></tr>"
+    rows = [head]
+    for cut, name in enumerate(costs.cut_names()):
+        cells = "".join(
+            f"<td>{costs.bytes_per_request[e][cut]:,}</td><td>{costs.agreement[e][cut]:.1%}</td>"
+            + ("<td>&mdash;</td>" if costs.accuracy[e][cut] is None else f"<td>{costs.accuracy[e][cut]:.1%}</td>")
+            for e in costs.encodings)
+        rows.append(f"<tr><td>{cut}: {html.escape(name)}</td>{cells}<td>{costs.bytes_per_request['fp32'][cut]:,}</td></tr>")
+    fp32 = "" if costs.fp32_accuracy is None else f"; fp32 accuracy {costs.fp32_accuracy:.1%}"
+    return (f"<h2>Wire encodings</h2><p>{costs.samples} samples, {costs.rows} row(s) per request{fp32}.</p>"
+            "<table>" + "\n".join(rows) + "</table>")
+
+
 def _table(report: CompareReport) -> str:
     head = "<tr><th>path</th><th>blocks</th><th>accuracy</th><th>agreement</th><th>KL(full&#8214;path)</th><th>top-1 conf.</th><th>result</th></tr>"
     rows = [head]
@@ -226,6 +271,9 @@ def write_report(
                 "What each block outputs for one image: the next block's input, and nothing like a raw image.",
             )
         )
+    if report.encodings is not None:
+        figures.append((plot_encodings(report.encodings, out_dir / "encodings.png").name,
+                        "Bytes per request and agreement with FP32 of each wire encoding at each cut."))
     body = "\n".join(
         f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
         for name, caption in figures
@@ -239,6 +287,7 @@ figure{{margin:2em 0}}img{{max-width:100%}}</style></head>
 <p>{report.samples} {html.escape(report.samples_label)}; the final-only paths start at block {html.escape(report.start_block)};
 chance is {report.chance:.0%}.</p>
 {_table(report)}
+{_encodings_table(report.encodings) if report.encodings is not None else ""}
 {body}
 </body></html>
 """

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import encodings
 from . import grpc_service_pb2 as pb
 
 # Open Inference Protocol datatype -> numpy dtype (little-endian, as the wire is).
@@ -233,8 +234,32 @@ def decode_input(
     if raw is not None:
         if tensor.HasField("contents") and tensor.contents.ByteSize() > 0:
             raise TensorCodecError(f"{label} carries both raw and typed contents; send one")
-        return decode_raw(tensor.datatype, tensor.shape, raw, label)
-    return decode_contents(tensor.datatype, tensor.shape, tensor.contents, label)
+        array = decode_raw(tensor.datatype, tensor.shape, raw, label)
+    else:
+        array = decode_contents(tensor.datatype, tensor.shape, tensor.contents, label)
+    if encodings.ENCODING_PARAMETER in tensor.parameters:
+        return _decode_encoded(tensor, array, label)
+    return array
+
+
+def _parameter(tensor: pb.ModelInferRequest.InferInputTensor, key: str, kind: str, label: str) -> object:
+    parameter = tensor.parameters[key]
+    if parameter.WhichOneof("parameter_choice") != kind:
+        got = parameter.WhichOneof("parameter_choice") or "nothing"
+        raise TensorCodecError(f"{label}: parameter {key} expects a {kind}, got {got}")
+    return getattr(parameter, kind)
+
+
+def _decode_encoded(tensor: pb.ModelInferRequest.InferInputTensor, array: np.ndarray, label: str) -> np.ndarray:
+    """The FP32 tensor an encoded input stands for (proto/encodings.py): the one place the server decodes it."""
+    name = str(_parameter(tensor, encodings.ENCODING_PARAMETER, "string_param", label))
+    scale = None
+    if encodings.SCALE_PARAMETER in tensor.parameters:
+        scale = float(_parameter(tensor, encodings.SCALE_PARAMETER, "double_param", label))
+    try:
+        return encodings.decode(array, name, scale)
+    except encodings.EncodingError as error:
+        raise TensorCodecError(f"{label}: {error}") from None
 
 
 def decode_output(response: pb.ModelInferResponse, index: int) -> np.ndarray:
@@ -251,11 +276,21 @@ def outputs_by_name(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return {tensor.name: decode_output(response, i) for i, tensor in enumerate(response.outputs)}
 
 
-def add_raw_input(request: pb.ModelInferRequest, name: str, array: np.ndarray) -> None:
-    """Append ``array`` to a request as a raw input (the fast path)."""
+def add_raw_input(request: pb.ModelInferRequest, name: str, array: np.ndarray, encoding: str = "fp32") -> None:
+    """Append ``array`` to a request as a raw input (the fast path).
+
+    ``encoding`` ``fp16`` or ``int8`` sends an FP32 ``array`` in fewer bytes, marked with the
+    layerserve parameters the server decodes (proto/encodings.py); EncodingError when it cannot.
+    """
+    scale = None
+    if encoding != "fp32":
+        array, scale = encodings.encode(array, encoding)
     array = np.ascontiguousarray(array)
     tensor = request.inputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-    del tensor  # fields set through add()
+    if encoding != "fp32":
+        tensor.parameters[encodings.ENCODING_PARAMETER].string_param = encoding
+    if scale is not None:
+        tensor.parameters[encodings.SCALE_PARAMETER].double_param = scale
     request.raw_input_contents.append(array.tobytes())
 
 

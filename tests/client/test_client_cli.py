@@ -68,9 +68,10 @@ def test_compare_prints_the_table_and_writes_the_report(server: str, tmp_path: P
     shown = layerserve("compare", "digits_cnn", "--limit", "120", "--matrix-samples", "24", "--report", str(tmp_path / "r"), server=server)
     assert shown.returncode == 0, shown.stderr
     for text in ("full graph", "client chain", "server chain", "final only, raw image", "final only, project",
-                 "INVALID_ARGUMENT", "skip curve", "skip matrix"):
+                 "INVALID_ARGUMENT", "skip curve", "skip matrix", "wire encodings at each cut"):
         assert text in shown.stdout, text
     assert (tmp_path / "r" / "index.html").is_file() and (tmp_path / "r" / "skip_matrix.png").is_file()
+    assert (tmp_path / "r" / "encodings.png").is_file() and "Wire encodings" in (tmp_path / "r" / "index.html").read_text()
     scripted = layerserve("compare", "digits_resnet", "--limit", "120", "--matrix-samples", "0", "--no-curve", "--json", server=server)
     assert scripted.returncode == 0, scripted.stderr
     report = json.loads(scripted.stdout)
@@ -78,3 +79,8 @@ def test_compare_prints_the_table_and_writes_the_report(server: str, tmp_path: P
     assert paths["server chain"]["agreement"] == 1.0 and paths["full graph"]["accuracy"] >= 0.97
     assert paths["final only, raw image"]["error"].startswith("INVALID_ARGUMENT")
     assert report["skip_matrix"] is None and report["start_block"] == "03_stage3"
+    encodings = report["encodings"]  # each encoding's cost at each cut, one row per request as a plan sends
+    assert encodings["rows"] == 1 and encodings["samples"] == 120 and encodings["encodings"] == ["fp16", "int8"]
+    assert encodings["bytes_per_request"]["fp32"] == [4096, 16384, 16384, 8192, 4096]
+    assert encodings["bytes_per_request"]["int8"] == [1024, 4096, 4096, 2048, 1024]
+    assert min(encodings["agreement"]["fp16"]) >= 0.99 and all(0 <= a <= 1 for a in encodings["agreement"]["int8"])
