@@ -11,8 +11,12 @@ On a machine with onnxruntime-gpu this
 3. times, in process, the full graph vs the chain with intermediates kept on the
    device (IOBinding) vs the chain copying every activation through the host, at
    batch 1, 64 and 256;
-4. measures served throughput on CUDA vs CPU at batch 1 (16 clients) and batch 64
-   (4 clients), dynamic batching on.
+4. measures served throughput at batch 1 (16 clients) and batch 64 (4 clients) with the
+   defaults (dynamic batching on, ``--workers auto``), with dynamic batching off, with
+   one worker process, and on the CPU provider of the same machine, server by server.
+
+A model without held-out samples (a foreign or random-weight one) is checked on seeded
+random inputs instead.
 
 ``--device cpu`` runs the same code paths on the CPU provider (what CI and machines
 without a GPU can check); the report then says ``"cuda": false``.
@@ -44,6 +48,7 @@ from layerserve.proto import layerserve_pb2, layerserve_pb2_grpc, names, tensors
 from layerserve.proto.manifest import iter_repository, read_manifest
 from layerserve.server import runtime
 from layerserve.server.launcher import ServerProcess
+from layerserve.server.settings import usable_cores
 
 PARITY_TOLERANCE = 1e-3
 CUDA = runtime.CUDA
@@ -126,10 +131,13 @@ def _infer(stub: pb_grpc.GRPCInferenceServiceStub, model: str, name: str, x: np.
 def served_checks(address: str, version_dir: Path, batch: int = 64) -> dict[str, object]:
     """Providers reported by ListBlocks, and CPU-in-process vs served parity on the held-out samples."""
     manifest = read_manifest(version_dir)
-    samples = np.load(version_dir / manifest.samples.file.path)
-    images = samples["images"].astype(np.float32)
     reference = runtime.Graph(version_dir / manifest.full_model.path, runtime.RuntimeOptions(device="cpu"))
     input_name = reference.inputs[0].name
+    if manifest.HasField("samples"):
+        images = np.load(version_dir / manifest.samples.file.path)["images"].astype(np.float32)
+    else:  # no held-out samples: seeded random rows, the same on both sides
+        shape = [2 * batch if d < 0 else d for d in reference.inputs[0].shape]
+        images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     expected = np.concatenate(
         [reference.run({input_name: images[i : i + batch]})[reference.outputs[0].name] for i in range(0, len(images), batch)]
     )
@@ -170,6 +178,15 @@ def served_throughput(address: str, version_dir: Path, duration: float) -> dict[
     return rows
 
 
+def server_variants(device: str) -> list[tuple[str, list[str]]]:
+    """The servers whose throughput is compared, one after another: the defaults on ``device`` first
+    (its parity is checked), then dynamic batching off, one worker process, and the CPU provider."""
+    on = ["--device", device]
+    variants = [(device, on), (f"{device}_batching_off", [*on, "--dynamic-batching", "false"]),
+                (f"{device}_one_worker", [*on, "--workers", "1"])]
+    return variants + ([("cpu", ["--device", "cpu"])] if device != "cpu" else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -187,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": gpu_name(),
         "host": platform.node(),
         "python": platform.python_version(),
+        "usable_cores": usable_cores(),
         "onnxruntime": prepare_onnxruntime(),
     }
     repositories = [args.models] + ([args.extra_models] if args.extra_models else [])
@@ -198,12 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, object] = {}
     throughput: dict[str, dict[str, object]] = {name: {} for name, _ in versions}
     for root in repositories:
-        for device in dict.fromkeys((args.device, "cpu")):
-            with ServerProcess(root, extra_args=["--device", device, "--metrics-port", "-1"], ready_timeout=300) as server:
+        for variant, flags in server_variants(args.device):
+            with ServerProcess(root, extra_args=[*flags, "--metrics-port", "-1"], ready_timeout=300) as server:
                 for name, path in iter_repository(root):
-                    if device == args.device:
+                    if variant == args.device:
                         models[name] = served_checks(server.address, path)
-                    throughput[name][device] = served_throughput(server.address, path, args.duration)
+                    throughput[name][variant] = served_throughput(server.address, path, args.duration)
     report["served"] = models
     report["served_throughput"] = throughput
 
