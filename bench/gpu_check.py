@@ -6,7 +6,9 @@ On a machine with onnxruntime-gpu this
    session falls back to the CPU) and reads, through ``ListBlocks``, the providers
    every model's sessions really use — a CPU-only list is a failure, never a pass;
 2. checks parity on each model's held-out samples: in-process ONNX Runtime on the
-   CPU vs the served full graph and server chain on CUDA (max |logit diff| <= 1e-3,
+   CPU vs the served full graph and server chain on CUDA (max |logit diff| <= 1e-3 of
+   max(1, max |logit|): ONNX Runtime's CUDA provider computes convolutions in TF32 by
+   default, as PyTorch does, which moves logits by ~1e-4 of their size;
    identical top-1);
 3. times, in process, the full graph vs the chain with intermediates kept on the
    device (IOBinding) vs the chain copying every activation through the host, at
@@ -50,6 +52,8 @@ from layerserve.server import runtime
 from layerserve.server.launcher import ServerProcess
 from layerserve.server.settings import usable_cores
 
+# Relative to max(1, max |expected logit|): TF32 convolutions (the CUDA provider's default) differ
+# from the CPU's FP32 by ~1e-4 of the logits' size (measured on an H200: docs/BENCHMARKS.md).
 PARITY_TOLERANCE = 1e-3
 CUDA = runtime.CUDA
 
@@ -153,6 +157,7 @@ def served_checks(address: str, version_dir: Path, batch: int = 64) -> dict[str,
             result[served] = {
                 "samples": len(images),
                 "max_abs_logit_diff": float(np.max(np.abs(got - expected))),
+                "max_rel_logit_diff": float(np.max(np.abs(got - expected)) / max(1.0, float(np.max(np.abs(expected))))),
                 "top1_identical": bool(np.array_equal(got.argmax(axis=1), expected.argmax(axis=1))),
             }
     return result
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for served, parity in checks.items():  # type: ignore[union-attr]
             if served == "providers":
                 continue
-            if parity["max_abs_logit_diff"] > PARITY_TOLERANCE or not parity["top1_identical"]:
+            if parity["max_rel_logit_diff"] > PARITY_TOLERANCE or not parity["top1_identical"]:
                 failures.append(f"{served}: parity {parity}")
     report["cuda"] = args.device == "cuda" and not failures
     report["failures"] = failures

@@ -30,7 +30,9 @@ class Device:
 # Adding TensorRT or ROCm is one row (and "auto" tries the rows in order, before the CPU).
 DEVICES: dict[str, Device] = {
     "cpu": Device("cpu", ((CPU, {}),), CPU),
-    "cuda": Device("cuda", ((CUDA, {"device_id": "0"}), (CPU, {})), CUDA, ("cuda", 0),
+    # No "device_id" option: device 0 is the default, and naming it makes ONNX Runtime >= 1.26 log a
+    # "No registered plugin EP device found" warning for every session (seen with 1.31.1 on an H200).
+    "cuda": Device("cuda", ((CUDA, {}), (CPU, {})), CUDA, ("cuda", 0),
                    "install onnxruntime-gpu (make setup-gpu)"),
 }
 AUTO = "auto"
