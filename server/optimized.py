@@ -18,11 +18,16 @@ copies are not made there.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import onnxruntime as ort
+
+from . import shared_weights
+
+log = logging.getLogger(__name__)
 
 # Initializers smaller than this stay inside the optimized graph (shape constants, small biases).
 EXTERNAL_MIN_BYTES = 1024
@@ -57,9 +62,11 @@ def optimized_copy(folder: Path, source: Path, options: Callable[[], ort.Session
 
 
 def prepare(folder: Path, sources: list[Path], options: Callable[[], ort.SessionOptions]) -> list[str]:
-    """Make the shared optimized copy of every graph in ``sources`` (the parent does this before its
-    workers start); returns one line per graph that could not be optimized (its worker reports why)."""
-    failed = []
+    """Make the shared optimized copy of every graph in ``sources`` (before any session loads them),
+    then point identical weights of all copies at one place (server/shared_weights.py: a block and the
+    full graph hold the same transformed convolutions); returns one line per graph that could not be
+    optimized (the session loading it reports why)."""
+    failed, made_now = [], []
     for source in sources:
         target = copy_path(folder, source)
         if target.exists():
@@ -71,4 +78,7 @@ def prepare(folder: Path, sources: list[Path], options: Callable[[], ort.Session
             continue
         # Publish under the shared name: the data file keeps its own name, referenced from the graph.
         os.replace(made, target)
+        made_now.append(target)
+    shared = shared_weights.share_identical(made_now)
+    log.debug("optimized copies made", extra={"fields": {"graphs": len(made_now), "bytes_shared": shared}})
     return failed

@@ -87,6 +87,8 @@ def run(settings: Settings) -> int:
         ports.check_free(settings.host, settings.port)
         if settings.http_port >= 0:
             ports.check_free(settings.host, settings.http_port, "HTTP port")
+        if runtime.resolve_device(settings.device).name == "cpu" and Path(settings.models).is_dir():
+            _optimize_graphs(settings, optimized_dir)  # here: one process loads them anyway
         asyncio.run(serve(settings, optimized_dir=optimized_dir))
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
