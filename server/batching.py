@@ -49,6 +49,23 @@ async def call_on(executor: Executor | None, fn: Callable, *args: object):
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
+async def call_timed(executor: Executor | None, fn: Callable, *args: object) -> tuple[object, float]:
+    """``call_on(executor, fn, *args)`` and the seconds ``fn`` itself ran, timed where it runs.
+
+    Timed around the await instead, a run would also count the hand-off to a thread and the time a busy
+    event loop takes to notice the result. On a GPU that round trip was many times the run itself
+    (docs/BENCHMARKS.md, "On a GPU"), and the run slots, taking the runs for long ones, let many go at once
+    instead of merging them.
+    """
+
+    def timed() -> tuple[object, float]:
+        started = time.perf_counter()
+        result = fn(*args)
+        return result, time.perf_counter() - started
+
+    return await call_on(executor, timed)
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """What one merged run did, for statistics and metrics."""
@@ -203,13 +220,12 @@ class Batcher:
                     merged = batch[0].inputs
                 else:
                     merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-                outputs = await call_on(self._executor, self._run, merged)
+                outputs, compute_s = await call_timed(self._executor, self._run, merged)
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 return
-            compute_s = time.perf_counter() - started
             offset = 0
             for pending in batch:
                 if not pending.future.done():

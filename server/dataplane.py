@@ -25,7 +25,7 @@ from layerserve.proto.model_config_pb2 import ModelConfig
 from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
-from .batching import Batcher, BatchReport, call_on
+from .batching import Batcher, BatchReport, call_timed
 from .drain import Gate
 from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_inputs
 from .errors import InvalidInput, RequestExpired, quoted
@@ -241,11 +241,9 @@ class DataPlane:
         """``fn(*args)`` on a worker thread within the endpoint's slots; (result, seconds it ran)."""
         slots = self._run_slots(endpoint)
         await slots.acquire()
-        begun = time.perf_counter()
         seconds: float | None = None
         try:
-            result = await call_on(self.executor, fn, *args)
-            seconds = time.perf_counter() - begun
+            result, seconds = await call_timed(self.executor, fn, *args)
             return result, seconds
         finally:
             await slots.release(seconds)

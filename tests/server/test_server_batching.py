@@ -158,3 +158,37 @@ def test_run_slots_follow_the_runs() -> None:
 
     # short, short: 1; one long run lifts the mean (0.2 x 100 ms + 0.8 x 0.2 ms > 2 ms): 3
     assert asyncio.run(main()) == [1, 1, 1, 3, 3, 2]
+
+
+def test_a_short_run_stays_short_on_a_busy_event_loop() -> None:
+    """The slots see how long the run took where it ran, not how long a busy loop took to notice its result:
+    a 0.1 ms run whose result waits behind 20 ms of other loop work keeps one run at a time (merging)."""
+    from layerserve.server.slots import LONG_RUN_S, RunSlots
+
+    def run(inputs):
+        return {"y": inputs["x"] + 1.0}
+
+    reports: list[BatchReport] = []
+
+    async def busy_loop(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            threading.Event().wait(0.02)  # the loop busy with other requests' work, blocking it
+            await asyncio.sleep(0)
+
+    async def main() -> int:
+        with ThreadPoolExecutor(4) as pool:
+            batcher = Batcher(run, pool, max_batch_size=64, max_queue_delay_us=0, max_queue_size=100,
+                              instances=RunSlots(None, most=4), on_batch=reports.append, label="t")
+            stop = asyncio.Event()
+            noise = asyncio.ensure_future(busy_loop(stop))
+            one = np.zeros((1, 2), np.float32)
+            for _ in range(5):
+                await batcher.infer({"x": one}, 1)
+            stop.set()
+            await noise
+            allowed = batcher._slots.allowed  # noqa: SLF001 - the decision under test
+            await batcher.stop()
+            return allowed
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == 1
+    assert all(report.compute_s < LONG_RUN_S for report in reports)
