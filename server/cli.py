@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--max-concurrent-streams", type=int, help="RPCs in flight per client connection "
         f"(default {defaults.max_concurrent_streams})")
     add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
+    add("--provider-options", metavar="KEY=VALUE[,...]", help="options for the device's execution provider, "
+        "ONNX Runtime's names, e.g. cudnn_conv_algo_search=HEURISTIC")
     add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")
     add("--instances", type=_count_or_auto, metavar="N|auto", help="runs one model may have at once per process, on "
         "worker threads; 0 runs them on the event loop; auto: one while its runs are short, up to the usable "

@@ -7,6 +7,7 @@ Adding TensorRT or ROCm is one row.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 CPU = "CPUExecutionProvider"
@@ -37,3 +38,19 @@ DEVICES: dict[str, Device] = {
 }
 AUTO = "auto"
 DEVICE_CHOICES: tuple[str, ...] = (*DEVICES, AUTO)
+
+_OPTION_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+
+
+def parse_provider_options(text: str) -> dict[str, str]:
+    """``--provider-options`` ("KEY=VALUE[,KEY=VALUE]", ONNX Runtime's option names) as a dict; ValueError
+    naming what was expected and what came (bounded) when it is not that."""
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not equals or not _OPTION_KEY.fullmatch(key.strip()) or not value.strip():
+            shown = item if len(item) <= 80 else item[:77] + "..."
+            raise ValueError(f"provider options expect KEY=VALUE[,KEY=VALUE] such as "
+                             f"cudnn_conv_algo_search=HEURISTIC, got {shown!r}")
+        options[key.strip()] = value.strip()
+    return options

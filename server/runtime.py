@@ -19,7 +19,7 @@ import onnxruntime as ort
 from layerserve.proto.tensors import ORT_TYPES, TensorSpec
 
 from . import optimized
-from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device
+from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device, parse_provider_options
 from .errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,15 @@ class RuntimeOptions:
     intra_op_threads: int = 1
     allow_spinning: bool = False
     optimized_dir: Path | None = None
+    provider_options: str = ""  # "KEY=VALUE[,...]" for the device's own provider (devices.parse_provider_options)
+
+
+def provider_list(device: Device, provider_options: str = "") -> list[tuple[str, dict[str, str]]]:
+    """The providers a session asks for, in order, each with its options: the device table's, and
+    ``provider_options`` over them for the provider the device requires."""
+    extra = parse_provider_options(provider_options)
+    return [(name, {**values, **extra} if name == device.required else dict(values))
+            for name, values in device.providers]
 
 
 def available_providers() -> list[str]:
@@ -102,6 +111,7 @@ class Graph:
         device = resolve_device(options.device)
         self.path = Path(path)
         load_from, so = self.path, session_options(options)
+        providers = provider_list(device, options.provider_options)
         if options.optimized_dir is not None and [name for name, _ in device.providers] == [CPU]:
             try:
                 load_from = optimized.optimized_copy(options.optimized_dir, self.path, lambda: session_options(options))
@@ -111,8 +121,8 @@ class Graph:
                             extra={"fields": {"graph": self.path.name, "error": str(error)}})
         self.session = ort.InferenceSession(
             str(load_from), so,
-            providers=[name for name, _ in device.providers],
-            provider_options=[dict(values) for _, values in device.providers],
+            providers=[name for name, _ in providers],
+            provider_options=[values for _, values in providers],
         )
         self.providers: list[str] = list(self.session.get_providers())
         if options.device != AUTO and device.required not in self.providers:

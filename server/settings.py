@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import cpus
-from .devices import DEVICE_CHOICES
+from .devices import DEVICE_CHOICES, parse_provider_options
 
 # The --device choices come from the one devices table (server/devices.py).
 Device = Literal[DEVICE_CHOICES]
@@ -54,6 +54,9 @@ class Settings:
     # (docs/BENCHMARKS.md, "Server concurrency design").
     intra_op_threads: int = 1
     allow_spinning: bool = False
+    # Options for the device's execution provider, ONNX Runtime's names, "KEY=VALUE[,KEY=VALUE]": e.g.
+    # cudnn_conv_algo_search=HEURISTIC for CUDA (docs/server.md, "Execution providers").
+    provider_options: str = ""
     # Runs (batches) one served model may have at once, on worker threads (Triton's instance count).
     # 0 runs sessions on the event loop itself; None ("auto"): one at a time while the model's runs
     # are short, up to the usable cores while they are long (server/slots.py), so one client
@@ -206,6 +209,10 @@ def validate(settings: Settings) -> Settings:
     if settings.instances is not None and settings.instances < 0:
         raise InvalidSetting("instances", f"instances must be >= 0 (0: run on the event loop) or auto, "
                                           f"got {settings.instances}")
+    try:
+        parse_provider_options(settings.provider_options)
+    except ValueError as error:
+        raise InvalidSetting("provider_options", str(error)) from None
     if settings.workers < 0:
         raise InvalidSetting("workers", f"workers must be >= 1, or 0 / auto for one per usable core, "
                                         f"got {settings.workers}")
