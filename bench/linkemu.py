@@ -122,8 +122,10 @@ async def serve(target: tuple[str, int], link: Link, port: int, host: str = "127
     server = await asyncio.start_server(connection, host, port)
     async with server:
         while True:
-            if ready is not None:
-                ready.write_text(f"{counters[0][0]} {counters[1][0]}\n")
+            if ready is not None:  # written aside and renamed: a reader never sees a half-written file
+                partial = ready.with_name(ready.name + ".partial")
+                partial.write_text(f"{counters[0][0]} {counters[1][0]}\n")
+                os.replace(partial, ready)
             await asyncio.sleep(0.1)
 
 
@@ -178,6 +180,7 @@ class LinkEmulator:
                 self.process.wait()
         if self._ready is not None:
             self._ready.unlink(missing_ok=True)
+            self._ready.with_name(self._ready.name + ".partial").unlink(missing_ok=True)
 
     def __enter__(self) -> LinkEmulator:
         return self.start()
