@@ -163,12 +163,10 @@ def test_run_slots_follow_the_runs() -> None:
 def test_a_short_run_stays_short_on_a_busy_event_loop() -> None:
     """The slots see how long the run took where it ran, not how long a busy loop took to notice its result:
     a 0.1 ms run whose result waits behind 20 ms of other loop work keeps one run at a time (merging)."""
-    from layerserve.server.slots import LONG_RUN_S, RunSlots
+    from layerserve.server.slots import RunSlots
 
     def run(inputs):
         return {"y": inputs["x"] + 1.0}
-
-    reports: list[BatchReport] = []
 
     async def busy_loop(stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -176,9 +174,10 @@ def test_a_short_run_stays_short_on_a_busy_event_loop() -> None:
             await asyncio.sleep(0)
 
     async def main() -> int:
+        slots = RunSlots(None, most=4)
         with ThreadPoolExecutor(4) as pool:
             batcher = Batcher(run, pool, max_batch_size=64, max_queue_delay_us=0, max_queue_size=100,
-                              instances=RunSlots(None, most=4), on_batch=reports.append, label="t")
+                              instances=slots, label="t")
             stop = asyncio.Event()
             noise = asyncio.ensure_future(busy_loop(stop))
             one = np.zeros((1, 2), np.float32)
@@ -186,9 +185,7 @@ def test_a_short_run_stays_short_on_a_busy_event_loop() -> None:
                 await batcher.infer({"x": one}, 1)
             stop.set()
             await noise
-            allowed = batcher._slots.allowed  # noqa: SLF001 - the decision under test
             await batcher.stop()
-            return allowed
+        return slots.allowed  # the decision under test: taken for long runs, it would be 4
 
     assert asyncio.run(asyncio.wait_for(main(), 30)) == 1
-    assert all(report.compute_s < LONG_RUN_S for report in reports)
