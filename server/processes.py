@@ -87,8 +87,8 @@ def run(settings: Settings) -> int:
         ports.check_free(settings.host, settings.port)
         if settings.http_port >= 0:
             ports.check_free(settings.host, settings.http_port, "HTTP port")
-        if runtime.resolve_device(settings.device).name == "cpu" and Path(settings.models).is_dir():
-            _optimize_graphs(settings, optimized_dir)  # here: one process loads them anyway
+        if _makes_optimized_copies(settings):
+            _optimize_graphs(settings, optimized_dir)  # here: this one process loads them anyway
         asyncio.run(serve(settings, optimized_dir=optimized_dir))
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
@@ -165,9 +165,16 @@ def _graph_files(models: Path) -> list[Path]:
     return files
 
 
+def _makes_optimized_copies(settings: Settings) -> bool:
+    """Whether this server serves from optimized copies: on the CPU (other devices copy weights to the
+    device anyway, server/optimized.py), over a repository that exists (else loading says why)."""
+    return runtime.resolve_device(settings.device).name == "cpu" and Path(settings.models).is_dir()
+
+
 def _optimize_graphs(settings: Settings, optimized_dir: Path) -> None:
-    """Have ONNX Runtime optimize every graph once, so the workers map the same weights (a child process:
-    the parent never holds a session, nor the memory one leaves behind)."""
+    """Have ONNX Runtime optimize every graph once, so every session maps the same weights: in a child
+    before the workers start (the parent never holds a session, nor the memory one leaves behind), or
+    in the single serving process before it loads them."""
     logs.configure(settings.log_level, settings.log_format)
     options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning)
     failed = optimized.prepare(optimized_dir, _graph_files(Path(settings.models)),
@@ -194,7 +201,7 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
     child = settings.replace(port=port, http_port=http_port, workers=1)
-    if runtime.resolve_device(settings.device).name == "cpu":
+    if _makes_optimized_copies(settings):
         preparing = context.Process(target=_optimize_graphs, args=(settings, optimized_dir), name="optimize",
                                     daemon=True)
         preparing.start()
