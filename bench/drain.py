@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.output import emit
 from bench.soak import request_and_answer
 from layerserve.server.launcher import ServerProcess
 
@@ -90,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             "exit_codes": sorted({r["exit_code"] for r in rounds}),
             "cancelled_per_round": [r["codes"].get("CANCELLED", 0) for r in rounds],
         }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bench.output import emit
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import names
@@ -535,10 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             result["metrics_bytes"] = {"before": before, "after": metrics_bytes(server.metrics_port),
                                        "bound": METRICS_MAX_BYTES}
             result["server_alive"] = server.process.poll() is None
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     ok = not result["unacceptable"] and not result["valid_checks_failed"] and result["final_valid_requests_right"]
     ok = ok and result.get("metrics_bytes", {}).get("after", 0) <= METRICS_MAX_BYTES
     return 0 if ok else 1

@@ -19,7 +19,6 @@ connection; the memory janitor's budget then 512 MiB, so it never acts) and once
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -31,6 +30,7 @@ import grpc
 import numpy as np
 
 from bench.machine import rss_kib
+from bench.output import emit
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
@@ -157,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "before (64 MiB, unlimited streams)": measure(args.models, OLD_LIMITS, args, workdir),
         "after (defaults)": measure(args.models, [], args, workdir),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 
