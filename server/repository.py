@@ -326,7 +326,10 @@ class Repository:
         for name, folder in manifests.iter_repository(root):
             models.setdefault(name, {})[folder.name] = load_version(name, folder, options, batching_overrides, verify)
         if not models:
-            log.warning("model repository is empty", extra={"fields": {"root": str(root)}})
+            versions = [folder.name for folder in manifests.version_folders(root)]
+            hint = (f"; {root} holds version folders ({', '.join(versions[:3])}) itself: it is one model's folder, "
+                    f"so serve its parent, or move it to <repository>/{root.name}" if versions else "")
+            log.warning("model repository is empty%s", hint, extra={"fields": {"root": str(root)}})
         return cls(models)
 
     def versions(self) -> Iterator[ModelVersion]:
