@@ -38,7 +38,7 @@ from layerserve.server.launcher import ServerProcess
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 OLD_LIMITS = ["--max-message-bytes", str(64 << 20), "--max-concurrent-streams", str(2**31 - 1)]
-SETTLE_S = 7.0  # longer than the server's memory janitor period (5 s)
+SETTLE_S = 7.0  # longer than the server's memory janitor period (1 s) and its idle wait (1 s)
 
 # The stalled reader: sends every request, then SIGSTOPs itself with the answers unread.
 _STALLED_CLIENT = """

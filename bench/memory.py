@@ -123,7 +123,7 @@ def server_pss_mib(models: Path, model: str | None, seconds: float, settle_s: fl
         _touch(server.address, _requests(models, model, 1))
         time.sleep(2.0)
         idle = tree_pss_kib(pid) / 1024
-        time.sleep(settle_s)  # the janitor gives an idle worker's freed heap back after 5 s
+        time.sleep(settle_s)  # the janitor gives an idle worker's freed heap back after 1 s idle
         idle_trimmed = tree_pss_kib(pid) / 1024
         peak = [idle]
         running = True

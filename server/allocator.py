@@ -81,7 +81,14 @@ def resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def start_janitor(budget_bytes: int, every_s: float = 5.0, idle_s: Callable[[], float] | None = None) -> bool:
+# How often the janitor looks, and how long a server must be idle before it gives back what a load left:
+# one second is far longer than any gap between a busy client's requests, and short enough that an
+# idle server holds its idle size (docs/BENCHMARKS.md, "Memory"). A look costs one read of /proc.
+JANITOR_EVERY_S = 1.0
+
+
+def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
+                  idle_s: Callable[[], float] | None = None) -> bool:
     """Every ``every_s`` seconds, give free heap pages back (``malloc_trim``) when the resident size
     exceeds the size now (or after the last trim, what could not be given back) by more than
     ``budget_bytes``, or, once the server has been idle for ``every_s`` (``idle_s``: seconds since the

@@ -15,6 +15,10 @@ once, whatever the delay; a request that fills the batch by itself runs as it
 is, with no concatenation and no split. So the delay trades latency for larger
 batches only when there is load to batch.
 
+A request that finds the endpoint idle and is alone in the server (``alone``, the server's
+judgement) runs right here on the event loop when the slots allow it (RunSlots.take_for_loop:
+short runs only), with no queue and no thread: nothing could merge with it.
+
 A request whose client cancelled (its future is cancelled when gRPC cancels the
 handler) or whose deadline passed while it waited is dropped from the batch
 before the run, so abandoned work costs no compute; ``on_drop`` counts them.
@@ -115,8 +119,10 @@ class Batcher:
         on_batch: Callable[[BatchReport], None] | None = None,
         label: str = "",
         on_drop: Callable[[str], None] | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._run = run
+        self._alone = alone
         self._executor = executor
         # 0 means "no limit" in the manifest; a merged run still needs a bound.
         self.max_batch_size = max_batch_size or 1 << 31
@@ -156,10 +162,24 @@ class Batcher:
         """
         if self._queue.qsize() >= self.max_queue_size:
             raise QueueFull(f"{self.label} queue holds {self.max_queue_size} requests (max_queue_size); retry later")
+        if (self._alone is not None and self._queue.empty() and self._carry is None and self._alone()
+                and self._slots.take_for_loop()):
+            return await self._run_on_loop(inputs, rows)
         self.start()
         pending = _Pending(inputs, rows, asyncio.get_running_loop().create_future(), deadline)
         self._queue.put_nowait(pending)
         return await pending.future
+
+    async def _run_on_loop(self, inputs: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+        """Run a lone request at once on the event loop, in the slot ``take_for_loop`` took."""
+        compute_s: float | None = None
+        try:
+            outputs, compute_s = await call_timed(None, self._run, inputs)
+            if self._on_batch is not None:
+                self._on_batch(BatchReport(rows, 1, compute_s, [0.0]))
+            return outputs
+        finally:
+            await self._slots.release(compute_s)
 
     def _live(self, pending: _Pending) -> bool:
         reason = pending.abandoned()

@@ -7,6 +7,11 @@ reach one worker (gRPC multiplexes them on one connection) otherwise gets one co
 So by default an endpoint runs one batch at a time while its mean run is short, and up to
 ``most`` (the usable cores) at once while it is long (LONG_RUN_S, measured on the runs
 themselves). ``--instances N`` fixes the count instead.
+
+A request alone in the server, whose endpoint's runs are very short (LOOP_RUN_S), may also run on
+the event loop itself (``take_for_loop``): a hand-off to a thread and back costs ~80 us of a
+0.9 ms round trip there, and alone, it has nothing to merge with (docs/server.md, "Runs on the
+event loop"). The server decides when a request is alone; the slots only count the run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ import asyncio
 
 # A run this long (mean over recent runs) is worth a second thread; well above a hand-off's cost.
 LONG_RUN_S = 0.002
+# A run this short (mean over recent runs) may go on the event loop when its request is alone: it blocks
+# the loop for at most about this long, and a thread hand-off would cost a large share of it.
+LOOP_RUN_S = 0.001
 # Weight of the newest run in the running mean.
 _SMOOTHING = 0.2
 
@@ -22,10 +30,12 @@ _SMOOTHING = 0.2
 class RunSlots:
     """An asyncio semaphore whose size is ``fixed``, or 1 / ``most`` as the endpoint's runs are short / long."""
 
-    def __init__(self, fixed: int | None = None, most: int = 1, long_run_s: float = LONG_RUN_S) -> None:
+    def __init__(self, fixed: int | None = None, most: int = 1, long_run_s: float = LONG_RUN_S,
+                 loop_run_s: float = LOOP_RUN_S) -> None:
         self._fixed = None if fixed is None else max(1, fixed)
         self._most = max(1, most)
         self._long_run_s = long_run_s
+        self._loop_run_s = loop_run_s
         self._mean_s = 0.0
         self._in_use = 0
         self._changed: asyncio.Condition | None = None
@@ -40,6 +50,15 @@ class RunSlots:
     def locked(self) -> bool:
         """Whether a run would have to wait for a slot now."""
         return self._in_use >= self.allowed
+
+    def take_for_loop(self) -> bool:
+        """Take a slot for a run on the event loop (the caller runs at once, then releases), if the
+        count follows the runs (auto), none is in flight and the runs measured so far are short.
+        Unmeasured runs are not taken: a first ResNet-50 batch must not block the loop."""
+        if self._fixed is not None or self._in_use or not 0.0 < self._mean_s < self._loop_run_s:
+            return False
+        self._in_use += 1
+        return True
 
     async def acquire(self) -> None:
         """Wait for a slot (on the running event loop)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from server_harness import ServerThread
 
 from layerserve.server.batching import Batcher, BatchReport
 from layerserve.server.errors import QueueFull
+from layerserve.server.settings import Settings
 
 
 def test_batcher_merges_respects_max_and_splits_rows_back() -> None:
@@ -58,8 +61,19 @@ def test_batcher_bounds_its_queue_and_propagates_errors() -> None:
     assert sum(isinstance(r, RuntimeError) and str(r) == "model exploded" for r in results) == 2
 
 
+@pytest.fixture(scope="module")
+def one_instance_server(tiny_repository: Path) -> Iterator[ServerThread]:
+    """One fixed instance per endpoint, so concurrent requests queue behind a busy one and merge. (With auto
+    instances a request the server finds alone may run at once on the event loop (test_a_lone_short_...); 32
+    client threads sharing this process's GIL with the server then often arrive one at a time.)"""
+    settings = Settings(models=tiny_repository, port=0, metrics_port=0, max_message_bytes=1 << 20, instances=1)
+    with ServerThread(settings) as running:
+        yield running
+
+
 @pytest.mark.parametrize("model", ["tiny_cnn", "tiny_cnn.chain", "tiny_cnn.01_stage1"])
-def test_32_concurrent_clients_get_exactly_their_rows(server, tiny_repository: Path, model: str) -> None:
+def test_32_concurrent_clients_get_exactly_their_rows(one_instance_server, tiny_repository: Path, model: str) -> None:
+    server = one_instance_server
     folder = tiny_repository / "tiny_cnn" / "2"
     file, name, shape = {
         "tiny_cnn": ("model.onnx", "x", (1, 8, 8)),
@@ -189,3 +203,42 @@ def test_a_short_run_stays_short_on_a_busy_event_loop() -> None:
         return slots.allowed  # the decision under test: taken for long runs, it would be 4
 
     assert asyncio.run(asyncio.wait_for(main(), 30)) == 1
+
+
+def test_a_lone_short_request_runs_on_the_event_loop_and_concurrent_ones_still_merge() -> None:
+    """The decision, by thread: alone (the server says so) with short measured runs, a request runs on the
+    loop's own thread; unmeasured runs, or requests that are not alone, go to the worker threads and merge."""
+    from layerserve.server.slots import LOOP_RUN_S, RunSlots
+
+    threads: list[int] = []
+    rows_seen: list[int] = []
+
+    def run(inputs):
+        threads.append(threading.get_ident())
+        rows_seen.append(len(inputs["x"]))
+        return {"y": inputs["x"] + 1.0}
+
+    alone = [True]
+
+    async def main() -> int:
+        slots = RunSlots(None, most=2)
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, max_batch_size=64, max_queue_delay_us=0, max_queue_size=100,
+                              instances=slots, label="t", alone=lambda: alone[0])
+            one = np.zeros((1, 2), np.float32)
+            await batcher.infer({"x": one}, 1)  # runs not measured yet: a thread
+            for _ in range(3):
+                await batcher.infer({"x": one}, 1)  # measured short, alone: the loop
+            assert slots.allowed == 1 and 0.0 < slots._mean_s < LOOP_RUN_S
+            alone[0] = False
+            answers = await asyncio.gather(*(batcher.infer({"x": one + i}, 1) for i in range(4)))
+            for i, answer in enumerate(answers):
+                np.testing.assert_array_equal(answer["y"], one + i + 1.0)
+            await batcher.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(asyncio.wait_for(main(), 30))
+    assert [t == loop_thread for t in threads[:4]] == [False, True, True, True]
+    # Not alone: worker threads, and the four queued together ran as one batch.
+    assert all(t != loop_thread for t in threads[4:])
+    assert rows_seen[4:] == [4]

@@ -82,9 +82,10 @@ DRAINS = [("2", signal.SIGINT, True), ("2", signal.SIGTERM, False), ("1", signal
 def test_drain_finishes_accepted_requests_refuses_new_ones_and_exits_0(
     tiny_repository: Path, workers: str, signum: signal.Signals, group: bool
 ) -> None:
-    # A 3 s batching window keeps the first requests in flight when the signal comes.
+    # A 3 s batching window keeps the first requests in flight when the signal comes. One fixed instance, so
+    # they queue behind a busy one: with auto instances a lone short request runs at once on the event loop.
     process, port = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "3000000",
-                                 "--workers", workers, new_session=group)
+                                 "--instances", "1", "--workers", workers, new_session=group)
     accepted: list[object] = []
     first = [threading.Thread(target=_send, args=(port, accepted)) for _ in range(8)]
     for thread in first:
@@ -131,7 +132,7 @@ def rest_request(http_port: int, rows: int = 1) -> tuple[int, dict]:
 def test_rest_requests_drain_like_rpcs(tiny_repository: Path) -> None:
     http_port = free_port()
     process, _ = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "3000000",
-                              "--workers", "1", "--http-port", str(http_port))
+                              "--instances", "1", "--workers", "1", "--http-port", str(http_port))
     accepted: list[tuple[int, dict]] = []
     first = [threading.Thread(target=lambda: accepted.append(rest_request(http_port))) for _ in range(4)]
     for thread in first:
