@@ -12,7 +12,8 @@ drift on the shared two cores hits each alike. Cells, on the full graph unless s
 * ``one_process_8_threads``: one client process, 8 threads, each with its own tritonclient
   ``InferenceServerClient`` (gRPC shares one connection between them, as users get by default),
   batch 1: images per second;
-* ``chain_over_full``: layerserve's ``<model>.chain`` p50 over the full graph's, batch 1 and 64, one client;
+* ``chain_over_full``: layerserve's ``<model>.chain`` p50 over the full graph's, batch 1 and 64, one client
+  on one connection (one worker) alternating between the two, three times;
 * in-process floors: ``onnxruntime.InferenceSession(model.onnx)`` with default options in this process,
   batch 1 and 64: images per second.
 
@@ -35,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.loadgen import alternating_p50
 from bench.machine import machine_info
-from bench.payloads import manifest, model_input, model_root
+from bench.payloads import infer_request, manifest, model_input, model_root
 from bench.peers.kserve_peer import KServePeer
 from bench.served import served
 from bench.sweep import layerserve
@@ -148,9 +150,10 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
                     + (f" | {errors} errors" if errors else ""))
                 if label == "layerserve (defaults)":
                     for key, x in (("b1", x1), (f"b{large}", xl)):
-                        full = served(server.address, model, x, 1, seconds, 0.3, pid).result.p50_ms
-                        chain = served(server.address, names.chain_name(model), x, 1, seconds, 0.3, pid).result.p50_ms
-                        chain_ratio[key].append(chain / full)
+                        full, chain = alternating_p50(server.address, [
+                            infer_request(model, x).SerializeToString(),
+                            infer_request(names.chain_name(model), x).SerializeToString()], 3, seconds / 3)
+                        chain_ratio[key].append(statistics.median(chain) / statistics.median(full))
                     log(f"  chain/full: b1 {chain_ratio['b1'][-1]:.3f}, b{large} {chain_ratio[f'b{large}'][-1]:.3f}")
     return {"batch_large": large, "cells": cells, "inprocess": inprocess, "chain_over_full": chain_ratio}
 

@@ -156,6 +156,30 @@ def run_load(
     return asyncio.run(_run(address, payload, concurrency, duration, warmup, method, channels))
 
 
+async def _alternating(address: str, payloads: list[bytes], rounds: int, seconds: float,
+                       method: str) -> list[list[float]]:
+    channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+    call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+    p50s: list[list[float]] = [[] for _ in payloads]
+    try:
+        for _ in range(rounds):
+            for index, payload in enumerate(payloads):
+                result = await closed_loop([lambda payload=payload: call(payload, timeout=30)], 1, seconds, 0.2,
+                                           (grpc.aio.AioRpcError,))
+                p50s[index].append(result.p50_ms)
+    finally:
+        await channel.close()
+    return p50s
+
+
+def alternating_p50(address: str, payloads: list[bytes], rounds: int = 3, seconds: float = 1.0,
+                    method: str = MODEL_INFER) -> list[list[float]]:
+    """One client on one connection (so one worker of a SO_REUSEPORT group) sends each payload in turn for
+    ``seconds``, ``rounds`` times: per payload, the p50 (ms) of each round. For ratios between two served
+    names that must not differ by which worker or which moment of the machine's drift each one got."""
+    return asyncio.run(_alternating(address, payloads, rounds, seconds, method))
+
+
 def median_and_spread(values: list[float]) -> tuple[float, float, float]:
     """(median, min, max) of repeated measurements."""
     return statistics.median(values), min(values), max(values)

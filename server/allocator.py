@@ -85,6 +85,8 @@ def resident_bytes() -> int:
 # one second is far longer than any gap between a busy client's requests, and short enough that an
 # idle server holds its idle size (docs/BENCHMARKS.md, "Memory"). A look costs one read of /proc.
 JANITOR_EVERY_S = 1.0
+# An idle server is trimmed again only once it has grown this much since its last idle trim.
+_REGROWN = 4 << 20
 
 
 def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
@@ -98,17 +100,20 @@ def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
     floor = resident_bytes()
+    settled = 0  # what the last idle trim left: while idle, trimming again would find nothing new
 
     def watch() -> None:
-        nonlocal floor
+        nonlocal floor, settled
         while True:
             time.sleep(every_s)
             before = resident_bytes()
             idle = idle_s is not None and idle_s() >= every_s
-            if before > floor + budget_bytes or (idle and before > floor * 1.2):
+            if before > floor + budget_bytes or (idle and before > max(floor * 1.2, settled + _REGROWN)):
                 libc.malloc_trim(0)
                 after = resident_bytes()
-                if not idle:
+                if idle:
+                    settled = after
+                else:
                     floor = max(floor, after)
                 log.info("gave free memory back", extra={"fields": {
                     "rss_mib_before": before >> 20, "rss_mib_after": after >> 20, "idle": idle,
