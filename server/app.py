@@ -30,6 +30,7 @@ from .dataplane import DataPlane
 from .endpoints import BatchingOverrides
 from .grpc_inference import InferenceServicer
 from .grpc_layers import LayerServicer
+from .observer import Silent
 from .repository import Repository
 from .rpc import add_service
 from .settings import Settings
@@ -111,7 +112,9 @@ def load(settings: Settings, optimized_dir: Path | None = None) -> DataPlane:
                                       "available": runtime.available_providers()}},
                 )
     max_message_bytes = settings.max_message_bytes or limits.message_limit(repository)
-    observer = metrics.PrometheusObserver(repository.served_names())
+    # Without a metrics port nobody can read the metrics: recording them cost ~5 % of the CPU per batch-1
+    # request (9 memory-mapped writes with --workers; docs/BENCHMARKS.md, "Issue 12, second pass").
+    observer = metrics.PrometheusObserver(repository.served_names()) if settings.metrics_port >= 0 else Silent()
     return DataPlane(repository, settings.instances, settings.max_queue_size, max_message_bytes, observer,
                      settings.max_batch_bytes, cores=settings.instance_count)
 

@@ -73,3 +73,20 @@ def test_metrics_scrape_counts_requests_errors_and_batches(server, client: trito
     for name in ("layerserve_request_duration_seconds_bucket", "layerserve_queue_duration_seconds_count",
                  "layerserve_compute_duration_seconds_count"):
         assert name in after
+
+
+def test_without_a_metrics_port_nothing_is_recorded(tiny_repository) -> None:
+    """--metrics-port -1: nobody can read the metrics, so the server does not spend CPU recording them."""
+    from server_harness import ServerThread
+
+    from layerserve.server.metrics import PrometheusObserver
+    from layerserve.server.observer import Silent
+    from layerserve.server.settings import Settings
+
+    for port, kind in ((-1, Silent), (0, PrometheusObserver)):
+        with ServerThread(Settings(models=tiny_repository, port=0, metrics_port=port)) as running:
+            assert isinstance(running.running.dataplane.observer, kind)
+            with triton.InferenceServerClient(running.address) as client:
+                tensor = triton.InferInput("x", [1, 1, 8, 8], "FP32")
+                tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+                assert client.infer("tiny_cnn", [tensor]).as_numpy("logits").shape == (1, 10)
