@@ -31,7 +31,8 @@ def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThre
 
     root = tmp_path_factory.mktemp("slow")
     tiny_repo.build(root, "slow_cnn", "1", seed=5, max_queue_delay_us=WINDOW_US, max_batch_size=BLOCKER_ROWS)
-    with ServerThread(Settings(models=root, port=0, metrics_port=-1, instances=1)) as running:
+    # Metrics on (a free port): the test reads the dropped-requests counter.
+    with ServerThread(Settings(models=root, port=0, metrics_port=0, instances=1)) as running:
         yield running
 
 
