@@ -9,9 +9,10 @@ So by default an endpoint runs one batch at a time while its mean run is short, 
 themselves). ``--instances N`` fixes the count instead.
 
 A request alone in the server, whose endpoint's runs are very short (LOOP_RUN_S), may also run on
-the event loop itself (``take_for_loop``): a hand-off to a thread and back costs ~80 us of a
-0.9 ms round trip there, and alone, it has nothing to merge with (docs/server.md, "Runs on the
-event loop"). The server decides when a request is alone; the slots only count the run.
+the event loop itself (``take_for_loop``): the batching task's hops and a hand-off to a thread and
+back cost the digits model ~0.2 ms of a 1 ms round trip, and alone, a request has nothing to merge
+with (docs/server.md, "Runs on the event loop when alone"). The server decides when a request is
+alone; the slots only count the run.
 """
 
 from __future__ import annotations
