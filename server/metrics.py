@@ -71,19 +71,32 @@ class PrometheusObserver:
     def __init__(self, served: Iterable[str]) -> None:
         self._served = frozenset(served)
         _labelled.update(self._served)
+        # Each label set's children, looked up once: ``labels()`` takes a lock and builds a key on every
+        # call. Bounded like the labels: RPC names x served names x status codes.
+        self._rpc_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._run_children: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
 
     def rpc(self, rpc: str, model: str, code: str, seconds: float) -> None:
         """Count every RPC and time it."""
-        if model not in self._served:
-            model = ""
-        REQUESTS.labels(rpc, model, code).inc()
-        LATENCY.labels(rpc, model).observe(seconds)
+        children = self._rpc_children.get((rpc, model, code))
+        if children is None:
+            label = model if model in self._served else ""
+            children = (REQUESTS.labels(rpc, label, code), LATENCY.labels(rpc, label))
+            if label:  # an unknown name shares model="" and is not kept as a key
+                self._rpc_children[rpc, model, code] = children
+        requests, latency = children
+        requests.inc()
+        latency.observe(seconds)
 
     def run(self, endpoint: Endpoint, report: BatchReport) -> None:
         """Batch size, compute and queue time per run."""
-        BATCH_SIZE.labels(endpoint.name).observe(report.rows)
-        COMPUTE.labels(endpoint.name).observe(report.compute_s)
-        queue = QUEUE.labels(endpoint.name)
+        children = self._run_children.get(endpoint.name)
+        if children is None:
+            name = endpoint.name
+            children = self._run_children[name] = (BATCH_SIZE.labels(name), COMPUTE.labels(name), QUEUE.labels(name))
+        batch_size, compute, queue = children
+        batch_size.observe(report.rows)
+        compute.observe(report.compute_s)
         for seconds in report.queue_s:
             queue.observe(seconds)
 

@@ -15,6 +15,7 @@ and serves its blocks and chain too; one without serves its full graph only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -301,10 +302,21 @@ def load_triton_model(
 
 
 class Repository:
-    """Every model version under one root, by model name then version."""
+    """Every model version under one root, by model name then version.
+
+    Fixed once loaded: no version loads, unloads or changes state afterwards, so every name a ready
+    endpoint answers to is resolved once here (``endpoint`` runs on every request).
+    """
 
     def __init__(self, models: dict[str, dict[str, ModelVersion]]) -> None:
         self.models = models
+        self._resolved: dict[tuple[str, str], Endpoint] = {}
+        for name in models:
+            for version in models[name]:
+                for served in models[name][version].endpoints:
+                    for asked in (version, ""):
+                        with contextlib.suppress(ModelNotFound, ModelUnavailable):
+                            self._resolved[served, asked] = self._resolve(served, asked)
 
     @classmethod
     def load(
@@ -364,6 +376,10 @@ class Repository:
 
     def endpoint(self, served: str, version: str = "") -> Endpoint:
         """The endpoint called ``served``; ModelNotFound or ModelUnavailable otherwise."""
+        found = self._resolved.get((served, version))
+        return found if found is not None else self._resolve(served, version)
+
+    def _resolve(self, served: str, version: str) -> Endpoint:
         model = self.model(served, version)
         try:
             return model.endpoints[served]

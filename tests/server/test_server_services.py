@@ -90,3 +90,26 @@ def test_without_a_metrics_port_nothing_is_recorded(tiny_repository) -> None:
                 tensor = triton.InferInput("x", [1, 1, 8, 8], "FP32")
                 tensor.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
                 assert client.infer("tiny_cnn", [tensor]).as_numpy("logits").shape == (1, 10)
+
+
+def test_the_observer_counts_unknown_names_under_no_label_and_keeps_none_of_them() -> None:
+    """The observer looks each label set's metric children up once; a name it does not serve must still
+    be counted under ``model=""`` and must not grow that lookup table (a client chooses the names)."""
+    from prometheus_client import REGISTRY
+
+    from layerserve.server import metrics
+
+    observer = metrics.PrometheusObserver(["counted_cnn"])
+
+    def requests(model: str) -> float:
+        labels = {"rpc": "ModelInfer", "model": model, "code": "NOT_FOUND"}
+        return REGISTRY.get_sample_value("layerserve_requests_total", labels) or 0.0
+
+    before_unknown, before_served = requests(""), requests("counted_cnn")
+    for index in range(500):
+        observer.rpc("ModelInfer", f"no_such_model_{index}", "NOT_FOUND", 0.001)
+    for _ in range(3):
+        observer.rpc("ModelInfer", "counted_cnn", "NOT_FOUND", 0.001)
+    assert requests("") - before_unknown == 500
+    assert requests("counted_cnn") - before_served == 3
+    assert list(observer._rpc_children) == [("ModelInfer", "counted_cnn", "NOT_FOUND")]
