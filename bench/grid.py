@@ -18,7 +18,9 @@ drift on the shared two cores hits each alike. Cells, on the full graph unless s
   batch 1 and 64: images per second.
 
 Extra layerserve configurations (``--variant LABEL=FLAGS``) join the same interleaving, to compare a
-flag against the defaults. Results: ``--out`` JSON, and a Markdown table on stdout.
+flag against the defaults. So does the transport's floor (bench/peers/bare_grpc.py, unless ``--no-floor``):
+grpc.aio processes that only decode, run the full graph and encode, what any Python gRPC server
+spends whatever else it does. Results: ``--out`` JSON, and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from bench.loadgen import alternating_p50
 from bench.machine import machine_info
 from bench.payloads import infer_request, manifest, model_input, model_root
+from bench.peers.bare_grpc import BareGrpcPeer
 from bench.peers.kserve_peer import KServePeer
 from bench.served import served
 from bench.sweep import layerserve
@@ -49,6 +52,7 @@ CELLS = ("b1_c1", "b1_c16", "b64_c4", "one_process_8_threads")
 # resnet50_shaped runs ~12 images/s per core: batch-64 cells would take a minute per request; and KServe
 # refuses gRPC messages over 8 MiB (batch 16 is 9.6 MB), so its large batch is 8.
 BATCH_LARGE = {"digits_cnn": 64, "digits_resnet": 64, "resnet50_shaped": 8}
+FLOOR = "bare grpc.aio + ONNX Runtime (floor)"
 
 
 def log(message: str) -> None:
@@ -102,16 +106,19 @@ def triton_threads(address: str, model: str, input_name: str, x: np.ndarray, thr
 
 
 def _servers(root: Path, model: str, model_file: Path, variants: dict[str, list[str]],
-             kserve: bool) -> dict[str, Callable[[], object]]:
+             kserve: bool, floor: bool) -> dict[str, Callable[[], object]]:
     servers: dict[str, Callable[[], object]] = {"layerserve (defaults)": layerserve(root)}
     for label, flags in variants.items():
         servers[f"layerserve ({label})"] = layerserve(root, *flags)
     if kserve:
         servers["KServe tuned"] = lambda: KServePeer(model_file, model, tuned=True)
+    if floor:
+        servers[FLOOR] = lambda: BareGrpcPeer(model_file)
     return servers
 
 
-def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[str]], kserve: bool) -> dict:
+def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[str]], kserve: bool,
+            floor: bool = True) -> dict:
     """model -> {"cells": label -> cell -> [values], "inprocess": ..., "chain_over_full": ...}."""
     root = model_root(model)
     folder, spec = manifest(root, model)
@@ -128,7 +135,7 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
 
     with contextlib.ExitStack() as stack:
         started = {label: stack.enter_context(factory()) for label, factory in
-                   _servers(root, model, model_file, variants, kserve).items()}
+                   _servers(root, model, model_file, variants, kserve, floor).items()}
         for repeat in range(repeats):
             inprocess["b1"].append(inprocess_images_per_s(model_file, x1[input_name], seconds))
             inprocess[f"b{large}"].append(inprocess_images_per_s(model_file, xl[input_name], seconds))
@@ -190,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                         help="another layerserve configuration to interleave, e.g. 'intra 2=--intra-op-threads 2'")
     parser.add_argument("--no-kserve", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="leave out the bare grpc.aio floor")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "grid.json")
     args = parser.parse_args(argv)
     variants = {label: shlex.split(flags) for label, _, flags in (v.partition("=") for v in args.variant)}
     results = {"machine": machine_info(), "repeats": args.repeats, "seconds": args.seconds, "variants": variants,
                "models": {}}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        results["models"][model] = measure(model, args.repeats, args.seconds, variants, not args.no_kserve)
+        results["models"][model] = measure(model, args.repeats, args.seconds, variants, not args.no_kserve,
+                                           not args.no_floor)
     results["machine"]["load_average_1m_end"] = machine_info()["load_average_1m"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

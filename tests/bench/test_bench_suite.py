@@ -111,11 +111,11 @@ def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(t
 
 
 @pytest.mark.slow
-def test_grid_measures_every_cell_for_defaults_and_a_variant() -> None:
+def test_grid_measures_every_cell_for_defaults_a_variant_and_the_floor() -> None:
     from bench import grid
 
     found = grid.measure("digits_cnn", 1, 0.3, {"one instance": ["--instances", "1"]}, kserve=False)
-    assert set(found["cells"]) == {"layerserve (defaults)", "layerserve (one instance)"}
+    assert set(found["cells"]) == {"layerserve (defaults)", "layerserve (one instance)", grid.FLOOR}
     for cells in found["cells"].values():
         assert set(cells) == set(grid.CELLS) and all(values[0] > 0 for values in cells.values())
     assert found["inprocess"]["b1"][0] > 0 and found["chain_over_full"]["b64"][0] > 0

@@ -1,0 +1,125 @@
+"""The transport's floor: a bare grpc.aio server that only decodes, runs ONNX Runtime and encodes.
+
+What any Python gRPC server spends on a request, whatever else it does: no validation, batching,
+metrics, statistics, drain, limits or error mapping. It starts one process per usable core (what
+``layerserve serve --workers auto`` starts), all on one port through SO_REUSEPORT, each running the
+full graph on its event loop with layerserve's session options (server/runtime.py). Measured beside
+layerserve in the same rounds (``python -m bench.grid --floor``), it shows how much of a request's CPU
+is layerserve's and how much Python gRPC's, on the machine at hand.
+
+It answers ServerReady (true once every process serves) and ModelInfer with raw tensors; anything
+else is UNIMPLEMENTED. Not a server for users: a malformed request is an INTERNAL error here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import signal
+import sys
+import time
+from multiprocessing.synchronize import Event
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from layerserve.proto import grpc_service_pb2 as pb
+from layerserve.proto import tensors
+from layerserve.server import runtime
+from layerserve.server.launcher import ServerProcess
+from layerserve.server.settings import usable_cores
+
+SERVICE = "inference.GRPCInferenceService"
+_OPTIONS = [("grpc.so_reuseport", 1), ("grpc.max_send_message_length", 256 << 20),
+            ("grpc.max_receive_message_length", 256 << 20)]
+
+
+def _handlers(graph: runtime.Graph, all_ready: Event) -> grpc.GenericRpcHandler:
+    async def model_infer(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        request = pb.ModelInferRequest.FromString(data)
+        feeds = {
+            tensor.name: np.frombuffer(raw, tensors.numpy_dtype(tensor.datatype)).reshape(tuple(tensor.shape))
+            for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+        }
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                         id=request.id)
+        tensors.encode_outputs(response, graph.run(feeds))
+        return response.SerializeToString()
+
+    async def server_ready(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return pb.ServerReadyResponse(ready=all_ready.is_set()).SerializeToString()
+
+    def raw(method) -> grpc.RpcMethodHandler:  # bytes in, bytes out: no (de)serializer of grpc's own
+        return grpc.unary_unary_rpc_method_handler(method)
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE, {"ModelInfer": raw(model_infer), "ServerReady": raw(server_ready)})
+
+
+async def _serve(model_file: Path, host: str, port: int, ready: Event, all_ready: Event) -> None:
+    graph = runtime.Graph(model_file, runtime.RuntimeOptions())
+    server = grpc.aio.server(options=_OPTIONS)
+    server.add_generic_rpc_handlers([_handlers(graph, all_ready)])
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
+
+
+def _process(model_file: Path, host: str, port: int, ready: Event, all_ready: Event) -> None:
+    asyncio.run(_serve(model_file, host, port, ready, all_ready))
+
+
+def serve(model_file: Path, host: str, port: int, processes: int) -> None:
+    """Run ``processes`` servers on ``host:port`` until SIGTERM or SIGINT, then stop them all."""
+    context = multiprocessing.get_context("spawn")
+    all_ready = context.Event()
+    started = []
+    for _ in range(processes):
+        ready = context.Event()
+        child = context.Process(target=_process, args=(model_file, host, port, ready, all_ready), daemon=True)
+        child.start()
+        started.append((child, ready))
+    for child, ready in started:
+        while not ready.wait(0.2):
+            if not child.is_alive():
+                raise SystemExit(f"a bare server process exited with {child.exitcode} before serving")
+    all_ready.set()
+    stopping: list[int] = []  # a handler only appends: it may run while the loop below holds any lock
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.append(signum))
+    while not stopping and all(child.is_alive() for child, _ in started):
+        time.sleep(0.2)
+    for child, _ in started:
+        child.terminate()
+        child.join(5)
+
+
+class BareGrpcPeer(ServerProcess):
+    """``with BareGrpcPeer(model_file) as floor: floor.address`` — the floor on free loopback ports."""
+
+    def __init__(self, model_file: Path, processes: int | None = None, ready_timeout: float = 90.0) -> None:
+        super().__init__(Path(model_file).parent, ready_timeout=ready_timeout)
+        self.model_file = Path(model_file)
+        self.processes = processes or usable_cores()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "bench.peers.bare_grpc", "--model-file", str(self.model_file),
+                "--host", self.host, "--port", str(self.port), "--processes", str(self.processes)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-file", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--processes", type=int, default=0, help="0: one per usable core")
+    args = parser.parse_args(argv)
+    serve(args.model_file, args.host, args.port, args.processes or usable_cores())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
