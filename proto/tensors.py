@@ -251,13 +251,19 @@ def _parameter(tensor: pb.ModelInferRequest.InferInputTensor, key: str, kind: st
 
 
 def _decode_encoded(tensor: pb.ModelInferRequest.InferInputTensor, array: np.ndarray, label: str) -> np.ndarray:
-    """The FP32 tensor an encoded input stands for (proto/encodings.py): the one place the server decodes it."""
+    """The FP32 tensor an encoded gRPC input stands for (proto/encodings.py)."""
     name = str(_parameter(tensor, encodings.ENCODING_PARAMETER, "string_param", label))
     scale = None
     if encodings.SCALE_PARAMETER in tensor.parameters:
         scale = float(_parameter(tensor, encodings.SCALE_PARAMETER, "double_param", label))
+    return decode_encoded(array, name, scale, label)
+
+
+def decode_encoded(array: np.ndarray, encoding: str, scale: float | None, label: str) -> np.ndarray:
+    """The FP32 tensor an encoded input stands for, whichever transport carried its parameters: the one
+    place the server decodes one (TensorCodecError when the payload does not fit its encoding)."""
     try:
-        return encodings.decode(array, name, scale)
+        return encodings.decode(array, encoding, scale)
     except encodings.EncodingError as error:
         raise TensorCodecError(f"{label}: {error}") from None
 
