@@ -11,6 +11,7 @@ specs and says what was expected and what came::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,10 +77,20 @@ class Endpoint:
             limit = min(limit, max(1, max_batch_bytes // self.peak_row_bytes))
         return limit
 
-    @property
+    # Derived from the specs, which never change: computed once, asked on every request.
+    @functools.cached_property
     def batched(self) -> bool:
         """Whether the first dimension of every input is the batch (-1)."""
         return all(spec.shape[:1] == (-1,) for spec in self.inputs)
+
+    @functools.cached_property
+    def output_names(self) -> list[str]:
+        """Every output's name, in the graph's order."""
+        return [spec.name for spec in self.outputs]
+
+    @functools.cached_property
+    def _all_outputs_row_bytes(self) -> int | None:
+        return answer_row_bytes(self.outputs, self.batched)
 
     def validate(self, inputs: Mapping[str, np.ndarray]) -> int:
         """Check a request's inputs; returns its batch size (rows; 1 for unbatched endpoints).
@@ -90,11 +101,14 @@ class Endpoint:
 
     def answer_row_bytes(self, outputs: Sequence[str] = ()) -> int | None:
         """Bytes per request row of the answer (``outputs``, or all); None when a dimension is free."""
-        return answer_row_bytes([spec for spec in self.outputs if not outputs or spec.name in outputs], self.batched)
+        if not outputs or outputs is self.output_names:
+            return self._all_outputs_row_bytes
+        return answer_row_bytes([spec for spec in self.outputs if spec.name in outputs], self.batched)
 
     def check_outputs(self, requested: Sequence[str]) -> list[str]:
-        """The output names to return: ``requested`` (checked) or all outputs when empty."""
-        known = [spec.name for spec in self.outputs]
+        """The output names to return: ``requested`` (checked) or all outputs when empty (the endpoint's own
+        list: callers must not change it)."""
+        known = self.output_names
         for name in requested:
             if name not in known:
                 raise InvalidInput(f"{self.name} has no output {quoted(name)}; it gives {_listing(self.outputs)}")
