@@ -130,3 +130,13 @@ def test_memory_row_compares_the_server_with_one_ort_process() -> None:
     assert report["ort_process_mib"]["adds"] > 0 and report["server_mib"]["idle"] > report["server_mib"]["empty"]
     assert report["server_mib"]["peak"] >= report["server_mib"]["idle"] > 0
     assert "server / ORT:" in memory.markdown(report)
+
+
+def test_python_overhead_runs_the_servicer_and_undoes_its_stubs() -> None:
+    from bench import python_overhead
+    from layerserve.server import dataplane, runtime
+
+    run, quiet = runtime.Graph.run, dataplane.QUIET_S
+    values = python_overhead.measure(MODEL, rounds=2, calls=20)
+    assert len(values) == 2 and all(value > 0 for value in values)
+    assert (runtime.Graph.run, dataplane.QUIET_S) == (run, quiet)
