@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         kserve = not args.no_kserve and model == "digits_cnn"
         results["models"][model] = measure_model(model, plan, repeats, kserve, not args.no_profile, args.out)
     if not args.no_grid and not args.rest_only:
-        log("== the grid: layerserve defaults vs KServe tuned (bench.grid), and the memory row (bench.memory)")
+        log("== the grid: layerserve defaults vs KServe tuned and the floor (bench.grid), and the memory row (bench.memory)")
         grid_models = ("digits_cnn", "resnet50_shaped")
         results["grid"] = {model: grid.measure(model, repeats, 4.0 if model == "digits_cnn" else 8.0, {}, not args.no_kserve)
                            for model in grid_models}
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = report.write(results, args.out)
     if "grid" in results:
         text = (args.out / "results.md").read_text()
-        text += "\n## The grid (issue 12): layerserve defaults vs KServe tuned\n\n" + grid.markdown(
+        text += "\n## The grid (issue 12): layerserve defaults vs KServe tuned and the bare grpc.aio floor\n\n" + grid.markdown(
             {"models": results["grid"]}) + "\n" + memory.markdown(results["memory"]) + "\n"
         (args.out / "results.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
