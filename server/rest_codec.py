@@ -133,7 +133,8 @@ def decode_request(body: bytes, header_length: str | None, quote: Callable[[str]
         shape = _get(tensor, "shape", list, label)
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise InvalidInput(f"{label} 'shape' expects integers, got {str(shape)[:80]}")
-        size = _parameters(tensor, label).get("binary_data_size")
+        tensor_parameters = _parameters(tensor, label)
+        size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise InvalidInput(f"{label} binary_data_size expects a byte count, got {str(size)[:40]}")
@@ -146,8 +147,8 @@ def decode_request(body: bytes, header_length: str | None, quote: Callable[[str]
             offset += size
         else:
             inputs[name] = decode_json(datatype, shape, tensor.get("data"), label)
-        if encodings.ENCODING_PARAMETER in _parameters(tensor, label):
-            inputs[name] = _decode_encoded(inputs[name], _parameters(tensor, label), label)
+        if encodings.ENCODING_PARAMETER in tensor_parameters:
+            inputs[name] = _decode_encoded(inputs[name], tensor_parameters, label)
     if offset != len(binary):
         raise TensorCodecError(f"request declares {offset} bytes of binary input data, but the body holds "
                                f"{len(binary)} after its JSON header")
@@ -170,11 +171,11 @@ def _decode_encoded(array: np.ndarray, parameters: Mapping[str, Any], label: str
     encoding = parameters[encodings.ENCODING_PARAMETER]
     if not isinstance(encoding, str):
         raise TensorCodecError(f"{label}: parameter {encodings.ENCODING_PARAMETER} expects a string, "
-                           f"got {type(encoding).__name__}")
+                               f"got {type(encoding).__name__}")
     scale = parameters.get(encodings.SCALE_PARAMETER)
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
         raise TensorCodecError(f"{label}: parameter {encodings.SCALE_PARAMETER} expects a number, "
-                           f"got {type(scale).__name__}")
+                               f"got {type(scale).__name__}")
     return decode_encoded(array, encoding, None if scale is None else float(scale), label)
 
 
