@@ -89,32 +89,58 @@ JANITOR_EVERY_S = 1.0
 _REGROWN = 4 << 20
 
 
+class TrimPolicy:
+    """When the janitor gives free heap memory back, from the resident size it reads each period.
+
+    - Under load, past ``base`` (the size at start) plus ``budget`` bytes; a trim that cannot get back
+      under that (the load holds the memory) raises the mark, so the next period does not trim for
+      nothing.
+    - Once idle, past a fifth over ``base``: memory a load needed returns after it. That mark never
+      rises with a load: it did once (the load's high mark), and an idle worker then kept what the load
+      had freed until the next trim under load. While idle, it trims again only after ``_REGROWN`` of
+      new growth, since trimming what the last idle trim left would find nothing.
+    """
+
+    def __init__(self, base: int, budget: int) -> None:
+        self.base = base
+        self.budget = budget
+        self.loaded_mark = base  # under load: what the last trim could not give back
+        self.settled = 0  # what the last idle trim left
+
+    def should_trim(self, resident: int, idle: bool) -> bool:
+        """Whether to trim now, at ``resident`` bytes, idle or not."""
+        if resident > self.loaded_mark + self.budget:
+            return True
+        return idle and resident > max(self.base * 6 // 5, self.settled + _REGROWN)
+
+    def trimmed(self, after: int, idle: bool) -> None:
+        """Record what a trim left (``after`` bytes resident)."""
+        if idle:
+            self.settled = after
+            self.loaded_mark = max(self.base, after)
+        else:
+            self.loaded_mark = max(self.loaded_mark, after)
+
+
 def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
                   idle_s: Callable[[], float] | None = None) -> bool:
-    """Every ``every_s`` seconds, give free heap pages back (``malloc_trim``) when the resident size
-    exceeds the size now (or after the last trim, what could not be given back) by more than
-    ``budget_bytes``, or, once the server has been idle for ``every_s`` (``idle_s``: seconds since the
-    last request), by more than a fifth: memory a load needed returns after it.
+    """Every ``every_s`` seconds, give free heap pages back (``malloc_trim``) when TrimPolicy says so;
+    idle means no request for ``every_s`` (``idle_s``: seconds since the last one).
     A daemon thread; False (nothing started) outside glibc."""
     libc = _libc()
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
-    floor = resident_bytes()
-    settled = 0  # what the last idle trim left: while idle, trimming again would find nothing new
+    policy = TrimPolicy(resident_bytes(), budget_bytes)
 
     def watch() -> None:
-        nonlocal floor, settled
         while True:
             time.sleep(every_s)
             before = resident_bytes()
             idle = idle_s is not None and idle_s() >= every_s
-            if before > floor + budget_bytes or (idle and before > max(floor * 1.2, settled + _REGROWN)):
+            if policy.should_trim(before, idle):
                 libc.malloc_trim(0)
                 after = resident_bytes()
-                if idle:
-                    settled = after
-                else:
-                    floor = max(floor, after)
+                policy.trimmed(after, idle)
                 log.info("gave free memory back", extra={"fields": {
                     "rss_mib_before": before >> 20, "rss_mib_after": after >> 20, "idle": idle,
                     "budget_mib": budget_bytes >> 20}})

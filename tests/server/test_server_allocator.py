@@ -1,0 +1,42 @@
+"""When the memory janitor gives free heap memory back (server/allocator.py's TrimPolicy)."""
+
+from __future__ import annotations
+
+from layerserve.server.allocator import TrimPolicy
+
+MIB = 1 << 20
+
+
+def test_an_idle_worker_gives_back_what_a_load_freed_after_a_trim_under_that_load() -> None:
+    """The case the grid's memory row caught once (1.26x idle 15 s after the load): a trim under load
+    could not get below 250 MiB, and the idle mark used to rise with it, so the idle worker at 180 MiB
+    was never trimmed."""
+    policy = TrimPolicy(base=100 * MIB, budget=64 * MIB)
+    assert policy.should_trim(300 * MIB, idle=False)
+    policy.trimmed(250 * MIB, idle=False)
+    assert policy.should_trim(180 * MIB, idle=True)
+
+
+def test_under_load_a_trim_that_got_nothing_back_is_not_repeated_every_period() -> None:
+    policy = TrimPolicy(base=100 * MIB, budget=64 * MIB)
+    assert not policy.should_trim(164 * MIB, idle=False)  # within the budget
+    assert policy.should_trim(300 * MIB, idle=False)
+    policy.trimmed(290 * MIB, idle=False)  # the load holds it
+    assert not policy.should_trim(300 * MIB, idle=False)
+    assert policy.should_trim(355 * MIB, idle=False)
+
+
+def test_while_idle_it_trims_again_only_after_new_growth() -> None:
+    policy = TrimPolicy(base=100 * MIB, budget=64 * MIB)
+    assert not policy.should_trim(120 * MIB, idle=True)  # a fifth over the start-up size is kept
+    assert policy.should_trim(150 * MIB, idle=True)
+    policy.trimmed(130 * MIB, idle=True)  # what could not be given back
+    assert not policy.should_trim(133 * MIB, idle=True)
+    assert policy.should_trim(135 * MIB, idle=True)
+
+
+def test_after_an_idle_trim_the_next_load_is_measured_from_the_start_up_size_again() -> None:
+    policy = TrimPolicy(base=100 * MIB, budget=64 * MIB)
+    policy.trimmed(400 * MIB, idle=False)
+    policy.trimmed(110 * MIB, idle=True)
+    assert policy.should_trim(180 * MIB, idle=False)  # not 464: the last load's mark is gone
