@@ -31,11 +31,12 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.loadgen import run_load
-from bench.machine import machine_info, tree_pss_kib
+from bench.machine import machine_info, pss_kib, tree_pids, tree_pss_kib
 from bench.payloads import infer_request, model_root
 from layerserve.proto import names
 from layerserve.proto.manifest import read_manifest, version_folders
@@ -110,7 +111,7 @@ def _touch(address: str, requests: dict[str, bytes]) -> None:
         run_load(address, payload, 1, duration=0.0, warmup=0.0)
 
 
-def server_pss_mib(models: Path, model: str | None, seconds: float, settle_s: float = SETTLE_S) -> dict[str, float]:
+def server_pss_mib(models: Path, model: str | None, seconds: float, settle_s: float = SETTLE_S) -> dict[str, Any]:
     """Idle, peak-under-load and settled PSS of a default server over ``models``, in MiB."""
     with tempfile.TemporaryDirectory() as log_dir, ServerProcess(
         models, extra_args=["--metrics-port", "-1", "--log-format", "text"],
@@ -145,7 +146,13 @@ def server_pss_mib(models: Path, model: str | None, seconds: float, settle_s: fl
             running = False
             sampler.join()
         time.sleep(settle_s)
-        return {"idle": idle, "idle_trimmed": idle_trimmed, "peak": max(peak), "settled": tree_pss_kib(pid) / 1024}
+        settled = {str(process): pss_kib(process) / 1024 for process in tree_pids(pid)}
+        # What to look at when the settled reading is high: each process's share, and every trim the
+        # janitor logged (when, idle or not, how much it gave back).
+        trims = [line for line in (Path(log_dir) / "server.log").read_text(errors="replace").splitlines()
+                 if "gave free memory back" in line]
+        return {"idle": idle, "idle_trimmed": idle_trimmed, "peak": max(peak), "settled": sum(settled.values()),
+                "settled_by_process": settled, "janitor_trims": trims[-40:]}
 
 
 def measure(models: Path, model: str, seconds: float, settle_s: float = SETTLE_S) -> dict:

@@ -129,6 +129,9 @@ def test_memory_row_compares_the_server_with_one_ort_process() -> None:
     report = memory.measure(COMMITTED, "digits_cnn", 0.3, settle_s=0.5)
     assert report["ort_process_mib"]["adds"] > 0 and report["server_mib"]["idle"] > report["server_mib"]["empty"]
     assert report["server_mib"]["peak"] >= report["server_mib"]["idle"] > 0
+    by_process = report["server_mib"]["settled_by_process"]
+    assert len(by_process) >= 2 and sum(by_process.values()) == report["server_mib"]["settled"]  # parent, workers
+    assert isinstance(report["server_mib"]["janitor_trims"], list)
     assert "server / ORT:" in memory.markdown(report)
 
 
