@@ -95,23 +95,22 @@ class TrimPolicy:
     - Under load, past ``base`` (the size at start) plus ``budget`` bytes; a trim that cannot get back
       under that (the load holds the memory) raises the mark, so the next period does not trim for
       nothing.
-    - Once idle, past a fifth over ``base``: memory a load needed returns after it. That mark never
-      rises with a load: it did once (the load's high mark), and an idle worker then kept what the load
-      had freed until the next trim under load. While idle, it trims again only after ``_REGROWN`` of
-      new growth, since trimming what the last idle trim left would find nothing.
+    - Once idle, past what the last idle trim left (at first ``base``) plus ``_REGROWN``: memory a load
+      needed returns after it, and an idle server is not trimmed again for nothing. The idle mark used
+      to rise with a trim under load, so an idle worker then kept what that load had freed.
     """
 
     def __init__(self, base: int, budget: int) -> None:
         self.base = base
         self.budget = budget
         self.loaded_mark = base  # under load: what the last trim could not give back
-        self.settled = 0  # what the last idle trim left
+        self.settled = base  # what the last idle trim left
 
     def should_trim(self, resident: int, idle: bool) -> bool:
         """Whether to trim now, at ``resident`` bytes, idle or not."""
         if resident > self.loaded_mark + self.budget:
             return True
-        return idle and resident > max(self.base * 6 // 5, self.settled + _REGROWN)
+        return idle and resident > self.settled + _REGROWN
 
     def trimmed(self, after: int, idle: bool) -> None:
         """Record what a trim left (``after`` bytes resident)."""

@@ -26,13 +26,14 @@ def test_under_load_a_trim_that_got_nothing_back_is_not_repeated_every_period() 
     assert policy.should_trim(355 * MIB, idle=False)
 
 
-def test_while_idle_it_trims_again_only_after_new_growth() -> None:
+def test_while_idle_it_trims_after_any_growth_past_a_few_mib_and_not_again_for_nothing() -> None:
     policy = TrimPolicy(base=100 * MIB, budget=64 * MIB)
-    assert not policy.should_trim(120 * MIB, idle=True)  # a fifth over the start-up size is kept
-    assert policy.should_trim(150 * MIB, idle=True)
-    policy.trimmed(130 * MIB, idle=True)  # what could not be given back
-    assert not policy.should_trim(133 * MIB, idle=True)
-    assert policy.should_trim(135 * MIB, idle=True)
+    assert not policy.should_trim(103 * MIB, idle=True)
+    assert policy.should_trim(120 * MIB, idle=True)  # a fifth over start-up used to be kept
+    policy.trimmed(110 * MIB, idle=True)  # what could not be given back
+    assert not policy.should_trim(113 * MIB, idle=True)
+    assert policy.should_trim(115 * MIB, idle=True)
+    assert not policy.should_trim(120 * MIB, idle=False)  # under load, the budget rules
 
 
 def test_after_an_idle_trim_the_next_load_is_measured_from_the_start_up_size_again() -> None:
