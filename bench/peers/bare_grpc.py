@@ -7,8 +7,11 @@ full graph on its event loop with layerserve's session options (server/runtime.p
 layerserve in the same rounds (``python -m bench.grid --floor``), it shows how much of a request's CPU
 is layerserve's and how much Python gRPC's, on the machine at hand.
 
-It answers ServerReady (true once every process serves) and ModelInfer with raw tensors; anything
-else is UNIMPLEMENTED. Not a server for users: a malformed request is an INTERNAL error here.
+It leaves glibc's malloc as it is (layerserve raises its thresholds: server/allocator.py), so a batch
+of megabyte tensors costs it page faults that layerserve does not pay: for large batches it is not a
+lower bound. It answers ServerReady (true once every process serves) and ModelInfer with raw
+tensors; anything else is UNIMPLEMENTED. Not a server for users: a malformed request is an INTERNAL
+error here.
 """
 
 from __future__ import annotations
