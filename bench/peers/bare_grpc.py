@@ -7,11 +7,10 @@ full graph on its event loop with layerserve's session options (server/runtime.p
 layerserve in the same rounds (``python -m bench.grid --floor``), it shows how much of a request's CPU
 is layerserve's and how much Python gRPC's, on the machine at hand.
 
-It leaves glibc's malloc as it is (layerserve raises its thresholds: server/allocator.py), so a batch
-of megabyte tensors costs it page faults that layerserve does not pay: for large batches it is not a
-lower bound. It answers ServerReady (true once every process serves) and ModelInfer with raw
-tensors; anything else is UNIMPLEMENTED. Not a server for users: a malformed request is an INTERNAL
-error here.
+It raises glibc's malloc thresholds as layerserve's workers do (server/allocator.py), so large
+tensors cost neither server page faults per request. It answers ServerReady (true once every
+process serves) and ModelInfer with raw tensors; anything else is UNIMPLEMENTED. Not a server for
+users: a malformed request is an INTERNAL error here.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ import numpy as np
 
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import tensors
-from layerserve.server import runtime
+from layerserve.server import allocator, runtime
 from layerserve.server.launcher import ServerProcess
 from layerserve.server.settings import usable_cores
 
@@ -72,6 +71,7 @@ async def _serve(model_file: Path, host: str, port: int, ready: Event, all_ready
 
 
 def _process(model_file: Path, host: str, port: int, ready: Event, all_ready: Event) -> None:
+    allocator.retain_freed_memory()
     asyncio.run(_serve(model_file, host, port, ready, all_ready))
 
 
