@@ -25,7 +25,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import cpus, limits, metrics, ports, rest, runtime, security
+from . import cpus, limits, loops, metrics, ports, rest, runtime, security
 from .dataplane import DataPlane
 from .endpoints import BatchingOverrides
 from .grpc_inference import InferenceServicer
@@ -179,6 +179,7 @@ async def start(
         extra={"fields": {"grpc": f"{settings.host}:{port}",
                           "http": f"{settings.host}:{http.port}" if http is not None else None,
                           "metrics_port": metrics_port, "device": settings.device,
+                          "event_loop": loops.running_loop_name(),
                           "instances": settings.instances if settings.instances is not None
                           else f"auto (1 to {settings.instance_count})",
                           "intra_op_threads": settings.intra_op_threads,

@@ -65,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--max-batch-bytes", type=int, help="merge requests while the merged batch's largest activation stays "
         f"within this many bytes (default {defaults.max_batch_bytes})")
     add("--max-queue-size", type=int, help=f"queued requests per model before UNAVAILABLE (default {defaults.max_queue_size})")
+    add("--loop", choices=settings.choices("loop"), help="event loop: uvloop, asyncio's own, or auto: uvloop "
+        "where it is installed (default auto)")
     add("--grace-s", type=float, help=f"seconds in-flight requests get after SIGTERM (default {defaults.grace_s})")
     add("--log-level", help="DEBUG, INFO, WARNING, ... (default INFO)")
     add("--log-format", choices=["json", "text"], help="log line format (default json)")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from layerserve.proto import manifest as manifests
 
-from . import allocator, app, cpus, limits, logs, metrics, optimized, ports, runtime, security
+from . import allocator, app, cpus, limits, logs, loops, metrics, optimized, ports, runtime, security
 from .errors import DeviceUnavailable
 from .settings import Settings
 
@@ -89,7 +89,7 @@ def run(settings: Settings) -> int:
             ports.check_free(settings.host, settings.http_port, "HTTP port")
         if _makes_optimized_copies(settings):
             _optimize_graphs(settings, optimized_dir)  # here: this one process loads them anyway
-        asyncio.run(serve(settings, optimized_dir=optimized_dir))
+        loops.run(serve(settings, optimized_dir=optimized_dir), settings.loop)
     except (_Stopped, KeyboardInterrupt):
         log.info("stopped before serving")
     except (DeviceUnavailable, ValueError, OSError) as error:
@@ -132,8 +132,8 @@ def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQue
     logs.configure(settings.log_level, settings.log_format)
     allocator.retain_freed_memory()
     try:
-        asyncio.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,),
-                          optimized_dir=optimized_dir))
+        loops.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,),
+                        optimized_dir=optimized_dir), settings.loop)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # drained: a late second SIGTERM must not kill it
     except _Stopped:
         return

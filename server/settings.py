@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from . import cpus
+from . import cpus, loops
 from .devices import DEVICE_CHOICES, parse_provider_options
+from .loops import LoopChoice
 
 # The --device choices come from the one devices table (server/devices.py).
 Device = Literal[DEVICE_CHOICES]
@@ -74,6 +75,8 @@ class Settings:
     max_queue_size: int = 1024
     # Seconds in-flight requests get to finish after SIGTERM.
     grace_s: float = 10.0
+    # The event loop: uvloop where installed (auto), or asyncio's own (server/loops.py).
+    loop: LoopChoice = "auto"
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     # Model versions are checked against the manifest's sha256 before loading.
@@ -209,6 +212,11 @@ def validate(settings: Settings) -> Settings:
     if settings.instances is not None and settings.instances < 0:
         raise InvalidSetting("instances", f"instances must be >= 0 (0: run on the event loop) or auto, "
                                           f"got {settings.instances}")
+    if settings.loop == "uvloop":
+        try:
+            loops.loop_factory("uvloop")
+        except loops.LoopUnavailable as error:
+            raise InvalidSetting("loop", str(error)) from None
     try:
         parse_provider_options(settings.provider_options)
     except ValueError as error:

@@ -7,7 +7,8 @@ full graph on its event loop with layerserve's session options (server/runtime.p
 layerserve in the same rounds (``python -m bench.grid --floor``), it shows how much of a request's CPU
 is layerserve's and how much Python gRPC's, on the machine at hand.
 
-It raises glibc's malloc thresholds as layerserve's workers do (server/allocator.py), so large
+It runs on the event loop layerserve's default picks (uvloop where installed: server/loops.py) and
+raises glibc's malloc thresholds as layerserve's workers do (server/allocator.py), so large
 tensors cost neither server page faults per request. It answers ServerReady (true once every
 process serves) and ModelInfer with raw tensors; anything else is UNIMPLEMENTED. Not a server for
 users: a malformed request is an INTERNAL error here.
@@ -16,7 +17,6 @@ users: a malformed request is an INTERNAL error here.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import multiprocessing
 import signal
 import sys
@@ -29,7 +29,7 @@ import numpy as np
 
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import tensors
-from layerserve.server import allocator, runtime
+from layerserve.server import allocator, loops, runtime
 from layerserve.server.launcher import ServerProcess
 from layerserve.server.settings import usable_cores
 
@@ -70,19 +70,21 @@ async def _serve(model_file: Path, host: str, port: int, ready: Event, all_ready
     await server.wait_for_termination()
 
 
-def _process(model_file: Path, host: str, port: int, ready: Event, all_ready: Event) -> None:
+def _process(model_file: Path, host: str, port: int, ready: Event, all_ready: Event, loop: loops.LoopChoice) -> None:
     allocator.retain_freed_memory()
-    asyncio.run(_serve(model_file, host, port, ready, all_ready))
+    loops.run(_serve(model_file, host, port, ready, all_ready), loop)
 
 
-def serve(model_file: Path, host: str, port: int, processes: int) -> None:
-    """Run ``processes`` servers on ``host:port`` until SIGTERM or SIGINT, then stop them all."""
+def serve(model_file: Path, host: str, port: int, processes: int, loop: loops.LoopChoice = "auto") -> None:
+    """Run ``processes`` servers on ``host:port`` until SIGTERM or SIGINT, then stop them all; each on
+    the event loop ``loop`` names, layerserve's default unless told (server/loops.py)."""
     context = multiprocessing.get_context("spawn")
     all_ready = context.Event()
     started = []
     for _ in range(processes):
         ready = context.Event()
-        child = context.Process(target=_process, args=(model_file, host, port, ready, all_ready), daemon=True)
+        child = context.Process(target=_process, args=(model_file, host, port, ready, all_ready, loop),
+                                        daemon=True)
         child.start()
         started.append((child, ready))
     for child, ready in started:
@@ -103,14 +105,17 @@ def serve(model_file: Path, host: str, port: int, processes: int) -> None:
 class BareGrpcPeer(ServerProcess):
     """``with BareGrpcPeer(model_file) as floor: floor.address`` — the floor on free loopback ports."""
 
-    def __init__(self, model_file: Path, processes: int | None = None, ready_timeout: float = 90.0) -> None:
+    def __init__(self, model_file: Path, processes: int | None = None, ready_timeout: float = 90.0,
+                 loop: loops.LoopChoice = "auto") -> None:
         super().__init__(Path(model_file).parent, ready_timeout=ready_timeout)
         self.model_file = Path(model_file)
         self.processes = processes or usable_cores()
+        self.loop = loop
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "bench.peers.bare_grpc", "--model-file", str(self.model_file),
-                "--host", self.host, "--port", str(self.port), "--processes", str(self.processes)]
+                "--host", self.host, "--port", str(self.port), "--processes", str(self.processes),
+                "--loop", self.loop]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--processes", type=int, default=0, help="0: one per usable core")
+    parser.add_argument("--loop", choices=loops.LOOP_CHOICES, default="auto", help="event loop, as layerserve's --loop")
     args = parser.parse_args(argv)
-    serve(args.model_file, args.host, args.port, args.processes or usable_cores())
+    serve(args.model_file, args.host, args.port, args.processes or usable_cores(), args.loop)
     return 0
 
 

@@ -6,14 +6,15 @@ import asyncio
 import threading
 from pathlib import Path
 
-from layerserve.server import app
+from layerserve.server import app, loops
 from layerserve.server.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServerThread:
-    """The real app.start() on its own event loop in a background thread."""
+    """The real app.start() on its own event loop (the one ``settings.loop`` names, as a served process
+    runs on) in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
         if settings.http_port == Settings.http_port:  # tests never take a fixed port: 0 picks a free one
@@ -24,7 +25,7 @@ class ServerThread:
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self._thread = threading.Thread(target=lambda: loops.run(self._main(), settings.loop), daemon=True)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

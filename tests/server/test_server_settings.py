@@ -40,6 +40,7 @@ def test_flags_over_environment_over_defaults() -> None:
         ({"LAYERSERVE_GRACE_S": "soon"}, {}, "LAYERSERVE_GRACE_S='soon' is not a number"),
         ({"LAYERSERVE_MAX_MESSAGE_BYTES": "0"}, {}, "LAYERSERVE_MAX_MESSAGE_BYTES='0': max_message_bytes must be at least 1"),
         ({"LAYERSERVE_AUTH_HEALTH": "true"}, {}, "LAYERSERVE_AUTH_HEALTH='true': auth_health must be models, all or none"),
+        ({}, {"loop": "tokio"}, "--loop tokio: loop must be auto, asyncio or uvloop, got 'tokio'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_flag_or_variable(environ, flags, message) -> None:
@@ -106,6 +107,8 @@ CASES = [
     ("max_queue_size", "7", 7, ()),
     ("max_batch_bytes", "1048576", 1 << 20, ()),
     ("grace_s", "2.5", 2.5, ()),
+    ("loop", "asyncio", "asyncio", ()),
+    ("loop", "uvloop", "uvloop", ()),
     ("log_level", "DEBUG", "DEBUG", ()),
     ("log_format", "text", "text", ()),
     ("verify", "false", False, ()),
