@@ -2,10 +2,11 @@
 
 Every request crosses the event loop several times (gRPC's completion queue, the handler, the
 batching task), so the loop's own cost is part of every request's. uvloop (libuv, in Cython) cut
-the server's CPU per request by 4-13 % across the grid on the 2-core machine, and never cost
-throughput (docs/BENCHMARKS.md, "The event loop"). uvicorn, KServe's ModelServer and MLServer make
-the same choice. ``--loop asyncio`` keeps the standard library's loop, for debugging or for a
-platform without uvloop; ``auto`` falls back to it quietly where uvloop cannot be imported.
+the server's CPU per request by 2-9 % across the digits grid on the 2-core machine (docs/BENCHMARKS.md,
+"Issue 12, fourth pass"). uvicorn and MLServer make the same choice (KServe's gRPC server, measured
+beside us, runs on asyncio's loop). ``--loop asyncio`` keeps the standard library's loop, for
+debugging or for a platform without uvloop; ``auto`` falls back to it quietly where uvloop cannot be
+imported.
 """
 
 from __future__ import annotations
