@@ -6,7 +6,8 @@ resource) while ``work()`` drives load, and returns the share of the GIL held, t
 share per area (by the innermost Python frame's file) and the top innermost functions.
 Time in C extensions is charged to the Python frame that called into them: an event-loop
 callback with no Python frame above it (``Handle._run`` innermost) is grpc.aio's Cython
-core or asyncio's C task stepping.
+core or asyncio's C task stepping; on uvloop, whose loop is C, the innermost Python frame of
+that time is the ``asyncio.Runner.run`` that started the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ RATE = 250  # samples per second
 # Area of a frame, by file path; first match wins.
 AREAS = [
     ("ONNX Runtime (Session.run)", re.compile(r"^onnxruntime/")),
-    ("event-loop callbacks in C (grpc.aio Cython core, asyncio tasks)", re.compile(r"^asyncio/events\.py$")),
+    ("event-loop callbacks in C (grpc.aio Cython core, uvloop or asyncio tasks)",
+     re.compile(r"^asyncio/(events|runners)\.py$")),
     ("asyncio event loop (Python)", re.compile(r"^asyncio/|^selectors\.py$")),
     ("gRPC (Python layer)", re.compile(r"^grpc/")),
     ("protobuf", re.compile(r"^google/protobuf")),
