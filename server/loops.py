@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
-LOOP_CHOICES: tuple[str, ...] = ("auto", "asyncio", "uvloop")
+LOOP_CHOICES: tuple[str, ...] = get_args(LoopChoice)
 
 _T = TypeVar("_T")
 

@@ -84,7 +84,7 @@ def serve(model_file: Path, host: str, port: int, processes: int, loop: loops.Lo
     for _ in range(processes):
         ready = context.Event()
         child = context.Process(target=_process, args=(model_file, host, port, ready, all_ready, loop),
-                                        daemon=True)
+                                daemon=True)
         child.start()
         started.append((child, ready))
     for child, ready in started:
