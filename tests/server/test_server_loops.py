@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +70,14 @@ def test_a_server_reports_the_loop_it_serves_on_and_answers(tiny_repository: Pat
         tensor = triton.InferInput("x", [2, 1, 8, 8], "FP32")
         tensor.set_data_from_numpy(np.ones((2, 1, 8, 8), np.float32))
         assert client.infer("tiny_cnn", [tensor]).as_numpy("logits").shape == (2, 10)
+        # Ready means one worker answers; wait for every worker's start-up line before stopping them.
+        workers = int(flags[flags.index("--workers") + 1])
+        deadline = time.monotonic() + 60
+        while server.log_tail(400).count(" serving {") < workers and time.monotonic() < deadline:
+            time.sleep(0.1)
         server.stop()
         log = server.log_tail(400)
     serving = [line for line in log.splitlines() if " serving {" in line]
-    workers = int(flags[flags.index("--workers") + 1])
     assert len(serving) == workers, log[-2000:]  # every worker says which loop it serves on
     assert all(f'"event_loop": "{expected}"' in line for line in serving), log[-2000:]
 
