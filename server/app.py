@@ -143,53 +143,62 @@ async def start(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
-    add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane), server)
-    add_service(lpb_grpc.add_LayerServiceServicer_to_server, LayerServicer(dataplane), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *_service_names()):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    for name in dataplane.repository.served_names():
-        status = dataplane.repository.is_ready(name)
-        await health_servicer.set(
-            name, health_pb2.HealthCheckResponse.SERVING if status else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-    reflection.enable_server_reflection(
-        (*_service_names(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-        pool=_reflection_pool(),
-    )
-    address = f"{settings.host}:{settings.port}"
+    http: rest.HttpServer | None = None
     try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError as error:
-        if not reuse_port:  # our own workers hold the port with SO_REUSEPORT: no test-bind then
-            ports.check_free(settings.host, settings.port)  # PortInUse, naming the process
-        raise OSError(f"cannot bind gRPC to {address}: {error}") from None
-    await server.start()
-    http = await _start_http(settings, dataplane, tokens, reuse_port) if settings.http_port >= 0 else None
-    metrics_port = None
-    if serve_metrics and settings.metrics_port >= 0:
-        metrics_port = metrics.serve_http(settings.host, settings.metrics_port)
-    log.info(
-        "serving",
-        extra={"fields": {"grpc": f"{settings.host}:{port}",
-                          "http": f"{settings.host}:{http.port}" if http is not None else None,
-                          "metrics_port": metrics_port, "device": settings.device,
-                          "event_loop": loops.running_loop_name(),
-                          "instances": settings.instances if settings.instances is not None
-                          else f"auto (1 to {settings.instance_count})",
-                          "intra_op_threads": settings.intra_op_threads,
-                          "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
-                          "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
-                          "max_message_bytes": dataplane.max_message_bytes,
-                          "max_concurrent_streams": settings.max_concurrent_streams,
-                          "models": dataplane.repository.served_names(), **cpus.log_fields()}},
-    )
-    return Running(server, port, metrics_port, dataplane, health_servicer, http)
+        add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane), server)
+        add_service(lpb_grpc.add_LayerServiceServicer_to_server, LayerServicer(dataplane), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", *_service_names()):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for name in dataplane.repository.served_names():
+            status = dataplane.repository.is_ready(name)
+            await health_servicer.set(
+                name, health_pb2.HealthCheckResponse.SERVING if status else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+        reflection.enable_server_reflection(
+            (*_service_names(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+            pool=_reflection_pool(),
+        )
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as error:
+            if not reuse_port:  # our own workers hold the port with SO_REUSEPORT: no test-bind then
+                ports.check_free(settings.host, settings.port)  # PortInUse, naming the process
+            raise OSError(f"cannot bind gRPC to {address}: {error}") from None
+        await server.start()
+        http = await _start_http(settings, dataplane, tokens, reuse_port) if settings.http_port >= 0 else None
+        metrics_port = None
+        if serve_metrics and settings.metrics_port >= 0:
+            metrics_port = metrics.serve_http(settings.host, settings.metrics_port)
+        log.info(
+            "serving",
+            extra={"fields": {"grpc": f"{settings.host}:{port}",
+                              "http": f"{settings.host}:{http.port}" if http is not None else None,
+                              "metrics_port": metrics_port, "device": settings.device,
+                              "event_loop": loops.running_loop_name(),
+                              "instances": settings.instances if settings.instances is not None
+                              else f"auto (1 to {settings.instance_count})",
+                              "intra_op_threads": settings.intra_op_threads,
+                              "tls": credentials is not None, "mutual_tls": settings.tls_client_ca is not None,
+                              "tokens": len(tokens), "auth_health": settings.auth_health if tokens else None,
+                              "max_message_bytes": dataplane.max_message_bytes,
+                              "max_concurrent_streams": settings.max_concurrent_streams,
+                              "models": dataplane.repository.served_names(), **cpus.log_fields()}},
+        )
+        return Running(server, port, metrics_port, dataplane, health_servicer, http)
+    except BaseException:
+        # Nothing was served yet (SIGTERM during start-up, a port refused): stop what started here, on this
+        # loop. A grpc.aio server left to the garbage collector after its loop closed prints a traceback.
+        if http is not None:
+            await http.stop()
+        await server.stop(None)
+        raise
 
 
 async def _start_http(settings: Settings, dataplane: DataPlane, tokens: list[str], reuse_port: bool) -> rest.HttpServer:
