@@ -143,3 +143,34 @@ def test_python_overhead_runs_the_servicer_and_undoes_its_stubs() -> None:
     values = python_overhead.measure(MODEL, rounds=2, calls=20)
     assert len(values) == 2 and all(value > 0 for value in values)
     assert (runtime.Graph.run, dataplane.QUIET_S) == (run, quiet)
+
+
+def test_python_overhead_batched_path_goes_through_the_batcher_and_a_worker_thread() -> None:
+    """The batched path is the loaded server's: never counted alone, so every run goes through the batching
+    task to an ONNX Runtime worker thread, one row per run; the stubs are undone and the threads stopped."""
+    from bench import python_overhead
+    from layerserve.server import batching, dataplane, runtime
+
+    run, quiet = runtime.Graph.run, dataplane.QUIET_S
+    planes, executors = [], []
+    original_init, original_call_on = dataplane.DataPlane.__init__, batching.call_on
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        planes.append(self)
+
+    async def call_on(executor, fn, *args):
+        executors.append(executor)
+        return await original_call_on(executor, fn, *args)
+
+    dataplane.DataPlane.__init__, batching.call_on = init, call_on
+    try:
+        values = python_overhead.measure(MODEL, rounds=2, calls=20, path="batched")
+    finally:
+        dataplane.DataPlane.__init__, batching.call_on = original_init, original_call_on
+    assert len(values) == 2 and all(value > 0 for value in values)
+    assert (runtime.Graph.run, dataplane.QUIET_S) == (run, quiet)
+    (stats,) = planes[0].stats.values()
+    assert stats.execution_count == stats.inference_count == 42  # 2 warm-up + 2 x 20, one row per run
+    assert len(executors) == 42 and all(executor is planes[0].executor is not None for executor in executors)
+    assert planes[0].executor._shutdown
