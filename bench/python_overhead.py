@@ -83,6 +83,15 @@ async def _rounds(servicer: InferenceServicer, request: object, rounds: int, cal
     return per_call
 
 
+def _instances(text: str) -> int | None:
+    """``--instances``: auto (None) or a count of at least 0, as the server takes it."""
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {text[:40]!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="digits_cnn", help="a model of the committed repository (models/)")
@@ -91,13 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", choices=PATHS, default="loop",
                         help="loop: one request at a time, run on the event loop (wall us); batched: "
                              "never alone, through the batching task and a worker thread (CPU us)")
-    parser.add_argument("--instances", default="auto",
-                        help="as the server's --instances: auto, or N (0: runs on the event loop, no thread)")
+    parser.add_argument("--instances", type=_instances, default=None, metavar="auto|N",
+                        help="as the server's --instances: auto (default), or N (0: runs on the event loop, no thread)")
     args = parser.parse_args(argv)
-    instances = None if args.instances == "auto" else int(args.instances)
-    values = measure(args.model, args.rounds, args.calls, args.path, instances)
+    values = measure(args.model, args.rounds, args.calls, args.path, args.instances)
     unit = "us" if args.path == "loop" else "us of CPU"
-    print(f"{args.model}, {args.path} path, --instances {args.instances}: our Python per batch-1 ModelInfer (no gRPC, ONNX Runtime stubbed): "
+    print(f"{args.model}, {args.path} path, --instances {'auto' if args.instances is None else args.instances}: our Python per batch-1 ModelInfer (no gRPC, ONNX Runtime stubbed): "
           f"min {min(values):.1f} {unit}, median {statistics.median(values):.1f} {unit} "
           f"over {args.rounds} x {args.calls}")
     return 0

@@ -174,3 +174,13 @@ def test_python_overhead_batched_path_goes_through_the_batcher_and_a_worker_thre
     assert stats.execution_count == stats.inference_count == 42  # 2 warm-up + 2 x 20, one row per run
     assert len(executors) == 42 and all(executor is planes[0].executor is not None for executor in executors)
     assert planes[0].executor._shutdown
+
+
+def test_python_overhead_refuses_a_bad_instances_value_in_one_line(capsys) -> None:
+    from bench import python_overhead
+
+    with pytest.raises(SystemExit) as exit_info:
+        python_overhead.main(["--instances", "two"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "expected auto or a whole number >= 0, got 'two'" in error and "Traceback" not in error
