@@ -3,8 +3,11 @@
     python -m bench.grid                                   # digits_cnn and resnet50_shaped, 3 repeats
     python -m bench.grid --models digits_cnn --variant "intra 2=--intra-op-threads 2"
 
-Every server of a model is started once; the repeats go round-robin over them (bench/sweep.py), so
-drift on the shared two cores hits each alike. Cells, on the full graph unless said:
+Every repeat starts each server of a model afresh and measures them in turn, in the opposite order
+every other repeat, so drift on the shared two cores hits each alike and each repeat also samples what a
+server start decides: four identical layerserve instances, side by side for six rounds, kept medians up
+to 9 % apart (docs/BENCHMARKS.md, "Issue 12, fifth pass"), a bias that rounds on one instance cannot
+average away. Cells, on the full graph unless said:
 
 * ``b1_c1``: batch 1, one client: p50 latency (ms);
 * ``b1_c16``: batch 1, 16 clients (a connection each): images per second;
@@ -133,14 +136,17 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
     def add(label: str, cell: str, value: float) -> None:
         cells.setdefault(label, {}).setdefault(cell, []).append(value)
 
-    with contextlib.ExitStack() as stack:
-        started = {label: stack.enter_context(factory()) for label, factory in
-                   _servers(root, model, model_file, variants, kserve, floor).items()}
-        for repeat in range(repeats):
-            inprocess["b1"].append(inprocess_images_per_s(model_file, x1[input_name], seconds))
-            inprocess[f"b{large}"].append(inprocess_images_per_s(model_file, xl[input_name], seconds))
-            log(f"[{repeat + 1}/{repeats}] {model} in-process: b1 {inprocess['b1'][-1]:.1f}, "
-                f"b{large} {inprocess[f'b{large}'][-1]:.1f} img/s")
+    factories = _servers(root, model, model_file, variants, kserve, floor)
+    for repeat in range(repeats):
+        inprocess["b1"].append(inprocess_images_per_s(model_file, x1[input_name], seconds))
+        inprocess[f"b{large}"].append(inprocess_images_per_s(model_file, xl[input_name], seconds))
+        log(f"[{repeat + 1}/{repeats}] {model} in-process: b1 {inprocess['b1'][-1]:.1f}, "
+            f"b{large} {inprocess[f'b{large}'][-1]:.1f} img/s")
+        order = list(factories.items())
+        if repeat % 2:
+            order.reverse()
+        with contextlib.ExitStack() as stack:  # fresh servers each repeat, stopped before the next one's start
+            started = {label: stack.enter_context(factory()) for label, factory in order}
             for label, server in started.items():
                 pid = server.process.pid
                 c1 = served(server.address, model, x1, 1, seconds, 0.5, pid).result

@@ -123,6 +123,30 @@ def test_grid_measures_every_cell_for_defaults_a_variant_and_the_floor() -> None
 
 
 @pytest.mark.slow
+def test_grid_starts_fresh_servers_each_repeat_in_alternating_order(monkeypatch) -> None:
+    """A repeat samples a server start too: new processes every repeat, measured in the opposite order
+    every other repeat (so neither server always goes first)."""
+    from bench import grid
+
+    pids: list[int] = []
+    order: list[str] = []
+    served = grid.served
+
+    def recording(address, model, inputs, concurrency, duration, warmup, server_pid=None):
+        pids.append(server_pid)
+        return served(address, model, inputs, concurrency, duration, warmup, server_pid)
+
+    monkeypatch.setattr(grid, "served", recording)
+    monkeypatch.setattr(grid, "log", lambda line: order.append(line.split(" b1 c1 ")[0].strip())
+                        if " b1 c1 p50 " in line else None)
+    found = grid.measure("digits_cnn", 2, 0.2, {}, kserve=False)
+    assert order == ["layerserve (defaults)", grid.FLOOR, grid.FLOOR, "layerserve (defaults)"]
+    starts = pids[::3]  # each server's three cells share its pid: c1, c16, b64
+    assert len(starts) == 4 and len(set(starts)) == 4, pids
+    assert all(len(values) == 2 for cells in found["cells"].values() for values in cells.values())
+
+
+@pytest.mark.slow
 def test_memory_row_compares_the_server_with_one_ort_process() -> None:
     from bench import memory
 
