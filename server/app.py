@@ -100,7 +100,7 @@ def load(settings: Settings, optimized_dir: Path | None = None) -> DataPlane:
     ``optimized_dir``: where the graphs' optimized copies are shared (server/optimized.py).
     """
     options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning,
-                                     optimized_dir, settings.provider_options)
+                                     optimized_dir, settings.provider_options, settings.native_seams)
     overrides = BatchingOverrides(settings.dynamic_batching, settings.max_batch_size, settings.max_queue_delay_us)
     repository = Repository.load(settings.models, options, overrides, verify=settings.verify)
     if settings.device == "auto":

@@ -29,7 +29,7 @@ from layerserve.proto.model_config_pb2 import ModelConfig
 from layerserve.proto.repository_pb2 import FileRef, ModelManifest, ServingConfig
 from layerserve.proto.tensors import format_spec
 
-from . import runtime
+from . import chains, runtime
 from .endpoints import Batching, BatchingOverrides, Endpoint, TensorSpec, answer_row_bytes
 from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
@@ -55,6 +55,8 @@ class ModelVersion:
     reason: str = ""
     full: runtime.Graph | None = None
     blocks: list[runtime.Graph] = field(default_factory=list)
+    # Which graph runs each block of a chain (server/chains.py); None without blocks.
+    block_chain: chains.BlockChain | None = None
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     # The parsed config.pbtxt of a model read from a Triton repository (proto/triton.py), else None.
     config: ModelConfig | None = None
@@ -74,15 +76,14 @@ class ModelVersion:
 
     def run_chain(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run every block in order (the ``<name>.chain`` endpoint)."""
-        outputs, _ = runtime.chain(self.blocks, feeds)
+        outputs, _ = self.block_chain.run(feeds)
         return outputs
 
     def chain(
         self, feeds: Mapping[str, np.ndarray], start: int, stop: int, keep: Sequence[int] = ()
     ) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]]]:
         """Run blocks ``[start, stop)``: the last one's outputs, and each kept block's by its index."""
-        outputs, kept = runtime.chain(self.blocks[start:stop], feeds, [index - start for index in keep])
-        return outputs, {start + index: values for index, values in kept.items()}
+        return self.block_chain.run(feeds, start, stop, keep)
 
     @property
     def block_names(self) -> list[str]:
@@ -153,6 +154,7 @@ def load_version(
         model.reason = f"{type(error).__name__}: {error}"
     if model.reason:
         model.state, model.full, model.blocks, model.endpoints = UNAVAILABLE, None, [], {}
+        model.block_chain = None
         log.error("model unavailable", extra={"fields": {"model": name, "version": folder.name, "reason": model.reason}})
     else:
         model.state = READY
@@ -165,6 +167,7 @@ def load_version(
                     "providers": model.providers,
                     "endpoints": list(model.endpoints),
                     "batching": vars(next(iter(model.endpoints.values())).batching),
+                    "native_seams": len(model.block_chain.native) if model.block_chain else 0,
                 }
             },
         )
@@ -221,6 +224,7 @@ def _load_into(
                     "REPOSITORY` adds its blocks and chain", extra={"fields": {"model": model.name,
                                                                                 "version": model.version}})
         return
+    model.block_chain = chains.build(model.blocks, options)
     chain_name = names.chain_name(model.name)
     first, last = manifest.blocks[0], manifest.blocks[-1]
     add(chain_name, Endpoint(chain_name, model.name, model.version, names.CHAIN, _specs(first.inputs),

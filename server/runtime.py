@@ -40,6 +40,7 @@ class RuntimeOptions:
     allow_spinning: bool = False
     optimized_dir: Path | None = None
     provider_options: str = ""  # "KEY=VALUE[,...]" for the device's own provider (devices.parse_provider_options)
+    native_seams: bool = True  # chains may join blocks in ONNX Runtime's blocked layout (server/chains.py)
 
 
 def provider_list(device: Device, provider_options: str = "") -> list[tuple[str, dict[str, str]]]:
@@ -107,14 +108,21 @@ class Graph:
     it (IOBinding), which ``chain`` uses so intermediates never cross to the host.
     """
 
-    def __init__(self, path: Path, options: RuntimeOptions) -> None:
+    def __init__(self, path: Path, options: RuntimeOptions, prepared: Path | None = None) -> None:
+        """``prepared``: an optimized graph made from ``path`` (server/seams.py's variants), loaded as it is."""
         device = resolve_device(options.device)
         self.path = Path(path)
         load_from, so = self.path, session_options(options)
         providers = provider_list(device, options.provider_options)
-        if options.optimized_dir is not None and [name for name, _ in device.providers] == [CPU]:
+        # The optimized copy this session reads, if any (server/seams.py makes its variants from it).
+        self.optimized: Path | None = None
+        if prepared is not None:
+            load_from = self.optimized = Path(prepared)
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        elif options.optimized_dir is not None and [name for name, _ in device.providers] == [CPU]:
             try:
-                load_from = optimized.optimized_copy(options.optimized_dir, self.path, lambda: session_options(options))
+                load_from = self.optimized = optimized.optimized_copy(
+                    options.optimized_dir, self.path, lambda: session_options(options))
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # it is optimized already
             except OSError as error:  # no room or no write access: optimize in place, weights private
                 log.warning("optimized copy not written; loading the graph as it is",

@@ -55,6 +55,9 @@ class Settings:
     # (docs/BENCHMARKS.md, "Server concurrency design").
     intra_op_threads: int = 1
     allow_spinning: bool = False
+    # Chains hand ONNX Runtime's blocked tensors from block to block where the blocks allow it, checked
+    # against the plain chain at load (server/seams.py, server/chains.py); false runs every block plain.
+    native_seams: bool = True
     # Options for the device's execution provider, ONNX Runtime's names, "KEY=VALUE[,KEY=VALUE]": e.g.
     # cudnn_conv_algo_search=HEURISTIC for CUDA (docs/server.md, "Execution providers").
     provider_options: str = ""

@@ -98,6 +98,7 @@ CASES = [
     ("max_concurrent_streams", "8", 8, ()),
     ("intra_op_threads", "2", 2, ()),
     ("allow_spinning", "true", True, ()),
+    ("native_seams", "false", False, ()),
     ("provider_options", "cudnn_conv_algo_search=HEURISTIC,use_tf32=0", "cudnn_conv_algo_search=HEURISTIC,use_tf32=0", ()),
     ("instances", "0", 0, ()),
     ("instances", "auto", None, ()),

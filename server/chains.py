@@ -1,0 +1,159 @@
+"""A model's chain of blocks: which graph runs each block of a chain, and running it.
+
+A chain ``[start, stop)`` runs each block's plain graph (the one its block endpoint serves),
+except across a native seam (server/seams.py) whose tensor the client does not keep: there
+both blocks run the variant that hands on ONNX Runtime's blocked tensor, and the two layout
+changes are skipped. Kept outputs and the chain's own ends are always plain NCHW.
+
+Which seams are native is settled once, at load, on a probe input. The variants are made
+without a shape at the seam and run once, which tells the blocked tensor's channel count
+(padded to a vector width ONNX Runtime picks for this CPU); then made again declaring it. The
+probe runs through the plain chain and through native plans that use every variant, and the
+seams are used only when every result is bit-identical to the plain chain's. Otherwise (an
+onnxruntime that lays tensors out in a way not foreseen here, a graph the checks in
+server/seams.py pass but should not) the chain runs the plain graphs, with one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from layerserve.proto.tensors import numpy_dtype
+
+from . import runtime, seams
+from .errors import bounded
+
+log = logging.getLogger(__name__)
+
+PROBE_BATCH = 2
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BlockChain:
+    """The blocks of one model version, with the variants of those at native seams.
+
+    ``variants`` maps (block index, native input, native output) to the graph; ``native`` holds
+    each seam k (between block k and block k+1) whose variants passed the probe.
+    """
+
+    blocks: list[runtime.Graph]
+    variants: dict[tuple[int, bool, bool], runtime.Graph] = field(default_factory=dict)
+    native: frozenset[int] = frozenset()
+
+    def graphs(self, start: int, stop: int, keep: Sequence[int] = ()) -> list[runtime.Graph]:
+        """The graphs that run blocks ``[start, stop)`` when the blocks in ``keep`` return their outputs."""
+        joined = {seam for seam in self.native if start <= seam < stop - 1 and seam not in keep}
+        chosen = []
+        for index in range(start, stop):
+            native_in, native_out = index - 1 in joined, index in joined
+            chosen.append(self.variants[index, native_in, native_out] if native_in or native_out
+                          else self.blocks[index])
+        return chosen
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None, keep: Sequence[int] = ()
+    ) -> tuple[Outputs, dict[int, Outputs]]:
+        """Run blocks ``[start, stop)``: the last one's outputs, and each kept block's by its index."""
+        stop = len(self.blocks) if stop is None else stop
+        outputs, kept = runtime.chain(self.graphs(start, stop, keep), feeds, [index - start for index in keep])
+        return outputs, {start + index: values for index, values in kept.items()}
+
+
+def build(blocks: list[runtime.Graph], options: runtime.RuntimeOptions) -> BlockChain:
+    """The chain of ``blocks``, with native seams where their optimized copies allow and the probe agrees."""
+    plain = BlockChain(list(blocks))
+    if not options.native_seams or len(blocks) < 2 or any(block.optimized is None for block in blocks):
+        return plain
+    sides = [seams.sides(block.optimized) for block in blocks]
+    candidates = frozenset(seam for seam in range(len(blocks) - 1)
+                           if sides[seam].output is not None and sides[seam].output == sides[seam + 1].input)
+    if not candidates:
+        return plain
+    feeds = _probe_input(blocks[0])
+    if isinstance(feeds, str):  # expected of some graphs (free image sizes): not worth a warning
+        log.info("chain runs without native seams: no probe input",
+                 extra={"fields": {"graph": blocks[0].path.name, "reason": feeds}})
+        return plain
+    try:
+        unshaped = BlockChain(list(blocks), _variants(blocks, candidates, options), candidates)
+        channels = _blocked_channels(unshaped, feeds)
+        chain = BlockChain(list(blocks), _variants(blocks, candidates, options, channels), candidates)
+        refused = _probe(chain, feeds)
+    except Exception as error:  # noqa: BLE001 - no room for a variant, or ONNX Runtime refusing one
+        refused = bounded(f"{type(error).__name__}: {' '.join(str(error).split())}", 300)
+    if refused:
+        log.warning("chain runs without native seams: the probe failed",
+                    extra={"fields": {"graph": blocks[0].path.name, "reason": refused}})
+        return plain
+    return chain
+
+
+def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,
+              channels: dict[str, int] | None = None) -> dict[tuple[int, bool, bool], runtime.Graph]:
+    """A session for each variant of each block that a chain over the ``joined`` seams can ask for;
+    ``channels``: the seams' blocked channel counts (server/seams.py ``variant``)."""
+    made = {}
+    for index, block in enumerate(blocks):
+        for native_in, native_out in ((True, False), (False, True), (True, True)):
+            if (native_in and index - 1 not in joined) or (native_out and index not in joined):
+                continue
+            path = seams.variant(block.optimized, native_in, native_out, channels)
+            made[index, native_in, native_out] = runtime.Graph(block.path, options, prepared=path)
+    return made
+
+
+def _blocked_channels(chain: BlockChain, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+    """The channel count of the blocked tensor at each joined seam of ``chain`` (whose variants declare
+    no shape there), read from a run on ``feeds``: the vector width ONNX Runtime pads channels to is
+    its own choice for this CPU. A seam whose tensor differs from its plain shape in more than the
+    channels gets no entry (its variants then declare no shape)."""
+    values, found = dict(feeds), {}
+    for index, graph in enumerate(chain.graphs(0, len(chain.blocks))):
+        outputs = graph.run({spec.name: values[spec.name] for spec in graph.inputs})
+        values.update(outputs)
+        if index not in chain.native:
+            continue
+        for spec in chain.blocks[index].outputs:
+            shape = outputs[spec.name].shape
+            if len(shape) == len(spec.shape) >= 2 and all(
+                    want < 0 or want == got for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True))
+                    if axis != 1):
+                found[spec.name] = int(shape[1])
+    return found
+
+
+def _probe_input(block: runtime.Graph) -> dict[str, np.ndarray] | str:
+    """A deterministic input for ``block`` at batch PROBE_BATCH, or why none can be made."""
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for spec in block.inputs:
+        shape = [PROBE_BATCH if position == 0 and dim < 0 else dim for position, dim in enumerate(spec.shape)]
+        dtype = numpy_dtype(spec.datatype)
+        if any(dim < 0 for dim in shape) or dtype.kind != "f":
+            return f"input {spec.name!r} is not a float tensor of fixed shape past the batch"
+        feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def _probe(chain: BlockChain, feeds: dict[str, np.ndarray]) -> str:
+    """Why the native plans of ``chain`` cannot be trusted on ``feeds`` ("" when they agree with the
+    plain chain). The plans: nothing kept (every seam joined), then every other seam kept, both ways
+    round, so each variant runs at least once.
+    """
+    count = len(chain.blocks)
+    seams_in_order = sorted(chain.native)
+    want, want_kept = BlockChain(chain.blocks).run(feeds, keep=range(count))
+    for keep in ((), seams_in_order[0::2], seams_in_order[1::2]):
+        got, got_kept = chain.run(feeds, keep=keep)
+        checks = [(want, got), *((want_kept[index], got_kept[index]) for index in keep)]
+        for expected, actual in checks:
+            for name, array in expected.items():
+                if not np.array_equal(array, actual[name]):
+                    return f"output {name!r} differs with blocks {list(keep)} kept"
+    return ""
