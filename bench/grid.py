@@ -15,8 +15,9 @@ average away. Cells, on the full graph unless said:
 * ``one_process_8_threads``: one client process, 8 threads, each with its own tritonclient
   ``InferenceServerClient`` (gRPC shares one connection between them, as users get by default),
   batch 1: images per second;
-* ``chain_over_full``: layerserve's ``<model>.chain`` p50 over the full graph's, batch 1 and 64, one client
-  on one connection (one worker) alternating between the two, three times;
+* ``chain_over_full``: for each layerserve configuration, ``<model>.chain``'s p50 over the full graph's,
+  batch 1 and 64, one client on one connection (one worker) alternating between the two, three times
+  (``--variant "plain seams=--native-seams false"`` compares chains without native seams);
 * in-process floors: ``onnxruntime.InferenceSession(model.onnx)`` with default options in this process,
   batch 1 and 64: images per second.
 
@@ -122,7 +123,7 @@ def _servers(root: Path, model: str, model_file: Path, variants: dict[str, list[
 
 def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[str]], kserve: bool,
             floor: bool = True) -> dict:
-    """model -> {"cells": label -> cell -> [values], "inprocess": ..., "chain_over_full": ...}."""
+    """model -> {"cells": label -> cell -> [values], "inprocess": ..., "chain_over_full": label -> batch -> [values]}."""
     root = model_root(model)
     folder, spec = manifest(root, model)
     model_file = folder / spec.full_model.path
@@ -130,7 +131,7 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
     x1, xl = model_input(spec, 1), model_input(spec, large)
     input_name = spec.inputs[0].name
     cells: dict[str, dict[str, list[float]]] = {}
-    chain_ratio: dict[str, list[float]] = {"b1": [], f"b{large}": []}
+    chain_ratio: dict[str, dict[str, list[float]]] = {}
     inprocess: dict[str, list[float]] = {"b1": [], f"b{large}": []}
 
     def add(label: str, cell: str, value: float) -> None:
@@ -161,13 +162,14 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
                 log(f"  {label:<28} b1 c1 p50 {c1.p50_ms:7.2f} ms | b1 c16 {c16.throughput:8.1f} img/s | "
                     f"b{large} c4 {c4.throughput * large:8.1f} img/s | 8 threads {threads:8.1f} img/s"
                     + (f" | {errors} errors" if errors else ""))
-                if label == "layerserve (defaults)":
+                if label.startswith("layerserve"):
+                    ratios = chain_ratio.setdefault(label, {"b1": [], f"b{large}": []})
                     for key, x in (("b1", x1), (f"b{large}", xl)):
                         full, chain = alternating_p50(server.address, [
                             infer_request(model, x).SerializeToString(),
                             infer_request(names.chain_name(model), x).SerializeToString()], 3, seconds / 3)
-                        chain_ratio[key].append(statistics.median(chain) / statistics.median(full))
-                    log(f"  chain/full: b1 {chain_ratio['b1'][-1]:.3f}, b{large} {chain_ratio[f'b{large}'][-1]:.3f}")
+                        ratios[key].append(statistics.median(chain) / statistics.median(full))
+                    log(f"  chain/full: b1 {ratios['b1'][-1]:.3f}, b{large} {ratios[f'b{large}'][-1]:.3f}")
     return {"batch_large": large, "cells": cells, "inprocess": inprocess, "chain_over_full": chain_ratio}
 
 
@@ -187,11 +189,13 @@ def markdown(results: dict) -> str:
             row = [f"{_summary(cells[c])['median']:.2f} ({min(cells[c]):.2f}-{max(cells[c]):.2f})" for c in CELLS]
             lines.append(f"| {label} | " + " | ".join(row) + " |")
         floors = {k: _summary(v) for k, v in found["inprocess"].items()}
-        ratios = {k: _summary(v) for k, v in found["chain_over_full"].items()}
         lines += ["", "in-process ONNX Runtime (default options): "
-                  + ", ".join(f"{k} {v['median']:.1f} img/s ({v['min']:.1f}-{v['max']:.1f})" for k, v in floors.items()),
-                  "layerserve chain / full p50: "
-                  + ", ".join(f"{k} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})" for k, v in ratios.items()), ""]
+                  + ", ".join(f"{k} {v['median']:.1f} img/s ({v['min']:.1f}-{v['max']:.1f})" for k, v in floors.items())]
+        for label, by_batch in found["chain_over_full"].items():
+            ratios = {k: _summary(v) for k, v in by_batch.items()}
+            lines.append(f"{label} chain / full p50: "
+                         + ", ".join(f"{k} {v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f})" for k, v in ratios.items()))
+        lines.append("")
     return "\n".join(lines)
 
 

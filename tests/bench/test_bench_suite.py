@@ -118,7 +118,9 @@ def test_grid_measures_every_cell_for_defaults_a_variant_and_the_floor() -> None
     assert set(found["cells"]) == {"layerserve (defaults)", "layerserve (one instance)", grid.FLOOR}
     for cells in found["cells"].values():
         assert set(cells) == set(grid.CELLS) and all(values[0] > 0 for values in cells.values())
-    assert found["inprocess"]["b1"][0] > 0 and found["chain_over_full"]["b64"][0] > 0
+    assert found["inprocess"]["b1"][0] > 0
+    assert set(found["chain_over_full"]) == {"layerserve (defaults)", "layerserve (one instance)"}
+    assert all(by_batch["b64"][0] > 0 for by_batch in found["chain_over_full"].values())
     assert "| layerserve (defaults) |" in grid.markdown({"models": {"digits_cnn": found}})
 
 
@@ -208,3 +210,15 @@ def test_python_overhead_refuses_a_bad_instances_value_in_one_line(capsys) -> No
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "expected auto or a whole number >= 0, got 'two'" in error and "Traceback" not in error
+
+
+def test_chain_seams_times_the_servers_own_sessions_for_both_chains(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import chain_seams
+
+    report = chain_seams.measure("digits_cnn", [1, 4], {1: 3, 4: 3})
+    assert report["blocks"] == 5 and report["native_seams"] == [0, 1, 2]
+    for row in report["batches"].values():
+        assert row["full_ms"] > 0 and row["plain_over_full"] > 0 and row["native_over_full"] > 0
+        assert len(row["plain_blocks_ms"]) == len(row["native_blocks_ms"]) == 5
+    assert chain_seams.main(["--batches", "2", "--repeats", "2"]) == 0
+    assert "native seams [0, 1, 2]" in capsys.readouterr().out
