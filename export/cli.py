@@ -94,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_depth(split)
     split.add_argument("--at", default=None, help="comma-separated tensor names to cut at")
     split.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    split.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                       help="the per-sample input shape to serve, for a graph exported with free height and width "
+                       "(dynamic_axes past the batch); must agree with the graph's fixed dimensions")
     split.add_argument("--fixed-batch", action="store_true",
                        help="keep a fixed batch dimension as it is (default: make it dynamic where that provably "
                        "changes no answer)")
@@ -202,11 +205,15 @@ def _split(args: argparse.Namespace) -> int:
     if args.triton:
         if args.out is not None:
             raise ExportError("--triton writes into the repository it is given; --out does not apply")
+        if args.input_shape is not None:
+            raise ExportError("--triton splits each model at the shape its config.pbtxt declares; --input-shape "
+                              "does not apply")
         return _split_triton(args, SplitOptions(granularity=args.granularity, at=at, depth=args.depth,
                                                 make_dynamic=False))
     if args.out is None:
         raise ExportError("--out is required (the model folder to write), unless --triton")
-    options = SplitOptions(granularity=args.granularity, at=at, depth=args.depth, make_dynamic=not args.fixed_batch)
+    options = SplitOptions(granularity=args.granularity, at=at, depth=args.depth, make_dynamic=not args.fixed_batch,
+                           input_shape=args.input_shape)
     began = time.perf_counter()
     manifest = split_to_repository(args.model, args.out, args.name, options, _preprocessing_for_file(args),
                                    _labels(args.labels))

@@ -81,7 +81,49 @@ def read_model(source: str | Path) -> onnx.ModelProto:
     return proto
 
 
-def load_model(source: str | Path | onnx.ModelProto, make_dynamic: bool = True) -> LoadedModel:
+def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) -> onnx.ModelProto:
+    """``proto`` with its input's free dimensions past the batch set from ``per_sample``.
+
+    A served model takes one image size: its manifest sizes every block's activations per sample,
+    and the server validates requests against them. A graph exported with free height and width
+    (``dynamic_axes={"x": {2: "h", 3: "w"}}``) is split at the size the user names. Raises SplitError
+    when a free dimension is left without a size, or ``per_sample`` disagrees with the graph.
+    """
+    info = proto.graph.input[0]
+    past_batch = list(info.type.tensor_type.shape.dim)[1:]
+    shown = "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                            for d in info.type.tensor_type.shape.dim) + "]"
+    free = [not d.HasField("dim_value") for d in past_batch]
+    if per_sample is None:
+        if any(free):
+            example = ",".join(str(d.dim_value) if d.HasField("dim_value") else "224" for d in past_batch)
+            raise SplitError(f"input {info.name!r} is {shown}: free dimensions past the batch; a served model takes "
+                             f"one image size, so name it with --input-shape (e.g. --input-shape {example})")
+        return proto
+    if len(per_sample) != len(past_batch) or any(
+        d.HasField("dim_value") and d.dim_value != size for d, size in zip(past_batch, per_sample, strict=False)
+    ):
+        wanted = ",".join(str(size) for size in per_sample)
+        raise SplitError(f"--input-shape {wanted} does not fit input {info.name!r}, which is {shown} (the batch first)")
+    if not any(free):
+        return proto
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(proto)
+    for dim, size in zip(list(pinned.graph.input[0].type.tensor_type.shape.dim)[1:], per_sample, strict=True):
+        dim.Clear()
+        dim.dim_value = size
+    # Shapes recorded for the free size would contradict the pinned one: inference gives them again.
+    del pinned.graph.value_info[:]
+    for output in pinned.graph.output:
+        for dim in list(output.type.tensor_type.shape.dim)[1:]:
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+    return pinned
+
+
+def load_model(
+    source: str | Path | onnx.ModelProto, make_dynamic: bool = True, input_shape: tuple[int, ...] | None = None
+) -> LoadedModel:
     """Load ``source`` and bring it into the form splitting needs (see export/foreign.py, export/batch.py).
 
     Initializers listed as graph inputs (old exporters did this) do not count as
@@ -89,7 +131,8 @@ def load_model(source: str | Path | onnx.ModelProto, make_dynamic: bool = True) 
     when that provably changes nothing (``make_dynamic``), else kept and recorded;
     tensors ONNX cannot type are typed by ONNX Runtime. Raises SplitError for a file
     that is not ONNX, a graph with several inputs, a non-float input, control-flow
-    nodes (If/Loop/Scan), or a graph ONNX Runtime cannot run.
+    nodes (If/Loop/Scan), a graph ONNX Runtime cannot run, or an input with free dimensions past
+    the batch that ``input_shape`` (the per-sample shape) does not pin (:func:`pin_input_shape`).
     """
     from .batch import check_sizes, resolve_batch
     from .foreign import infer_types, modernize
@@ -106,6 +149,7 @@ def load_model(source: str | Path | onnx.ModelProto, make_dynamic: bool = True) 
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
         raise SplitError(f"the graph has {len(inputs)} inputs ({listed}); splitting needs exactly one image input")
+    proto = pin_input_shape(proto, input_shape)
     resolution = resolve_batch(proto, make_dynamic)
     proto = infer_types(resolution.proto, check_sizes(resolution.fixed))
     ir_model = ir.from_proto(proto)

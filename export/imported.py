@@ -44,6 +44,8 @@ class SplitOptions:
     depth: int | None = None
     make_dynamic: bool = True
     tolerance: float = CHAIN_TOLERANCE
+    # The per-sample input shape to split at, for graphs with free dimensions past the batch.
+    input_shape: tuple[int, ...] | None = None
 
 
 def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResult, ChainReport]:
@@ -74,7 +76,7 @@ def split_to_repository(
 
     ``preprocessing``: how pictures become the input (default: torchvision-style for image inputs).
     """
-    model = load_model(source, options.make_dynamic)
+    model = load_model(source, options.make_dynamic, options.input_shape)
     result, report = checked_split(model, options)
     provenance = _provenance(source, model, result, report)
     out = Path(out)
