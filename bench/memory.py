@@ -164,7 +164,12 @@ def measure(models: Path, model: str, seconds: float, settle_s: float = SETTLE_S
         ort_empty = ort_pss_mib(empty_graph)
         ort_model = ort_pss_mib(full)
         server_empty = server_pss_mib(Path(scratch) / "repo", None, seconds)["idle"]
-    server = server_pss_mib(models, model, seconds, settle_s)
+        # The server holds this model alone: every model it serves is checked at load (server/chains.py runs
+        # a probe through each chain), so another model in the same folder would count as this one's.
+        alone = Path(scratch) / "alone"
+        alone.mkdir()
+        (alone / model).symlink_to((models / model).resolve(), target_is_directory=True)
+        server = server_pss_mib(alone, model, seconds, settle_s)
     ort_adds = ort_model - ort_empty
     server_adds = server["idle"] - server_empty
     return {

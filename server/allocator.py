@@ -75,6 +75,19 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def give_back() -> bool:
+    """Return free heap pages to the system now (``malloc_trim``); False outside glibc.
+
+    For memory a one-off step freed, such as loading (the chains' probes, server/chains.py): the
+    janitor takes the size it first sees as the server's idle size and never trims below it.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def resident_bytes() -> int:
     """This process's resident set size (``/proc/self/statm``)."""
     with open("/proc/self/statm") as statm:

@@ -25,7 +25,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import cpus, limits, loops, metrics, ports, rest, runtime, security
+from . import allocator, cpus, limits, loops, metrics, ports, rest, runtime, security
 from .dataplane import DataPlane
 from .endpoints import BatchingOverrides
 from .grpc_inference import InferenceServicer
@@ -103,6 +103,7 @@ def load(settings: Settings, optimized_dir: Path | None = None) -> DataPlane:
                                      optimized_dir, settings.provider_options, settings.native_seams)
     overrides = BatchingOverrides(settings.dynamic_batching, settings.max_batch_size, settings.max_queue_delay_us)
     repository = Repository.load(settings.models, options, overrides, verify=settings.verify)
+    allocator.give_back()  # what loading freed (the chains' probes ran at batch 2): not the idle size
     if settings.device == "auto":
         for model in repository.versions():
             if model.ready and runtime.CUDA not in model.providers:
