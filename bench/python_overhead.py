@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from bench.payloads import COMMITTED, infer_request, manifest, model_input
+from layerserve.proto.manifest import version_folders
 from layerserve.server import dataplane, metrics, runtime
 from layerserve.server.grpc_inference import InferenceServicer
 from layerserve.server.repository import Repository
@@ -94,7 +95,9 @@ def _instances(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="digits_cnn", help="a model of the committed repository (models/)")
+    committed = sorted(folder.name for folder in COMMITTED.iterdir() if folder.is_dir() and version_folders(folder))
+    parser.add_argument("--model", default="digits_cnn", choices=committed,
+                        help="a model of the committed repository (models/)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--path", choices=PATHS, default="loop",

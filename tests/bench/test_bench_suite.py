@@ -210,6 +210,11 @@ def test_python_overhead_refuses_a_bad_instances_value_in_one_line(capsys) -> No
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "expected auto or a whole number >= 0, got 'two'" in error and "Traceback" not in error
+    with pytest.raises(SystemExit) as exit_info:
+        python_overhead.main(["--model", "nope"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in error and "digits_cnn" in error and "Traceback" not in error
 
 
 def test_chain_seams_times_the_servers_own_sessions_for_both_chains(capsys: pytest.CaptureFixture[str]) -> None:
