@@ -5,7 +5,8 @@ native seams (server/seams.py, server/chains.py), interleaved run by run.
     python -m bench.chain_seams --model resnet50_shaped --batches 1,8 --repeats 10,6
 
 The sessions are what ``layerserve serve`` loads with its defaults: ONNX Runtime's optimized copies
-(in a temporary folder), one intra-op thread, the variants at the seams the load-time probe accepted.
+(in a temporary folder), one intra-op thread, the variants at the seams the load-time probe accepted,
+and glibc's malloc tuned as the server tunes it (server/allocator.py).
 Per batch: the median time of each, chain/full for both chains with the 10th-90th percentile of the
 per-repeat ratios, and each block's median time in both chains (where the time goes). No server and no
 transport: what a served chain adds on top is in ``python -m bench.grid`` (``chain_over_full``).
@@ -25,7 +26,7 @@ import numpy as np
 
 from bench.payloads import model_root
 from layerserve.proto.manifest import version_folders
-from layerserve.server import chains, repository, runtime
+from layerserve.server import allocator, chains, repository, runtime
 from layerserve.server.endpoints import TensorSpec
 
 
@@ -51,6 +52,7 @@ def _input(spec: TensorSpec, batch: int) -> np.ndarray:
 
 def measure(model: str, batches: list[int], repeats: dict[int, int]) -> dict:
     """Timings of the full graph and both chains of ``model`` at each batch size."""
+    allocator.retain_freed_memory()
     root = model_root(model)
     with tempfile.TemporaryDirectory() as optimized:
         loaded = repository.load_version(model, version_folders(root / model)[-1],
