@@ -5,9 +5,10 @@ except across a native seam (server/seams.py) whose tensor the client does not k
 both blocks run the variant that hands on ONNX Runtime's blocked tensor, and the two layout
 changes are skipped. Kept outputs and the chain's own ends are always plain NCHW.
 
-Which seams are native is settled once, at load, on a probe input. The variants are made
-without a shape at the seam and run once, which tells the blocked tensor's channel count
-(padded to a vector width ONNX Runtime picks for this CPU); then made again declaring it. The
+Which seams are native is settled once, at load, on a probe input. For each seam, the first
+block's variant that gives its output blocked is made without a shape there and run once on
+that block's input, which tells the blocked tensor's channel count (padded to a vector width
+ONNX Runtime picks for this CPU); then every variant is made declaring it. The
 probe runs through the plain chain and through native plans that use every variant, and the
 seams are used only when every result is bit-identical to the plain chain's. Otherwise (an
 onnxruntime that lays tensors out in a way not foreseen here, a graph the checks in
@@ -81,10 +82,12 @@ def build(blocks: list[runtime.Graph], options: runtime.RuntimeOptions) -> Block
                  extra={"fields": {"graph": blocks[0].path.name, "reason": feeds}})
         return plain
     try:
-        unshaped = BlockChain(list(blocks), _variants(blocks, candidates, options), candidates)
-        channels = _blocked_channels(unshaped, feeds)
+        # The plain chain's answers, every block kept: what the native plans must reproduce, and each
+        # block's own input for learning the seams' blocked shapes.
+        reference = plain.run(feeds, keep=range(len(blocks)))
+        channels = _blocked_channels(blocks, candidates, options, feeds, reference[1])
         chain = BlockChain(list(blocks), _variants(blocks, candidates, options, channels), candidates)
-        refused = _probe(chain, feeds)
+        refused = _probe(chain, feeds, reference)
     except Exception as error:  # noqa: BLE001 - no room for a variant, or ONNX Runtime refusing one
         refused = bounded(f"{type(error).__name__}: {' '.join(str(error).split())}", 300)
     if refused:
@@ -108,23 +111,25 @@ def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runt
     return made
 
 
-def _blocked_channels(chain: BlockChain, feeds: dict[str, np.ndarray]) -> dict[str, int]:
-    """The channel count of the blocked tensor at each joined seam of ``chain`` (whose variants declare
-    no shape there), read from a run on ``feeds``: the vector width ONNX Runtime pads channels to is
-    its own choice for this CPU. A seam whose tensor differs from its plain shape in more than the
-    channels gets no entry (its variants then declare no shape)."""
+def _blocked_channels(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,
+                      feeds: dict[str, np.ndarray], kept: dict[int, Outputs]) -> dict[str, int]:
+    """The channel count of the blocked tensor at each ``joined`` seam: block k's variant that gives its
+    output blocked, made without a shape there, run on block k's input from the plain chain (``feeds``,
+    then ``kept``, each block's outputs). The vector width ONNX Runtime pads channels to is its own
+    choice for this CPU. A seam whose tensor differs from its plain shape in more than the channels
+    gets no entry (its variants then declare no shape)."""
     values, found = dict(feeds), {}
-    for index, graph in enumerate(chain.graphs(0, len(chain.blocks))):
-        outputs = graph.run({spec.name: values[spec.name] for spec in graph.inputs})
-        values.update(outputs)
-        if index not in chain.native:
-            continue
-        for spec in chain.blocks[index].outputs:
-            shape = outputs[spec.name].shape
-            if len(shape) == len(spec.shape) >= 2 and all(
-                    want < 0 or want == got for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True))
-                    if axis != 1):
-                found[spec.name] = int(shape[1])
+    for index, block in enumerate(blocks):
+        if index in joined:
+            unshaped = runtime.Graph(block.path, options, prepared=seams.variant(block.optimized, False, True))
+            outputs = unshaped.run({spec.name: values[spec.name] for spec in unshaped.inputs})
+            for spec in block.outputs:
+                shape = outputs[spec.name].shape
+                if len(shape) == len(spec.shape) >= 2 and all(
+                        want < 0 or want == got for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True))
+                        if axis != 1):
+                    found[spec.name] = int(shape[1])
+        values.update(kept[index])
     return found
 
 
@@ -141,14 +146,13 @@ def _probe_input(block: runtime.Graph) -> dict[str, np.ndarray] | str:
     return feeds
 
 
-def _probe(chain: BlockChain, feeds: dict[str, np.ndarray]) -> str:
-    """Why the native plans of ``chain`` cannot be trusted on ``feeds`` ("" when they agree with the
-    plain chain). The plans: nothing kept (every seam joined), then every other seam kept, both ways
-    round, so each variant runs at least once.
+def _probe(chain: BlockChain, feeds: dict[str, np.ndarray], reference: tuple[Outputs, dict[int, Outputs]]) -> str:
+    """Why the native plans of ``chain`` cannot be trusted on ``feeds`` ("" when they agree with
+    ``reference``, the plain chain's answers with every block kept). The plans: nothing kept (every
+    seam joined), then every other seam kept, both ways round, so each variant runs at least once.
     """
-    count = len(chain.blocks)
     seams_in_order = sorted(chain.native)
-    want, want_kept = BlockChain(chain.blocks).run(feeds, keep=range(count))
+    want, want_kept = reference
     for keep in ((), seams_in_order[0::2], seams_in_order[1::2]):
         got, got_kept = chain.run(feeds, keep=keep)
         checks = [(want, got), *((want_kept[index], got_kept[index]) for index in keep)]
