@@ -75,16 +75,22 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where there is none."""
+    libc = _libc()
+    return getattr(libc, "malloc_trim", None) if libc is not None else None
+
+
 def give_back() -> bool:
     """Return free heap pages to the system now (``malloc_trim``); False outside glibc.
 
     For memory a one-off step freed, such as loading (the chains' probes, server/chains.py): the
     janitor takes the size it first sees as the server's idle size and never trims below it.
     """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    libc.malloc_trim(0)
+    trim(0)
     return True
 
 
@@ -139,8 +145,8 @@ def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
     """Every ``every_s`` seconds, give free heap pages back (``malloc_trim``) when TrimPolicy says so;
     idle means no request for ``every_s`` (``idle_s``: seconds since the last one).
     A daemon thread; False (nothing started) outside glibc."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
+    trim = _malloc_trim()
+    if trim is None:
         return False
     policy = TrimPolicy(resident_bytes(), budget_bytes)
 
@@ -150,7 +156,7 @@ def start_janitor(budget_bytes: int, every_s: float = JANITOR_EVERY_S,
             before = resident_bytes()
             idle = idle_s is not None and idle_s() >= every_s
             if policy.should_trim(before, idle):
-                libc.malloc_trim(0)
+                trim(0)
                 after = resident_bytes()
                 policy.trimmed(after, idle)
                 log.info("gave free memory back", extra={"fields": {
