@@ -131,11 +131,31 @@ class ChainResult:
         """The only output of the last block (ValueError if it has several)."""
         return _only(self.outputs, "the last block")
 
+    @property
+    def scores(self) -> np.ndarray:
+        """The last block's first output (:func:`first_output`): what the experiment scores."""
+        return first_output(self.outputs)
+
     def kept_output(self, block: str) -> np.ndarray:
         """The only kept output of ``block`` (KeyError if it was not kept, ValueError if it has several)."""
         if block not in self.kept:
             raise KeyError(f"block {block!r} was not kept (kept: {list(self.kept)})")
         return _only(self.kept[block], f"block {block!r}")
+
+
+def first_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The first of a model's outputs, in the graph's order: a classifier's scores also when the model
+    returns more beside them (an embedding, auxiliary logits, probabilities), as exporters put the
+    first value a ``forward`` returns first."""
+    if not outputs:
+        raise ValueError("the answer holds no outputs")
+    return next(iter(outputs.values()))
+
+
+def _sent_as(array: np.ndarray, encoding: str) -> str:
+    """The wire encoding ``array`` travels in: ``encoding`` for FP32, none for other types (a quantized
+    model's INT8 activations, UINT8 pixels), which the encodings do not apply to."""
+    return encoding if array.dtype == np.float32 else "fp32"
 
 
 def _only(outputs: Mapping[str, np.ndarray], what: str) -> np.ndarray:
@@ -343,7 +363,8 @@ class LayerClient:
         The rows go in as many requests as the model's batch and the message limits
         need (module docstring); their outputs are concatenated. ``address`` overrides
         the server (placement uses it). ``encoding`` ``fp16``/``int8`` sends FP32 inputs
-        compressed (proto/encodings.py). Raises ServerError with the server's message
+        compressed (proto/encodings.py); inputs of other types (a quantized model's INT8
+        activations, UINT8 pixels) go as they are. Raises ServerError with the server's message
         (e.g. INVALID_ARGUMENT on a shape mismatch).
         """
         named = self._named_inputs(model, x, version, address)
@@ -361,7 +382,7 @@ class LayerClient:
         for batch in _batches(named, rows):
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             for name, array in batch.items():
-                tensors.add_raw_input(request, name, array, encoding)
+                tensors.add_raw_input(request, name, array, _sent_as(array, encoding))
             for name in outputs:
                 request.outputs.add(name=name)
             parts.append(tensors.outputs_by_name(self._call(endpoint.inference.ModelInfer, request, "ModelInfer")))
@@ -474,7 +495,8 @@ class LayerClient:
                     model_name=model, model_version=version, start=segment.start, stop=segment.stop, keep=segment_keep
                 )
                 request.request.model_name = blocks.chain_model_name
-                tensors.add_raw_input(request.request, spec.name, batch[spec.name], segment.encoding)
+                tensors.add_raw_input(request.request, spec.name, batch[spec.name],
+                                      _sent_as(batch[spec.name], segment.encoding))
                 answer = self._call(endpoint.layers.Chain, request, "Chain")
                 parts.append(tensors.outputs_by_name(answer.response))
                 kept_parts.append({k.block_name: tensors.outputs_by_name(k.outputs) for k in answer.kept})

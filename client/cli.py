@@ -361,6 +361,8 @@ def _chain(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
+    from layerserve.proto.tensors import numpy_dtype
+
     manifest = found.manifest
     if args.images is not None:
         from .images import read_image_folder
@@ -378,7 +380,8 @@ def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
         images, labels = archive["images"], archive["labels"]
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
-    return np.ascontiguousarray(images, dtype=np.float32), np.asarray(labels)
+    # As the model takes them: FP32, or integer pixels (UINT8) for a graph that normalizes them itself.
+    return np.ascontiguousarray(images, dtype=numpy_dtype(found.input_spec(0).datatype)), np.asarray(labels)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -437,7 +440,8 @@ def _print_compare(report) -> None:
     console = _console()
     table = Table(
         "path", "blocks", "accuracy", "agreement", "KL(full‖path)", "top-1 conf.", "result",
-        title=f"{report.model}: {report.samples} {report.samples_label}, chance {report.chance:.{0 if report.chance >= 0.01 else 1}%}",
+        title=f"{report.model}: {report.samples} {report.samples_label}, chance "
+              f"{report.chance:.{0 if report.chance >= 0.01 else 1}%}{report.scored_on()}",
     )
     for p in report.paths:
         if p.error is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .api import LayerClient, Where
+from .api import LayerClient, Where, first_output
 from .compression import EncodingCosts
 from .errors import ServerError
 from .fit import FITS, per_sample
@@ -127,6 +127,8 @@ class CompareReport:
     encodings: EncodingCosts | None = None
     # What the samples are, for titles: "held-out samples", "pictures from photos/".
     samples_label: str = "held-out samples"
+    # The model's outputs, in order; every path is scored on the first (api.first_output).
+    outputs: list[str] = field(default_factory=list)
 
     def path(self, name: str) -> PathResult:
         """The path called ``name``; KeyError otherwise."""
@@ -134,6 +136,12 @@ class CompareReport:
             if path.name == name:
                 return path
         raise KeyError(f"no path {name!r} (paths: {[p.name for p in self.paths]})")
+
+    def scored_on(self) -> str:
+        """", scored on output 'logits' (the first of 2)" for a model with several outputs, else ""."""
+        if len(self.outputs) < 2:
+            return ""
+        return f", scored on output {self.outputs[0]!r} (the first of {len(self.outputs)})"
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -143,6 +151,7 @@ class CompareReport:
             "start_block": self.start_block,
             "chance": self.chance,
             "samples_label": self.samples_label,
+            "outputs": self.outputs,
             "paths": [p.to_dict() for p in self.paths],
             "skip_curve": self.skip_curve.to_dict() if self.skip_curve else None,
             "skip_matrix": self.skip_matrix.to_dict() if self.skip_matrix else None,
@@ -200,6 +209,7 @@ def compare(
     (run ``where`` the caller says). A path that fails (the server refuses, an
     answer is not class scores) records its error and the others still run; only
     the full graph, every path's reference, must succeed (its ServerError is raised).
+    A model with several outputs is scored on its first (the report's ``outputs`` lists them).
     """
     blocks = client.blocks(model)
     names = [b.name for b in blocks.blocks]
@@ -208,7 +218,7 @@ def compare(
     every = f"{names[0]}..{names[-1]}"
     final = f"{names[start]}..{names[-1]}"
 
-    full = as_logits(client.infer_array(blocks.full_model_name, images))
+    full = as_logits(first_output(client.infer(blocks.full_model_name, images)))
     paths = [score("full graph", "model.onnx", full, full, labels)]
     on_step("full graph")
 
@@ -220,12 +230,12 @@ def compare(
         on_step(name)
 
     for mode in ("client", "server"):
-        attempt(f"{mode} chain", every, lambda mode=mode: client.chain(model, images, where=mode).output)
+        attempt(f"{mode} chain", every, lambda mode=mode: client.chain(model, images, where=mode).scores)
     attempt("final only, raw image", final,
-            lambda: client.final_only(model, images, fit=None, start=start, where=where).output)
+            lambda: client.final_only(model, images, fit=None, start=start, where=where).scores)
     for method in fits:
         attempt(f"final only, {method}", final, lambda method=method: client.final_only(
-            model, images, fit=method, start=start, where=where, seed=seed).output, fit=method)
+            model, images, fit=method, start=start, where=where, seed=seed).scores, fit=method)
     return CompareReport(
         model=model,
         samples=len(images),
@@ -235,6 +245,7 @@ def compare(
         class_names=list(blocks.manifest.labels) or [str(i) for i in range(full.shape[1])],
         chance=1.0 / full.shape[1],
         paths=paths,
+        outputs=[spec.name for spec in blocks.manifest.outputs],
     )
 
 
@@ -259,14 +270,14 @@ def skip_curve(
     """
     blocks = client.blocks(model)
     labels = np.asarray(labels)
-    whole = float(np.mean(as_logits(client.chain(model, images, where="server").output).argmax(1) == labels))
+    whole = float(np.mean(as_logits(client.chain(model, images, where="server").scores).argmax(1) == labels))
     on_step("skip 0")
     skipped = [0, *range(every, len(blocks), every)]
     accuracy: dict[str, list[float]] = {method: [whole] for method in fits}
     for k in skipped[1:]:
         target = per_sample(blocks.input_spec(k).shape)
         for method in fits:
-            logits = client.chain(model, fit_to(images, target, method, seed), start=k, where="server").output
+            logits = client.chain(model, fit_to(images, target, method, seed), start=k, where="server").scores
             accuracy[method].append(float(np.mean(as_logits(logits).argmax(1) == labels)))
             on_step(f"skip {k}, {method}")
     return SkipCurve(skipped=skipped, start_blocks=[blocks.blocks[k].name for k in skipped], accuracy=accuracy)
@@ -302,7 +313,7 @@ def skip_matrix(
     for i, source in enumerate(sources):  # source i is the input of block i
         for j in range(i, n):
             fitted = fit_to(source, per_sample(blocks.input_spec(j).shape), fit, seed)
-            logits = client.chain(model, fitted, start=j, where="server").output
+            logits = client.chain(model, fitted, start=j, where="server").scores
             accuracy[i, j] = float(np.mean(as_logits(logits).argmax(1) == labels))
             on_step(f"source {i} -> block {j}")
     return SkipMatrix(

@@ -59,8 +59,10 @@ class EndpointProfile:
 class ModelProfile:
     """Everything the planner needs, measured once; independent of the link (so it can be re-planned).
 
-    ``cut_bytes[k]``: FP32 bytes of the tensor entering block k per request (``cut_bytes[0]``
-    is the input, ``cut_bytes[n]`` the model's output). ``encode_seconds[e][k]``: encoding
+    ``cut_bytes[k]``: bytes of the tensor entering block k per request (``cut_bytes[0]``
+    is the input, ``cut_bytes[n]`` the model's output), FP32 unless ``cut_datatypes[k]`` says
+    otherwise; an encoding applies only to an FP32 cut (empty: every cut is FP32, as profiles
+    written before the field). ``encode_seconds[e][k]``: encoding
     the tensor at cut k as ``e`` and decoding it back. ``agreement[e][k]``: the share of
     samples whose argmax is unchanged when cut k's tensor travels as ``e`` (None: not
     measured). ``accuracy`` likewise against labels, when there were labels.
@@ -76,11 +78,19 @@ class ModelProfile:
     agreement: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
     accuracy: Mapping[str, tuple[float | None, ...]] = field(default_factory=dict)
     samples: int = 0
+    cut_datatypes: tuple[str, ...] = ()
+
+    def encodable(self, cut: int) -> bool:
+        """Whether a wire encoding changes what crosses ``cut`` (its tensor is FP32)."""
+        return not self.cut_datatypes or self.cut_datatypes[cut] == "FP32"
 
     def __post_init__(self) -> None:
         count = len(self.block_names)
         if len(self.cut_bytes) != count + 1:
             raise ValueError(f"cut_bytes expects {count + 1} entries (one per cut), got {len(self.cut_bytes)}")
+        if self.cut_datatypes and len(self.cut_datatypes) != count + 1:
+            raise ValueError(f"cut_datatypes expects {count + 1} entries (one per cut) or none, "
+                             f"got {len(self.cut_datatypes)}")
         for side in (self.near, self.far):
             if len(side.block_seconds) != count:
                 raise ValueError(f"{side.address} profile expects {count} block times, got {len(side.block_seconds)}")
@@ -100,7 +110,8 @@ class ModelProfile:
 
         return cls(str(data["model"]), int(data["rows"]), tuple(data["block_names"]), tuple(data["cut_bytes"]),
                    endpoint(data["near"]), endpoint(data["far"]), per_cut(data.get("encode_seconds")),
-                   per_cut(data.get("agreement")), per_cut(data.get("accuracy")), int(data.get("samples", 0)))
+                   per_cut(data.get("agreement")), per_cut(data.get("accuracy")), int(data.get("samples", 0)),
+                   tuple(data.get("cut_datatypes") or ()))
 
 
 @dataclass(frozen=True)
@@ -188,7 +199,7 @@ def estimate(profile: ModelProfile, link: Link, cut: int, encoding: str) -> Esti
         near = profile.near.run_seconds(0, count, input_bytes + output_bytes)
         return Estimate(cut, "fp32", near, 0.0, 0.0, 0)
     near = profile.near.run_seconds(0, cut, input_bytes + profile.cut_bytes[cut]) if cut > 0 else 0.0
-    wire = ENCODINGS[encoding].wire_bytes(profile.cut_bytes[cut])
+    wire = ENCODINGS[encoding].wire_bytes(profile.cut_bytes[cut]) if profile.encodable(cut) else profile.cut_bytes[cut]
     request, answer = wire + FRAMING_BYTES, output_bytes + FRAMING_BYTES
     coding = profile.encode_seconds.get(encoding, ())[cut] if encoding != "fp32" else 0.0
     far = profile.far.run_seconds(cut, count, wire + output_bytes) + (coding or 0.0)
@@ -219,7 +230,9 @@ def plan(
         raise ValueError(f"encodings expect some of {', '.join(ENCODINGS)}, got {unknown}")
     count = len(profile.block_names)
     chosen = list(dict.fromkeys(["fp32", *encodings]))
-    candidates = [estimate(profile, link, cut, e) for cut in range(count) for e in chosen]
+    # A cut that is not FP32 travels as it is: its only candidate is fp32.
+    candidates = [estimate(profile, link, cut, e) for cut in range(count) for e in chosen
+                  if e == "fp32" or profile.encodable(cut)]
     candidates.append(estimate(profile, link, count, "fp32"))
     candidates = [_judged(c, min_agreement) for c in candidates]
     allowed = [c for c in candidates if c.refused is None]

@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from layerserve.proto import encodings as wire
+from layerserve.proto.tensors import example_values, numpy_dtype
 
 from .api import LayerClient, ModelBlocks
-from .compression import cut_bytes, encoding_costs
+from .compression import cut_bytes, cut_datatypes, encoding_costs
 from .errors import ServerError
 from .link import Link
 from .planner import FRAMING_BYTES, EndpointProfile, ModelProfile
@@ -182,18 +183,20 @@ def profile_model(
     near_blocks = served_blocks(near, model, "near")
     far_blocks = served_blocks(far, model, "far")
     check_same_model(near_blocks, far_blocks)
+    datatype = far_blocks.input_spec(0).datatype
     if images is not None and len(images) >= rows:
-        x = np.ascontiguousarray(images[:rows], dtype=np.float32)
+        x = np.ascontiguousarray(images[:rows], dtype=numpy_dtype(datatype))
     else:
-        shape = [rows, *far_blocks.input_spec(0).shape[1:]]
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        x = example_values(datatype, [rows, *far_blocks.input_spec(0).shape[1:]], np.random.default_rng(0))
     inputs = block_inputs(far, model, x)
     on_step("activations")
     near_profile, near_rows = measure_endpoint(near, model, inputs, None, warmup, repeats, on_step)
     far_profile, far_rows = measure_endpoint(far, model, inputs, link, warmup, repeats, on_step)
     tensors = [*inputs, None]
     chosen = [e for e in encodings if e != "fp32"]
-    encode = {e: tuple(0.0 if t is None else coding_seconds(t, e) for t in tensors) for e in chosen}
+    # A tensor that is not FP32 travels as it is: no encoding, no coding time.
+    encode = {e: tuple(0.0 if t is None or t.dtype != np.float32 else coding_seconds(t, e) for t in tensors)
+              for e in chosen}
     agreement: dict[str, tuple[float | None, ...]] = {}
     accuracy: dict[str, tuple[float | None, ...]] = {}
     samples = 0
@@ -207,6 +210,7 @@ def profile_model(
         rows=rows,
         block_names=tuple(b.name for b in far_blocks.blocks),
         cut_bytes=tuple(cut_bytes(far, model, rows)),
+        cut_datatypes=tuple(cut_datatypes(far, model)),
         near=near_profile,
         far=far_profile,
         encode_seconds=encode,

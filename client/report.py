@@ -51,7 +51,7 @@ def plot_paths(report: CompareReport, path: Path) -> Path:
     ax.text(report.chance, len(names) - 0.4, " chance", color=MUTED, fontsize=8)
     ax.set_yticks(range(len(names)), names)
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"accuracy on {report.samples} {report.samples_label}")
+    ax.set_xlabel(f"accuracy on {report.samples} {report.samples_label}{report.scored_on()}")
     ax.set_title(f"{report.model}: every block in order, or only {report.start_block} onwards?")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -124,6 +124,19 @@ def numpy_dtype(datatype: str) -> np.dtype:
         raise TensorCodecError(f"unsupported datatype {datatype!r} (supported: {known})") from None
 
 
+def example_values(datatype: str, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """Seeded values a tensor of ``datatype`` plausibly holds, for probes and profiles: standard normal
+    for floating point, 8-bit pixel values for integers (0-255; -128-127 for INT8). TensorCodecError
+    for other types (BOOL, BYTES), which no image holds."""
+    dtype = numpy_dtype(datatype)
+    if dtype.kind == "f":
+        return rng.standard_normal(tuple(shape)).astype(dtype)
+    if dtype.kind not in "iu":
+        raise TensorCodecError(f"no example values for datatype {datatype}: an image is numbers")
+    low, high = (-128, 128) if dtype == np.int8 else (0, 256)
+    return rng.integers(low, high, tuple(shape)).astype(dtype)
+
+
 def format_spec(datatype: str, shape: Sequence[int]) -> str:
     """``FP32 [-1,128,2,2]``: how tensors are named in every message we write."""
     return f"{datatype} [{','.join(str(int(d)) for d in shape)}]"

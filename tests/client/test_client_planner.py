@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -139,3 +140,20 @@ def test_rpc_cost_fit() -> None:
     assert fixed == pytest.approx(0.001) and per_byte == pytest.approx(1e-9)
     # payloads too alike to tell a per-byte cost from noise: all of it is fixed
     assert fit_rpc_cost([4000, 4100], [0.002, 0.0001]) == (pytest.approx(0.00105), 0.0)
+
+
+def test_a_cut_that_is_not_fp32_is_only_sent_as_it_is() -> None:
+    """A quantized model's INT8 activations: no encoding applies there, so fp16 and int8 are no candidates at
+    those cuts (and a profile with no datatypes, as written before the field, treats every cut as FP32)."""
+    base = profile(**SHRINKING, agreement={"fp16": [1.0] * 4, "int8": [1.0] * 4})
+    quantized = replace(base, cut_datatypes=("FP32", "INT8", "INT8", "FP32", "FP32"))
+    chosen = plan(quantized, Link.parse("20Mbit/s,2ms"), NEAR, FAR, encodings=("fp16", "int8"))
+    offered = {(e.cut, e.encoding) for e in chosen.estimates}
+    assert {(1, "fp32"), (2, "fp32"), (0, "fp16"), (3, "int8")} <= offered
+    assert not {(1, "fp16"), (1, "int8"), (2, "fp16"), (2, "int8")} & offered
+    assert estimate(quantized, Link.parse("20Mbit/s,2ms"), 1, "fp16").link_bytes == estimate(
+        quantized, Link.parse("20Mbit/s,2ms"), 1, "fp32").link_bytes
+    assert len(plan(base, Link.parse("20Mbit/s,2ms"), NEAR, FAR, encodings=("fp16", "int8")).estimates) == 13
+    assert ModelProfile.from_dict(json.loads(json.dumps(quantized.to_dict()))) == quantized
+    with pytest.raises(ValueError, match="cut_datatypes expects 5 entries"):
+        replace(base, cut_datatypes=("FP32",))
