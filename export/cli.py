@@ -257,11 +257,14 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
     table = Table(title=f"{manifest.name} v{manifest.version} -> {folder}")
     for column in ("block", "input", "output", "params", "MFLOPs", "out bytes/sample"):
         table.add_column(column)
+    def listed(specs) -> str:  # every tensor, one per line (a last block may give the model's several outputs)
+        return "\n".join(f"{spec.name} {format_spec(spec.datatype, spec.shape)}" for spec in specs)
+
     for block in manifest.blocks:
         table.add_row(
             block.name,
-            f"{block.inputs[0].name} {format_spec(block.inputs[0].datatype, block.inputs[0].shape)}",
-            f"{block.outputs[0].name} {format_spec(block.outputs[0].datatype, block.outputs[0].shape)}",
+            listed(block.inputs),
+            listed(block.outputs),
             f"{block.parameters:,}",
             f"{block.flops / 1e6:.2f}",
             f"{block.output_bytes_per_sample:,}",

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
+from layerserve.proto.tensors import ONNX_ELEM_TYPES, example_values, numpy_dtype
 
 from .errors import SplitError
 
@@ -116,8 +116,14 @@ def infer_types(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> onnx.Mo
     return proto
 
 
+# Integer inputs that hold pictures (an end-to-end export normalizes them inside the graph); INT32 and
+# INT64 inputs hold indices (token ids, class ids), which no CNN here takes.
+PIXEL_DATATYPES = ("UINT8", "INT8", "UINT16")
+
+
 def probe_input(proto: onnx.ModelProto, batch: int, seed: int = 0) -> tuple[str, np.ndarray]:
-    """The graph input's name and seeded standard-normal data with ``batch`` rows (other free dimensions 1)."""
+    """The graph input's name and seeded data with ``batch`` rows (other free dimensions 1): standard
+    normal for a floating-point input, 8-bit pixel values for an integer one (proto.tensors.example_values)."""
     value = proto.graph.input[0]
     tensor = value.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
@@ -126,11 +132,12 @@ def probe_input(proto: onnx.ModelProto, batch: int, seed: int = 0) -> tuple[str,
     dims[0] = batch
     datatype = ONNX_ELEM_TYPES.get(tensor.elem_type, str(tensor.elem_type))
     dtype = numpy_dtype(datatype) if datatype in ONNX_ELEM_TYPES.values() else None
-    if dtype is None or dtype.kind != "f":
+    if dtype is None or (dtype.kind != "f" and datatype not in PIXEL_DATATYPES):
         raise SplitError(
-            f"input {value.name!r} is {datatype}; layerserve splits models whose one input is a floating-point image"
+            f"input {value.name!r} is {datatype}; layerserve splits models whose one input is an image: "
+            f"floating point, or {', '.join(PIXEL_DATATYPES)} pixels"
         )
-    return value.name, np.random.default_rng(seed).standard_normal(dims).astype(dtype)
+    return value.name, example_values(datatype, dims, np.random.default_rng(seed))
 
 
 def run_probe(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from layerserve.proto.tensors import numpy_dtype
+from layerserve.proto.tensors import example_values, numpy_dtype
 
 from . import runtime, seams
 from .errors import bounded
@@ -134,15 +134,15 @@ def _blocked_channels(blocks: list[runtime.Graph], joined: frozenset[int], optio
 
 
 def _probe_input(block: runtime.Graph) -> dict[str, np.ndarray] | str:
-    """A deterministic input for ``block`` at batch PROBE_BATCH, or why none can be made."""
+    """A deterministic input for ``block`` at batch PROBE_BATCH (proto.tensors.example_values: pixel values
+    for an integer image), or why none can be made."""
     feeds = {}
     rng = np.random.default_rng(0)
     for spec in block.inputs:
         shape = [PROBE_BATCH if position == 0 and dim < 0 else dim for position, dim in enumerate(spec.shape)]
-        dtype = numpy_dtype(spec.datatype)
-        if any(dim < 0 for dim in shape) or dtype.kind != "f":
-            return f"input {spec.name!r} is not a float tensor of fixed shape past the batch"
-        feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
+        if any(dim < 0 for dim in shape) or numpy_dtype(spec.datatype).kind not in "fiu":
+            return f"input {spec.name!r} is not a tensor of numbers with a fixed shape past the batch"
+        feeds[spec.name] = example_values(spec.datatype, shape, rng)
     return feeds
 
 

@@ -67,3 +67,65 @@ def test_compare_refusals_are_one_line(served_foreign: str, tmp_path: Path) -> N
         assert shown.returncode == 2, shown.stderr
         lines = shown.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in shown.stderr, shown.stderr
+
+
+@pytest.fixture(scope="module")
+def served_byo(foreign_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The end-to-end export (UINT8 pixels, two outputs) and the INT8-quantized model, served with defaults."""
+    root = tmp_path_factory.mktemp("byo-models")
+    for name in ("uint8_two_outputs", "qoperator_int8"):
+        (root / name).symlink_to(foreign_repository / name, target_is_directory=True)
+    log = tmp_path_factory.mktemp("byo-server") / "server.log"
+    with ServerProcess(root, extra_args=["--metrics-port", "-1", "--log-format", "text"], log_path=log) as server:
+        yield server.address
+
+
+def _samples(path: Path, images: np.ndarray) -> Path:
+    np.savez(path, images=images, labels=np.arange(len(images)) % 10)
+    return path
+
+
+@pytest.mark.slow
+def test_compare_scores_the_first_of_two_outputs_on_integer_pixels(served_byo: str, tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    samples = _samples(tmp_path / "pixels.npz", pixels)
+    shown = layerserve("compare", "uint8_two_outputs", "--samples", str(samples), "--json", server=served_byo)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["outputs"] == ["logits", "embedding"]
+    paths = {path["name"]: path for path in report["paths"]}
+    for name in ("client chain", "server chain"):
+        assert paths[name]["agreement"] == 1.0 and paths[name]["max_abs_diff"] <= 1e-4, paths[name]
+    assert paths["final only, raw image"]["error"].startswith("INVALID_ARGUMENT: ")
+    costs = report["encodings"]
+    assert costs["cut_datatypes"][0] == "UINT8"  # pixels go as they are: no encoding applies to them
+    assert {costs["bytes_per_request"][e][0] for e in ("fp32", "fp16", "int8")} == {32 * 32 * 3}
+    assert costs["bytes_per_request"]["fp16"][1] * 2 == costs["bytes_per_request"]["fp32"][1]
+    table = layerserve("compare", "uint8_two_outputs", "--samples", str(samples), "--no-curve", "--matrix-samples", "0",
+                       server=served_byo)
+    assert table.returncode == 0, table.stderr
+    assert "scored on output 'logits' (the first of 2)" in table.stdout
+    assert "input (UINT8, sent as it is)" in table.stdout
+
+
+@pytest.mark.slow
+def test_compare_and_plan_leave_int8_activations_as_they_are(served_byo: str, tmp_path: Path) -> None:
+    images = np.random.default_rng(1).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    samples = _samples(tmp_path / "images.npz", images)
+    shown = layerserve("compare", "qoperator_int8", "--samples", str(samples), "--no-curve", "--matrix-samples", "0",
+                       "--json", server=served_byo)
+    assert shown.returncode == 0, shown.stderr
+    costs = json.loads(shown.stdout)["encodings"]
+    int8_cuts = [cut for cut, datatype in enumerate(costs["cut_datatypes"]) if datatype == "INT8"]
+    assert costs["cut_datatypes"][0] == "FP32" and int8_cuts == list(range(1, len(costs["cut_datatypes"])))
+    for cut in int8_cuts:
+        assert costs["bytes_per_request"]["fp16"][cut] == costs["bytes_per_request"]["fp32"][cut]
+        assert costs["agreement"]["fp16"][cut] == costs["agreement"]["int8"][cut] == 1.0
+    planned = layerserve("plan", "qoperator_int8", "--near", served_byo, "--far", served_byo, "--link", "20Mbit/s,10ms",
+                         "--warmup", "1", "--repeats", "2", "--samples", str(samples), "--encodings", "fp16,int8",
+                         "--json")
+    assert planned.returncode == 0, planned.stderr
+    document = json.loads(planned.stdout)
+    assert document["profile"]["cut_datatypes"][1] == "INT8"
+    candidates = {(e["cut"], e["encoding"]) for e in document["plan"]["estimates"]}
+    assert (0, "fp16") in candidates and not any(cut in int8_cuts and e != "fp32" for cut, e in candidates)

@@ -30,11 +30,8 @@ EXPECTED_BLOCKS = {
 }
 
 
-def _input(proto: onnx.ModelProto, rows: int, seed: int = 1) -> tuple[str, np.ndarray]:
-    value = proto.graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else rows for d in value.type.tensor_type.shape.dim]
-    dims[0] = rows
-    return value.name, np.random.default_rng(seed).standard_normal(dims).astype(np.float32)
+def _input(path: Path, rows: int, seed: int = 1) -> tuple[str, np.ndarray]:
+    return foreign_graphs.example_input(path, rows, seed)
 
 
 def _relative(got: np.ndarray, want: np.ndarray) -> float:
@@ -55,17 +52,24 @@ def test_split_chain_reproduces_the_original_file(foreign_files: dict[str, Path]
         assert all((spec.shape[0] != -1) == fixed for spec in [*block.inputs, *block.outputs]), block.name
     assert manifest.serving.dynamic_batching is not fixed
     rows = 1 if fixed else 3
-    name, x = _input(original, 1 if declared.HasField("dim_value") else rows)
-    (want,) = cpu_session(str(foreign_files[model])).run(None, {name: x})
+    path = foreign_files[model]
+    name, x = _input(path, 1 if declared.HasField("dim_value") else rows)
+    want = cpu_session(str(path)).run(None, {name: x})
     if rows != len(x):  # a graph fixed at one row that split made dynamic: its rows, one at a time
-        xs = [_input(original, 1, seed)[1] for seed in range(rows)]
+        xs = [_input(path, 1, seed)[1] for seed in range(rows)]
         x = np.concatenate(xs)
-        want = np.concatenate([cpu_session(str(foreign_files[model])).run(None, {name: one})[0] for one in xs])
-    current = x
+        want = [np.concatenate(parts) for parts in zip(*(cpu_session(str(path)).run(None, {name: one}) for one in xs),
+                                                        strict=True)]
+    values = {name: x}
     for block in manifest.blocks:
-        (current,) = cpu_session(str(folder / block.file.path)).run(None, {block.inputs[0].name: current})
-    assert current.shape == want.shape
-    assert _relative(current, want) <= 1e-4
+        session = cpu_session(str(folder / block.file.path))
+        values.update(zip([o.name for o in session.get_outputs()],
+                          session.run(None, {i.name: values[i.name] for i in session.get_inputs()}), strict=True))
+    # Every output of the model, in its order, from the last block.
+    assert [spec.name for spec in manifest.blocks[-1].outputs] == [o.name for o in original.graph.output]
+    for spec, expected in zip(manifest.outputs, want, strict=True):
+        assert values[spec.name].shape == expected.shape
+        assert _relative(values[spec.name], expected) <= 1e-4, spec.name
     assert manifest.provenance.chain_max_rel_diff <= 1e-4
     if model in ZOO_MODELS:
         arch = model.rsplit("_", 1)[0]
@@ -129,3 +133,54 @@ def test_split_of_an_onnx_file_does_not_import_torch(foreign_files: dict[str, Pa
     )
     shown = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert shown.stdout.split() == ["0", "False"], shown.stderr
+
+
+@pytest.mark.slow
+def test_integer_pixels_and_a_second_output_are_kept(foreign_repository: Path) -> None:
+    """An end-to-end export: the UINT8 input stays UINT8 (its first block casts and normalises), both
+    outputs are served in the graph's order, and every block after the first takes FP32."""
+    manifest = read_manifest(foreign_repository / "uint8_two_outputs" / "1")
+    assert (manifest.inputs[0].datatype, list(manifest.inputs[0].shape)) == ("UINT8", [-1, 32, 32, 3])
+    assert [(o.name, list(o.shape)) for o in manifest.outputs] == [("logits", [-1, 10]), ("embedding", [-1, 32])]
+    assert manifest.blocks[0].inputs[0].datatype == "UINT8"
+    assert {block.inputs[0].datatype for block in manifest.blocks[1:]} == {"FP32"}
+
+
+@pytest.mark.slow
+def test_a_quantized_model_hands_int8_activations_between_blocks(foreign_repository: Path) -> None:
+    manifest = read_manifest(foreign_repository / "qoperator_int8" / "1")
+    between = [block.inputs[0].datatype for block in manifest.blocks[1:]]
+    assert between and set(between) == {"INT8"}, between
+    assert manifest.inputs[0].datatype == manifest.outputs[0].datatype == "FP32"
+    # QDQ: every cut is a DequantizeLinear's FP32 output.
+    qdq = read_manifest(foreign_repository / "qdq_int8" / "1")
+    assert len(qdq.blocks) >= 3 and {block.inputs[0].datatype for block in qdq.blocks} == {"FP32"}
+
+
+@pytest.mark.slow
+def test_a_channels_last_keras_export_splits_at_its_layers(foreign_repository: Path) -> None:
+    manifest = read_manifest(foreign_repository / "keras_nhwc" / "1")
+    assert (manifest.inputs[0].name, list(manifest.inputs[0].shape)) == ("input_1", [-1, 32, 32, 3])
+    assert len(manifest.blocks) >= 3
+    assert manifest.outputs[0].name == "dense"
+
+
+def test_a_boolean_input_is_refused_in_one_line(tmp_path: Path) -> None:
+    """(INT64 ids: test_export_user_model.py.)"""
+    elem = "BOOL"
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Cast", ["mask"], ["out"], to=TensorProto.FLOAT)], "mask",
+                              [helper.make_tensor_value_info("mask", getattr(TensorProto, elem), ["N", 1, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 1, 8, 8])])
+    path = tmp_path / "mask.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    shown = subprocess.run([sys.executable, "-m", "layerserve.cli.main", "split", str(path), "--out", str(tmp_path / "m")],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 2
+    assert shown.stderr.strip().splitlines() == [
+        f"layerserve split: input 'mask' is {elem}; layerserve splits models whose one input is an image: "
+        "floating point, or UINT8, INT8, UINT16 pixels"]

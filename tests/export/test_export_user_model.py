@@ -139,7 +139,7 @@ def test_split_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     tokens = _graph(tmp_path / "tokens.onnx", [helper.make_node("Cast", ["ids"], ["scores"], to=TensorProto.FLOAT)],
                     [ids], [scores])
     line = _one_line_refusal(capsys, "split", str(tokens), "--out", str(tmp_path / "m2"))
-    assert "input 'ids' is INT64" in line and "floating-point image" in line
+    assert "input 'ids' is INT64" in line and "one input is an image: floating point, or UINT8" in line
     second = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 3, 8, 8])
     two = _graph(tmp_path / "two.onnx", [helper.make_node("Add", ["image", "mask"], ["scores"])], [image, second], [scores])
     line = _one_line_refusal(capsys, "split", str(two), "--out", str(tmp_path / "m3"))

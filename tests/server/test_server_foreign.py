@@ -18,6 +18,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from layerserve.client import LayerClient
+from layerserve.client.placement import BlockRange, Placement
 from layerserve.export.runtime import cpu_session
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
@@ -40,7 +41,7 @@ def served(foreign_repository: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def _expected(path: Path, x: np.ndarray) -> np.ndarray:
-    """The original file's answer on ONNX Runtime, one row at a time (fixed-batch graphs take one)."""
+    """The original file's (first) answer on ONNX Runtime, one row at a time (fixed-batch graphs take one)."""
     session = cpu_session(str(path))
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
@@ -57,7 +58,7 @@ def test_sixteen_concurrent_batch1_clients_get_correct_answers(
 ) -> None:
     manifest = read_manifest(foreign_repository / model / "1")
     spec = manifest.inputs[0]
-    x = np.random.default_rng(7).standard_normal((CLIENTS, *spec.shape[1:])).astype(np.float32)
+    x = tensors.example_values(spec.datatype, (CLIENTS, *spec.shape[1:]), np.random.default_rng(7))
     want = _expected(foreign_files[model], x)
     failures: list[str] = []
     answers: dict[tuple[int, str], np.ndarray] = {}
@@ -69,11 +70,11 @@ def test_sixteen_concurrent_batch1_clients_get_correct_answers(
             with triton.InferenceServerClient(served) as connection, LayerClient(served) as layers:
                 start.wait()
                 for target in (model, f"{model}.chain"):
-                    tensor = triton.InferInput(spec.name, list(one.shape), "FP32")
+                    tensor = triton.InferInput(spec.name, list(one.shape), spec.datatype)
                     tensor.set_data_from_numpy(one)
                     result = connection.infer(target, [tensor])
                     answers[(row, target)] = result.as_numpy(manifest.outputs[0].name)
-                answers[(row, "server chain")] = layers.chain(model, one, where="server").output
+                answers[(row, "server chain")] = layers.chain(model, one, where="server").scores
         except Exception as error:  # noqa: BLE001 - reported below with the row
             failures.append(f"client {row}: {type(error).__name__}: {error}")
 
@@ -135,6 +136,61 @@ def test_tensor_names_with_slashes_survive_chains_and_kept_activations(
         assert list(on_server.kept[block]) == list(in_client.kept[block])
         for tensor, value in on_server.kept[block].items():
             np.testing.assert_array_equal(value, in_client.kept[block][tensor])
+
+
+@pytest.mark.slow
+def test_integer_pixels_and_every_output_travel_every_route(served: str, foreign_files: dict[str, Path]) -> None:
+    """UINT8 pixels in, (logits, embedding) out: the full graph and ``.chain`` through tritonclient, the
+    client library's chains on the server and in the client, each output equal to ONNX Runtime's."""
+    model = "uint8_two_outputs"
+    x = tensors.example_values("UINT8", (5, 32, 32, 3), np.random.default_rng(11))
+    session = cpu_session(str(foreign_files[model]))
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image_bytes": x}), strict=True))
+    assert list(want) == ["logits", "embedding"]
+    got: dict[str, dict[str, np.ndarray]] = {}
+    with triton.InferenceServerClient(served) as connection:
+        for target in (model, f"{model}.chain"):
+            tensor = triton.InferInput("image_bytes", list(x.shape), "UINT8")
+            tensor.set_data_from_numpy(x)
+            result = connection.infer(target, [tensor], outputs=[triton.InferRequestedOutput(n) for n in want])
+            got[target] = {name: result.as_numpy(name) for name in want}
+    with LayerClient(served) as client:
+        got["infer"] = client.infer(model, x)
+        got["server chain"] = client.chain(model, x, where="server").outputs
+        got["client chain"] = client.chain(model, x, where="client").outputs
+        assert np.array_equal(client.chain(model, x, where="server").scores, got["server chain"]["logits"])
+    for route, outputs in got.items():
+        assert list(outputs) == list(want), route
+        for name, value in outputs.items():
+            assert _relative(value, want[name]) <= 1e-5, (route, name)
+
+
+@pytest.mark.slow
+def test_a_quantized_models_int8_activations_cross_the_wire_as_they_are(
+    served: str, foreign_files: dict[str, Path]
+) -> None:
+    model = "qoperator_int8"
+    x = np.random.default_rng(12).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    want = _expected(foreign_files[model], x)
+    with LayerClient(served) as client:
+        count = len(client.blocks(model))
+        in_client = client.chain(model, x, where="client", keep=range(count))
+        on_server = client.chain(model, x, where="server", keep=range(count))
+        # fp16 asked for on every hop: the FP32 image travels as FP16, the INT8 activations as they are.
+        placement = Placement((BlockRange(0, count - 1, served, "fp16"),))
+        encoded = client.chain(model, x, where="client", keep=range(count), placement=placement)
+        # Two server chains, the second starting at an INT8 cut that fp16 leaves as it is.
+        split = Placement((BlockRange(0, 1, served, "fp32"), BlockRange(2, count - 1, served, "fp16")))
+        halves = client.chain(model, x, where="server", placement=split)
+    between = [value for block in list(in_client.kept)[:-1] for value in in_client.kept[block].values()]
+    assert between and {value.dtype for value in between} == {np.dtype(np.int8)}
+    for block, outputs in on_server.kept.items():
+        for name, value in outputs.items():
+            np.testing.assert_array_equal(value, in_client.kept[block][name])
+            assert encoded.kept[block][name].dtype == value.dtype
+    assert _relative(in_client.scores, want) <= 1e-5
+    assert _relative(encoded.scores, want) <= 0.05
+    np.testing.assert_array_equal(halves.scores, in_client.scores)
 
 
 @pytest.fixture(scope="module")

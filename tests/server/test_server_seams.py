@@ -172,7 +172,7 @@ def test_channels_off_the_vector_width_and_gated_padding_join_exactly(tmp_path: 
         assert all(_same(want_kept[index], got_kept[index]) for index in keep)
 
 
-def test_a_probe_input_is_made_only_for_float_tensors_of_fixed_image_size() -> None:
+def test_a_probe_input_is_made_only_for_numbers_of_fixed_image_size() -> None:
     def graph(*specs: TensorSpec) -> SimpleNamespace:
         return SimpleNamespace(inputs=list(specs))
 
@@ -180,7 +180,9 @@ def test_a_probe_input_is_made_only_for_float_tensors_of_fixed_image_size() -> N
     assert made["image"].shape == (chains.PROBE_BATCH, 3, 24, 24) and made["image"].dtype == np.float32
     assert chains._probe_input(graph(TensorSpec("image", "FP32", (1, 3, 24, 24))))["image"].shape == (1, 3, 24, 24)
     assert "fixed shape" in chains._probe_input(graph(TensorSpec("image", "FP32", (-1, 3, -1, -1))))
-    assert "float" in chains._probe_input(graph(TensorSpec("pixels", "UINT8", (-1, 3, 24, 24))))
+    pixels = chains._probe_input(graph(TensorSpec("pixels", "UINT8", (-1, 3, 24, 24))))["pixels"]
+    assert pixels.dtype == np.uint8 and pixels.max() > 200 and pixels.min() < 50  # what a picture holds
+    assert "not a tensor of numbers" in chains._probe_input(graph(TensorSpec("mask", "BOOL", (-1, 1, 24, 24))))
 
 
 def test_the_served_chain_uses_native_seams_and_answers_as_the_blocks(tmp_path: Path) -> None:
@@ -204,3 +206,18 @@ def test_the_served_chain_uses_native_seams_and_answers_as_the_blocks(tmp_path: 
                     np.testing.assert_array_equal(array, want_kept[index][name])
     text = log.read_text()
     assert '"native_seams": 3' in text and "without native seams" not in text
+
+
+@pytest.mark.slow
+def test_a_model_taking_uint8_pixels_is_probed_with_pixels_and_joins_its_seams(
+    foreign_repository: Path, tmp_path: Path
+) -> None:
+    """The probe feeds an integer input pixel values (it once made only float probes, so such a model's
+    chains ran without native seams); the joined chain answers bit for bit as the plain blocks do."""
+    model = _load(foreign_repository / "uint8_two_outputs" / "1", tmp_path, "uint8_two_outputs")
+    chain = model.block_chain
+    assert chain.native
+    x = {"image_bytes": tensors.example_values("UINT8", (3, 32, 32, 3), np.random.default_rng(4))}
+    plain = chains.BlockChain(model.blocks)
+    want, got = plain.run(x), chain.run(x)
+    assert list(got[0]) == ["logits", "embedding"] and _same(want[0], got[0])

@@ -10,7 +10,14 @@
   tensor concatenated to the input's channels): it must be served fixed;
 * weights in external data files;
 * a graph using an ONNX Runtime contrib op (``com.microsoft.Gelu``) that ONNX's own
-  shape inference cannot type.
+  shape inference cannot type;
+* a Keras model as tf2onnx writes it: channels-last input ``input_1`` [unk__12, H, W, 3],
+  a Transpose into the convolutions, MatMul + Add for the dense layer, names such as
+  ``StatefulPartitionedCall/model/conv2d/BiasAdd:0``;
+* an end-to-end export: UINT8 pixels [N, H, W, 3] in, the normalisation inside the
+  graph, and two outputs (logits, then the embedding);
+* a model quantized by ONNX Runtime's static quantization, in the QOperator format
+  (INT8 activations from block to block) and in the QDQ format.
 """
 
 from __future__ import annotations
@@ -150,9 +157,141 @@ def contrib_op(path: Path) -> Path:
     return path
 
 
+def keras_nhwc(path: Path) -> Path:
+    """A small Keras CNN the way tf2onnx exports it (channels last, TensorFlow's op and tensor names)."""
+    rng = np.random.default_rng(0)
+    prefix = "StatefulPartitionedCall/model/"
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.2,
+                                       f"{prefix}{name}/ReadVariableOp:0")
+
+    weights = [weight("conv2d/Conv2D", 8, 3, 3, 3), weight("conv2d/BiasAdd", 8), weight("conv2d_1/Conv2D", 16, 8, 3, 3),
+               weight("conv2d_1/BiasAdd", 16), weight("dense/MatMul", 16, 10), weight("dense/BiasAdd", 10),
+               numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "const_axes__12")]
+    w = [t.name for t in weights]
+
+    def node(op: str, inputs: list[str], name: str, **attributes: object) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [name if name == "dense" else f"{prefix}{name}:0"], name=prefix + name,
+                                **attributes)
+
+    t = lambda name: f"{prefix}{name}:0"  # noqa: E731 - the tensor a node above wrote
+    nodes = [
+        node("Transpose", ["input_1"], "conv2d/BiasAdd__6", perm=[0, 3, 1, 2]),
+        node("Conv", [t("conv2d/BiasAdd__6"), w[0], w[1]], "conv2d/BiasAdd", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        node("Relu", [t("conv2d/BiasAdd")], "conv2d/Relu"),
+        node("MaxPool", [t("conv2d/Relu")], "max_pooling2d/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
+        node("Conv", [t("max_pooling2d/MaxPool"), w[2], w[3]], "conv2d_1/BiasAdd", pads=[1, 1, 1, 1],
+             kernel_shape=[3, 3]),
+        node("Relu", [t("conv2d_1/BiasAdd")], "conv2d_1/Relu"),
+        node("Transpose", [t("conv2d_1/Relu")], "conv2d_1/Relu__20", perm=[0, 2, 3, 1]),
+        node("ReduceMean", [t("conv2d_1/Relu__20"), w[6]], "global_average_pooling2d/Mean", keepdims=0),
+        node("MatMul", [t("global_average_pooling2d/Mean"), w[4]], "dense/MatMul"),
+        node("Add", [t("dense/MatMul"), w[5]], "dense/BiasAdd"),
+        node("Softmax", [t("dense/BiasAdd")], "dense", axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tf2onnx",
+        [helper.make_tensor_value_info("input_1", TensorProto.FLOAT, ["unk__12", 32, 32, 3])],
+        [helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["unk__13", 10])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], producer_name="tf2onnx",
+                              producer_version="1.16.1")
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def uint8_two_outputs(path: Path) -> Path:
+    """UINT8 pixels [N, 32, 32, 3] in, ImageNet normalisation inside, (logits, embedding) out: an
+    end-to-end export, made with the TorchScript exporter and a dynamic batch."""
+    import torch
+    from torch import nn
+
+    class EndToEnd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            )
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x = (pixels.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
+            embedding = self.pool(self.features(x)).flatten(1)
+            return self.fc(embedding), embedding
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(EndToEnd().eval(), torch.randint(0, 256, (1, 32, 32, 3), dtype=torch.uint8), str(path),
+                          dynamo=False, input_names=["image_bytes"], output_names=["logits", "embedding"],
+                          dynamic_axes={name: {0: "batch"} for name in ("image_bytes", "logits", "embedding")})
+    return path
+
+
+def qoperator_int8(path: Path) -> Path:
+    """The small CNN quantized by ``onnxruntime.quantization.quantize_static`` in the QOperator format
+    (QLinearConv, INT8 activations between the operators), calibrated on eight random images."""
+    return _quantized(path, "QOperator")
+
+
+def qdq_int8(path: Path) -> Path:
+    """The same in the QDQ format: QuantizeLinear/DequantizeLinear pairs around float operators."""
+    return _quantized(path, "QDQ")
+
+
+def _quantized(path: Path, quant_format: str) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    proto = _small_torchscript_cnn(path, opset=13)
+    source = path.with_name(path.stem + "_float.onnx")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(source))
+    name = proto.graph.input[0].name
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.batches = iter([{name: rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # the quantizer's advice ("consider pre-processing") is noise here
+    try:
+        quantize_static(str(source), str(path), Images(), quant_format=QuantFormat[quant_format])
+    finally:
+        root.setLevel(level)
+        source.unlink()
+    return path
+
+
 OTHER_GRAPHS = {
     "zoo_ir3": model_zoo_ir3,
     "coordconv_fixed": coordconv_fixed,
     "external_data": external_data,
     "contrib_op": contrib_op,
+    "keras_nhwc": keras_nhwc,
+    "uint8_two_outputs": uint8_two_outputs,
+    "qoperator_int8": qoperator_int8,
+    "qdq_int8": qdq_int8,
 }
+
+
+def example_input(path: Path, rows: int, seed: int = 0) -> tuple[str, np.ndarray]:
+    """The graph input's name and ``rows`` rows it takes (free dimensions past the batch set to 1): standard
+    normal for a floating-point input, pixel values for an integer one."""
+    from layerserve.proto.tensors import ONNX_ELEM_TYPES, example_values
+
+    value = onnx.load(str(path), load_external_data=False).graph.input[0]
+    tensor = value.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+    dims[0] = rows
+    return value.name, example_values(ONNX_ELEM_TYPES[tensor.elem_type], dims, np.random.default_rng(seed))
