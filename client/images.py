@@ -9,6 +9,9 @@ model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``.
   transforms: resize the shorter side, centre-crop, scale to [0, 1], normalise
   per channel; a "dark"-background model gets a mostly light picture inverted).
   Without one (a server that does not say): resized to the input's size, [0, 1].
+  A channels-last input ([N, H, W, C], Keras's layout) gets the picture in that
+  layout; an integer input (UINT8: an end-to-end export that normalises inside
+  its graph) gets the pixel values 0-255 themselves.
 
 :func:`read_image_folder` reads torchvision's ImageFolder layout (one subfolder per
 class, pictures inside) into images and labels.
@@ -44,12 +47,19 @@ def load_array(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def channels_last(spec: TensorSpec) -> bool:
+    """Whether ``spec`` is an image input laid out [N, H, W, C] (1 or 3 channels last, and not first)."""
+    return len(spec.shape) == 4 and spec.shape[3] in (1, 3) and spec.shape[1] not in (1, 3)
+
+
 def image_shape(spec: TensorSpec) -> tuple[int, int, int]:
-    """``(C, H, W)`` of an NCHW image input with 1 or 3 channels; ValueError (one line) for anything else."""
-    if len(spec.shape) != 4 or spec.shape[1] not in (1, 3) or min(spec.shape[2:]) <= 0:
-        raise ValueError(f"pictures need an image input [N,C,H,W] with 1 or 3 channels and a fixed size; "
-                         f"input {spec.name!r} is {spec}")
-    channels, height, width = (int(d) for d in spec.shape[1:])
+    """``(C, H, W)`` of an image input with 1 or 3 channels, [N,C,H,W] or [N,H,W,C]; ValueError (one line)
+    for anything else."""
+    shape = spec.shape[:1] + (spec.shape[3], *spec.shape[1:3]) if channels_last(spec) else spec.shape
+    if len(shape) != 4 or shape[1] not in (1, 3) or min(shape[2:]) <= 0:
+        raise ValueError(f"pictures need an image input [N,C,H,W] or [N,H,W,C] with 1 or 3 channels and a fixed "
+                         f"size; input {spec.name!r} is {spec}")
+    channels, height, width = (int(d) for d in shape[1:])
     return channels, height, width
 
 
@@ -62,7 +72,8 @@ def default_preprocessing(spec: TensorSpec) -> Preprocessing:
 
 def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None = None,
                invert: bool | None = None) -> np.ndarray:
-    """One picture as ``[C, H, W]`` of the input's dtype, by ``preprocessing`` (module docstring).
+    """One picture as ``[C, H, W]`` (``[H, W, C]`` for a channels-last input) of the input's dtype, by
+    ``preprocessing`` (module docstring).
 
     ``invert`` overrides the background rule (True/False); raises PIL's UnidentifiedImageError
     for a file that is not a picture.
@@ -87,14 +98,21 @@ def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None
         invert = steps.background == "dark" and float(pixels.mean()) > 0.5
     if invert:
         pixels = 1.0 - pixels
-    mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std, dtype=tensors.numpy_dtype(spec.datatype))
+    dtype = tensors.numpy_dtype(spec.datatype)
+    if dtype.kind in "iu":  # pixels for a graph that normalises them itself
+        values = np.rint(pixels * 255.0)
+    else:
+        mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
+        std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)
+        values = (pixels - mean) / std
+    if channels_last(spec):
+        values = values.transpose(1, 2, 0)
+    return np.ascontiguousarray(values, dtype=dtype)
 
 
 def load_image(path: Path, spec: TensorSpec, invert: bool | None = None,
                preprocessing: Preprocessing | None = None) -> np.ndarray:
-    """A PNG/JPEG (anything Pillow opens) as ``[1, C, H, W]`` for an NCHW ``spec``."""
+    """A PNG/JPEG (anything Pillow opens) as ``[1, C, H, W]`` (``[1, H, W, C]`` for a channels-last ``spec``)."""
     return preprocess(path, spec, preprocessing, invert)[None]
 
 
@@ -123,7 +141,7 @@ def read_image_folder(
     class_names: Sequence[str] = (),
     limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Pictures in ``root/<class>/*`` as ``(images [N,C,H,W], labels [N], class folder names)``.
+    """Pictures in ``root/<class>/*`` as ``(images [N,C,H,W] or [N,H,W,C], labels [N], class folder names)``.
 
     Labels follow the model's ``class_names`` when every folder is one of them (by
     name), else torchvision's ImageFolder rule: the sorted folder names, indexed from 0.

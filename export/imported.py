@@ -24,6 +24,7 @@ import onnx
 
 from layerserve.proto import triton
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
+from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
 from .foreign import probe_input
 from .graph import LoadedModel, load_model
@@ -58,6 +59,17 @@ def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResul
     return result, max(reports, key=lambda report: report.max_rel_diff)
 
 
+def default_preprocessing(proto: onnx.ModelProto) -> Preprocessing | None:
+    """What a split records when told nothing (export/preprocessing.py); an integer input holds pixels that
+    the graph normalizes itself (an end-to-end export), so none is recorded for it."""
+    shape = per_sample_shape(proto)
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    integer = numpy_dtype(ONNX_ELEM_TYPES.get(elem, "FP32")).kind in "iu"
+    if integer and len(shape) == 3 and shape[0] in (1, 3):
+        return image_preprocessing(shape, mean=[0.0] * shape[0], std=[1.0] * shape[0])
+    return image_preprocessing(shape)
+
+
 def per_sample_shape(proto: onnx.ModelProto) -> list[int]:
     """The input's shape after the batch dimension (-1 for symbolic dimensions)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
@@ -88,7 +100,7 @@ def split_to_repository(
         provenance,
         description=f"imported from {Path(source).name}",
         labels=labels,
-        preprocessing=preprocessing or image_preprocessing(per_sample_shape(model.proto)),
+        preprocessing=preprocessing or default_preprocessing(model.proto),
         fixed_batch=model.fixed_batch,
     )
 
@@ -137,7 +149,7 @@ def split_triton_repository(
             manifest = write_repository(
                 folder.parent, folder.name, model.proto, result, _provenance(source, model, result, report),
                 description=f"Triton model {folder.name}, split beside {source.name}",
-                preprocessing=image_preprocessing(per_sample_shape(model.proto)),
+                preprocessing=default_preprocessing(model.proto),
                 fixed_batch=model.fixed_batch, version=version_dir.name, beside=source.name,
             )
             done.append((folder.name, version_dir.name, manifest, f"{len(manifest.blocks)} blocks"))

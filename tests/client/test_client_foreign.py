@@ -71,9 +71,10 @@ def test_compare_refusals_are_one_line(served_foreign: str, tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def served_byo(foreign_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The end-to-end export (UINT8 pixels, two outputs) and the INT8-quantized model, served with defaults."""
+    """The end-to-end export (UINT8 pixels, two outputs), the INT8-quantized model and the Keras export
+    (channels last), served with defaults."""
     root = tmp_path_factory.mktemp("byo-models")
-    for name in ("uint8_two_outputs", "qoperator_int8"):
+    for name in ("uint8_two_outputs", "qoperator_int8", "keras_nhwc"):
         (root / name).symlink_to(foreign_repository / name, target_is_directory=True)
     log = tmp_path_factory.mktemp("byo-server") / "server.log"
     with ServerProcess(root, extra_args=["--metrics-port", "-1", "--log-format", "text"], log_path=log) as server:
@@ -129,3 +130,18 @@ def test_compare_and_plan_leave_int8_activations_as_they_are(served_byo: str, tm
     assert document["profile"]["cut_datatypes"][1] == "INT8"
     candidates = {(e["cut"], e["encoding"]) for e in document["plan"]["estimates"]}
     assert (0, "fp16") in candidates and not any(cut in int8_cuts and e != "fp32" for cut, e in candidates)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["uint8_two_outputs", "keras_nhwc"])
+def test_compare_takes_pictures_for_channels_last_and_integer_inputs(served_byo: str, tmp_path: Path,
+                                                                     model: str) -> None:
+    pictures = _pictures(tmp_path / "pictures")
+    shown = layerserve("compare", model, "--images", str(pictures), "--no-curve", "--matrix-samples", "0",
+                       "--encodings", "", "--json", server=served_byo)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["samples"] == 12
+    paths = {path["name"]: path for path in report["paths"]}
+    assert paths["server chain"]["agreement"] == 1.0 and paths["client chain"]["agreement"] == 1.0
+    assert "got FP32 [12,32,32,3]" in paths["final only, raw image"]["error"]

@@ -165,6 +165,25 @@ def test_a_channels_last_keras_export_splits_at_its_layers(foreign_repository: P
     assert manifest.outputs[0].name == "dense"
 
 
+def test_integer_pixels_in_channels_first_record_no_normalisation() -> None:
+    """The graph normalises its UINT8 pixels itself: ImageNet's mean and std would mislead a reader of the
+    manifest (the client sends integer pixels as they are, whatever it says)."""
+    from onnx import TensorProto, helper
+
+    from layerserve.export.imported import default_preprocessing
+
+    def graph(elem: int) -> onnx.ModelProto:
+        return helper.make_model(helper.make_graph(
+            [helper.make_node("Cast", ["pixels"], ["out"], to=TensorProto.FLOAT)], "g",
+            [helper.make_tensor_value_info("pixels", elem, ["N", 3, 32, 32])],
+            [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, 32, 32])]))
+
+    pixels = default_preprocessing(graph(TensorProto.UINT8))
+    assert list(pixels.mean) == [0.0, 0.0, 0.0] and list(pixels.std) == [1.0, 1.0, 1.0]
+    assert pixels.crop_height == 32 and pixels.color == "RGB"
+    assert list(default_preprocessing(graph(TensorProto.FLOAT)).mean) == pytest.approx([0.485, 0.456, 0.406])
+
+
 def test_a_boolean_input_is_refused_in_one_line(tmp_path: Path) -> None:
     """(INT64 ids: test_export_user_model.py.)"""
     elem = "BOOL"
