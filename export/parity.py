@@ -8,6 +8,13 @@ so a ResNet-50 whose logits reach 110 may differ by float32 rounding (2.4e-5) wh
 a wrong chain (relative error of order 1) never passes. Failing raises
 ChainMismatch naming the first block whose output strays from the same tensor of
 the full graph by more than that.
+
+A graph whose cuts carry FP16 (or BF16) tensors is checked at the precision of those
+types instead (:func:`tolerance_for`): a block rounds its output to the type it
+declares, where ONNX Runtime may keep the full graph's tensor wider (on the CPU it
+runs many FP16 operators in FP32 and fuses across what are cuts here), so an FP16
+ResNet's chain differs from its full graph by ~1e-4 of the output's scale without
+anything being wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from .split import SplitResult
 
 # Relative to max(1, max |full|): 1e-4 absolute for outputs within [-1, 1].
 CHAIN_TOLERANCE = 1e-4
+# For cuts narrower than FP32: this many units of the narrowest floating type's rounding (FP16: 7.8e-3).
+ROUNDING_UNITS = 8
 
 
 class ChainMismatch(SplitError):
@@ -37,6 +46,7 @@ class ChainReport:
     max_abs_diff: float
     max_rel_diff: float
     per_block: list[tuple[str, float]]
+    tolerance: float = CHAIN_TOLERANCE
 
 
 def _with_outputs(full: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
@@ -48,6 +58,22 @@ def _with_outputs(full: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         if name not in present:
             model.graph.output.add().name = name
     return model
+
+
+def tolerance_for(result: SplitResult, tolerance: float = CHAIN_TOLERANCE) -> float:
+    """``tolerance``, or ROUNDING_UNITS roundings of the narrowest floating type a block takes or gives
+    when that is coarser (FP16, BF16 cuts: module docstring)."""
+    from onnx import helper
+
+    coarsest = 0.0
+    for block in result.blocks:
+        for value in (*block.proto.graph.input, *block.proto.graph.output):
+            elem = value.type.tensor_type.elem_type
+            if elem == onnx.TensorProto.BFLOAT16:
+                coarsest = max(coarsest, 2.0**-7)
+            elif elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+                coarsest = max(coarsest, float(np.finfo(helper.tensor_dtype_to_np_dtype(elem)).eps))
+    return max(tolerance, ROUNDING_UNITS * coarsest)
 
 
 def relative_diff(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
@@ -74,7 +100,9 @@ def run_chain(result: SplitResult, inputs: np.ndarray, keep: bool = False) -> li
 def chain_check(
     full: onnx.ModelProto, result: SplitResult, inputs: np.ndarray, tolerance: float = CHAIN_TOLERANCE
 ) -> ChainReport:
-    """Compare the chain of ``result``'s blocks with ``full`` on ``inputs``; ChainMismatch past ``tolerance``."""
+    """Compare the chain of ``result``'s blocks with ``full`` on ``inputs``; ChainMismatch past ``tolerance``
+    (or what :func:`tolerance_for` allows FP16 cuts)."""
+    tolerance = tolerance_for(result, tolerance)
     boundary = [block.source_outputs for block in result.blocks]
     wanted = [name for names in boundary[:-1] for name in names]
     reference_model = _with_outputs(full, wanted)
@@ -95,4 +123,4 @@ def chain_check(
             f"the chain of blocks does not reproduce the full graph: max |diff| {final_abs:.3g}, "
             f"{final:.3g} of the output's scale > {tolerance:g}; block {first!r} is the first to diverge"
         )
-    return ChainReport(max_abs_diff=final_abs, max_rel_diff=final, per_block=per_block)
+    return ChainReport(max_abs_diff=final_abs, max_rel_diff=final, per_block=per_block, tolerance=tolerance)

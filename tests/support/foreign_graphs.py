@@ -17,7 +17,9 @@
 * an end-to-end export: UINT8 pixels [N, H, W, 3] in, the normalisation inside the
   graph, and two outputs (logits, then the embedding);
 * a model quantized by ONNX Runtime's static quantization, in the QOperator format
-  (INT8 activations from block to block) and in the QDQ format.
+  (INT8 activations from block to block) and in the QDQ format;
+* the zoo's ResNet converted to FP16 (weights, constants, input and output), as
+  ``onnxconverter_common.float16.convert_float_to_float16`` leaves a graph for GPU serving.
 """
 
 from __future__ import annotations
@@ -273,6 +275,27 @@ def _quantized(path: Path, quant_format: str) -> Path:
     return path
 
 
+def fp16_resnet(path: Path) -> Path:
+    """The zoo's ResNet (TorchScript export) with every FP32 initializer, constant, input and output in FP16."""
+    source = export_zoo_model("resnet", "torchscript", path.with_name(path.stem + "_fp32.onnx"))
+    proto = onnx.load(str(source))
+    source.unlink()
+    graph = proto.graph
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float16)))
+    for value in (*graph.input, *graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del graph.value_info[:]
+    onnx.save(proto, str(path))
+    return path
+
+
 OTHER_GRAPHS = {
     "zoo_ir3": model_zoo_ir3,
     "coordconv_fixed": coordconv_fixed,
@@ -282,7 +305,14 @@ OTHER_GRAPHS = {
     "uint8_two_outputs": uint8_two_outputs,
     "qoperator_int8": qoperator_int8,
     "qdq_int8": qdq_int8,
+    "fp16_resnet": fp16_resnet,
 }
+
+
+def chain_tolerance(datatypes: list[str]) -> float:
+    """How far (relative to the output's scale) a chain may stray from its full graph when ``datatypes``
+    cross its cuts: float32 rounding, or a few FP16 roundings (export/parity.py, ``tolerance_for``)."""
+    return 8 * 2.0**-10 if "FP16" in datatypes else 1e-4
 
 
 def example_input(path: Path, rows: int, seed: int = 0) -> tuple[str, np.ndarray]:
