@@ -136,6 +136,7 @@ def load_model(
     """
     from .batch import check_sizes, resolve_batch
     from .foreign import infer_types, modernize
+    from .shape_reads import folded_if_same
 
     proto = source if isinstance(source, onnx.ModelProto) else read_model(source)
     control_flow = sorted(
@@ -152,6 +153,10 @@ def load_model(
     proto = pin_input_shape(proto, input_shape)
     resolution = resolve_batch(proto, make_dynamic)
     proto = infer_types(resolution.proto, check_sizes(resolution.fixed))
+    proto, folded = folded_if_same(proto, check_sizes(resolution.fixed))
+    if folded:
+        notes.append(f"{folded} read{'s' if folded != 1 else ''} of fixed dimensions (Shape then Gather or Slice) "
+                     "folded to constants")
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
     return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,

@@ -217,3 +217,14 @@ def test_an_fp16_graph_is_checked_at_fp16_precision_and_says_so(foreign_reposito
     # FP32 graphs keep the 1e-4 check and say nothing of it.
     assert not any(note.startswith("chain checked") for note in read_manifest(
         foreign_repository / "resnet_torchscript" / "1").provenance.notes)
+
+
+@pytest.mark.slow
+def test_a_segmentation_head_reading_the_input_size_splits_at_its_layers(foreign_repository: Path) -> None:
+    """FCN's resize reads Shape(image): with the height and width folded, the backbone and classifier
+    are blocks of their own (once the graph had no single-tensor cut at all)."""
+    manifest = read_manifest(foreign_repository / "segmentation_fcn" / "1")
+    assert "2 reads of fixed dimensions (Shape then Gather or Slice) folded to constants" in manifest.provenance.notes
+    assert [block.name for block in manifest.blocks] == ["00_backbone", "01_classifier"]
+    assert list(manifest.outputs[0].shape) == [-1, 5, 64, 64]
+    assert "batch dynamic" in manifest.provenance.notes

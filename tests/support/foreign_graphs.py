@@ -19,7 +19,9 @@
 * a model quantized by ONNX Runtime's static quantization, in the QOperator format
   (INT8 activations from block to block) and in the QDQ format;
 * the zoo's ResNet converted to FP16 (weights, constants, input and output), as
-  ``onnxconverter_common.float16.convert_float_to_float16`` leaves a graph for GPU serving.
+  ``onnxconverter_common.float16.convert_float_to_float16`` leaves a graph for GPU serving;
+* a segmentation head in torchvision's FCN style, scores resized back to the input's size
+  (``F.interpolate(x, size=image.shape[-2:])``): the last operator reads the input's shape.
 """
 
 from __future__ import annotations
@@ -296,6 +298,32 @@ def fp16_resnet(path: Path) -> Path:
     return path
 
 
+def segmentation_fcn(path: Path) -> Path:
+    """Backbone, 1x1 classifier, bilinear resize to the input's own height and width (TorchScript, dynamic batch)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - torch's own spelling
+    from torch import nn
+
+    class FCN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                          nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+            self.classifier = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 5, 1))
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            scores = self.classifier(self.backbone(image))
+            return F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(FCN().eval(), torch.randn(1, 3, 64, 64), str(path), dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["out"],
+                          dynamic_axes={"image": {0: "batch"}, "out": {0: "batch"}})
+    return path
+
+
 OTHER_GRAPHS = {
     "zoo_ir3": model_zoo_ir3,
     "coordconv_fixed": coordconv_fixed,
@@ -306,6 +334,7 @@ OTHER_GRAPHS = {
     "qoperator_int8": qoperator_int8,
     "qdq_int8": qdq_int8,
     "fp16_resnet": fp16_resnet,
+    "segmentation_fcn": segmentation_fcn,
 }
 
 

@@ -1,0 +1,94 @@
+"""Reads of fixed dimensions folded to constants (export/shape_reads.py): which reads fold, which never
+do (a free batch), in each way exporters write them, with the folded graph answering exactly as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from layerserve.export.runtime import cpu_session
+from layerserve.export.shape_reads import fold_fixed_shape_reads, folded_if_same
+
+
+def _graph(nodes: list[onnx.NodeProto], opset: int = 17, initializers: list[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    """image [N, 3, 8, 8] -> Resize to the size ``nodes`` compute into 'size' (int64 [4]); Expand to it before
+    opset 10, which has no Resize."""
+    last = (helper.make_node("Resize", ["image", "", "", "size"], ["out"], mode="nearest") if opset >= 10
+            else helper.make_node("Expand", ["image", "size"], ["out"]))
+    nodes = [*nodes, last]
+    graph = helper.make_graph(nodes, "reads", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _ops(proto: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in proto.graph.node]
+
+
+def _same_answers(before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    return np.array_equal(cpu_session(before.SerializeToString()).run(None, {"image": x})[0],
+                          cpu_session(after.SerializeToString()).run(None, {"image": x})[0])
+
+
+def test_gathered_height_and_width_fold_and_the_free_batch_does_not() -> None:
+    proto = _graph([
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Gather", ["shape", "front"], ["batch_channels"], axis=0),   # [N, 3]: N is free
+        helper.make_node("Gather", ["shape", "back"], ["height_width"], axis=0),      # [8, 8]: fixed
+        helper.make_node("Mul", ["height_width", "two"], ["doubled"]),
+        helper.make_node("Concat", ["batch_channels", "doubled"], ["size"], axis=0),
+    ], initializers=[_ints("front", [0, 1]), _ints("back", [2, 3]), _ints("two", [2])])
+    folded, count = fold_fixed_shape_reads(proto)
+    assert count == 1
+    assert _ops(folded) == ["Shape", "Gather", "Constant", "Mul", "Concat", "Resize"]
+    constant = next(node for node in folded.graph.node if node.op_type == "Constant")
+    assert list(numpy_helper.to_array(constant.attribute[0].t)) == [8, 8]
+    assert _same_answers(proto, folded)
+
+
+def test_a_slice_of_the_shape_folds_with_inputs_and_with_attributes() -> None:
+    new = _graph([
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Slice", ["shape", "start", "end"], ["height_width"]),
+        helper.make_node("Concat", ["ones", "height_width"], ["size"], axis=0),
+    ], initializers=[_ints("start", [-2]), _ints("end", [2**63 - 1]), _ints("ones", [1, 3])])
+    old = _graph([
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Slice", ["shape"], ["height_width"], starts=[2], ends=[4], axes=[0]),
+        helper.make_node("Concat", ["ones", "height_width"], ["size"], axis=0),
+    ], opset=9, initializers=[_ints("ones", [1, 3])])
+    for proto in (new, old):
+        folded, count = fold_fixed_shape_reads(proto)
+        assert count == 1 and "Shape" not in _ops(folded), _ops(folded)
+        assert _same_answers(proto, folded)
+
+
+def test_shape_with_start_and_end_folds_a_scalar_read() -> None:
+    proto = _graph([
+        helper.make_node("Shape", ["image"], ["spatial"], start=2),
+        helper.make_node("Gather", ["spatial", "zero"], ["height"], axis=0),  # a scalar: index of rank 0
+        helper.make_node("Unsqueeze", ["height", "axis0"], ["height1"]),
+        helper.make_node("Concat", ["ones", "height1", "height1"], ["size"], axis=0),
+    ], initializers=[numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"), _ints("axis0", [0]),
+                     _ints("ones", [1, 3])])
+    folded, count = fold_fixed_shape_reads(proto)
+    assert count == 1 and _ops(folded)[0] == "Constant"
+    assert numpy_helper.to_array(folded.graph.node[0].attribute[0].t).shape == ()
+    assert _same_answers(proto, folded)
+
+
+def test_nothing_to_fold_leaves_the_graph_as_it_is() -> None:
+    proto = _graph([
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Gather", ["shape", "front"], ["batch"], axis=0),
+        helper.make_node("Concat", ["batch", "rest"], ["size"], axis=0),
+    ], initializers=[_ints("front", [0]), _ints("rest", [3, 8, 8])])
+    assert fold_fixed_shape_reads(proto) == (proto, 0)
+    assert folded_if_same(proto, (1, 2)) == (proto, 0)
