@@ -129,8 +129,9 @@ def load_model(
     Initializers listed as graph inputs (old exporters did this) do not count as
     inputs; old IR versions are raised; a fixed batch dimension is made dynamic
     when that provably changes nothing (``make_dynamic``), else kept and recorded;
-    tensors ONNX cannot type are typed by ONNX Runtime. Raises SplitError for a file
-    that is not ONNX, a graph with several inputs, a non-float input, control-flow
+    tensors ONNX cannot type are typed by ONNX Runtime; reads of fixed dimensions are folded to
+    constants (export/shape_reads.py). Raises SplitError for a file
+    that is not ONNX, a graph with several inputs, an input that is not a picture, control-flow
     nodes (If/Loop/Scan), a graph ONNX Runtime cannot run, or an input with free dimensions past
     the batch that ``input_shape`` (the per-sample shape) does not pin (:func:`pin_input_shape`).
     """
