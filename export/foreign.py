@@ -71,17 +71,22 @@ def shape_inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _typed(info: onnx.ValueInfoProto) -> bool:
+    """Whether ``info`` gives the element type and every dimension: the first may be symbolic (the batch),
+    the others must be numbers. ONNX's inference names what it cannot work out (``unk__0`` for the
+    width of ``x.view(images.size(0), -1)``), which would leave a cut's bytes per sample unknown."""
     tensor = info.type.tensor_type
+    dims = list(tensor.shape.dim)
     return (
         info.type.HasField("tensor_type")
         and tensor.elem_type != 0
         and tensor.HasField("shape")
-        and all(d.HasField("dim_value") or d.HasField("dim_param") for d in tensor.shape.dim)
+        and all(d.HasField("dim_value") or d.HasField("dim_param") for d in dims[:1])
+        and all(d.HasField("dim_value") for d in dims[1:])
     )
 
 
 def untyped_tensors(proto: onnx.ModelProto) -> list[str]:
-    """Node outputs with no complete type and shape after inference (graph outputs included)."""
+    """Node outputs with no complete type and shape after inference (graph outputs included; :func:`_typed`)."""
     known = {info.name for info in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input] if _typed(info)}
     return [name for node in proto.graph.node for name in node.output if name and name not in known]
 

@@ -14,6 +14,8 @@ from onnx import helper
 
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
+from .errors import SplitError
+
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
 
 
@@ -66,6 +68,6 @@ def bytes_per_sample(info: onnx.ValueInfoProto) -> int:
     tensor_type = info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if any(d is None for d in dims[1:]):
-        raise ValueError(f"tensor {info.name!r} has unknown dimensions {dims}; cannot size it per sample")
+        raise SplitError(f"tensor {info.name!r} has unknown dimensions {dims}; cannot size it per sample")
     itemsize = numpy_dtype(ONNX_ELEM_TYPES[tensor_type.elem_type]).itemsize
     return math.prod(dims[1:]) * itemsize

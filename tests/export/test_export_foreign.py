@@ -228,3 +228,13 @@ def test_a_segmentation_head_reading_the_input_size_splits_at_its_layers(foreign
     assert [block.name for block in manifest.blocks] == ["00_backbone", "01_classifier"]
     assert list(manifest.outputs[0].shape) == [-1, 5, 64, 64]
     assert "batch dynamic" in manifest.provenance.notes
+
+
+@pytest.mark.slow
+def test_a_flatten_by_the_inputs_batch_is_sized_by_onnx_runtime(foreign_repository: Path) -> None:
+    """ONNX's inference leaves the flattened width symbolic (unk__0); the split once ended in a traceback
+    ('cannot size it per sample'). ONNX Runtime's probe runs give it, as for any tensor ONNX cannot type."""
+    manifest = read_manifest(foreign_repository / "flatten_by_input_batch" / "1")
+    widths = [list(block.outputs[0].shape) for block in manifest.blocks]
+    assert [-1, 512] in widths and widths[-1] == [-1, 10]
+    assert manifest.blocks[-1].inputs[0].shape == [-1, 512]

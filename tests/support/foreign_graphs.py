@@ -21,7 +21,9 @@
 * the zoo's ResNet converted to FP16 (weights, constants, input and output), as
   ``onnxconverter_common.float16.convert_float_to_float16`` leaves a graph for GPU serving;
 * a segmentation head in torchvision's FCN style, scores resized back to the input's size
-  (``F.interpolate(x, size=image.shape[-2:])``): the last operator reads the input's shape.
+  (``F.interpolate(x, size=image.shape[-2:])``): the last operator reads the input's shape;
+* a flatten by the input's batch (``features(images).view(images.size(0), -1)``), whose
+  width ONNX's shape inference leaves symbolic (``unk__0``).
 """
 
 from __future__ import annotations
@@ -324,6 +326,28 @@ def segmentation_fcn(path: Path) -> Path:
     return path
 
 
+def flatten_by_input_batch(path: Path) -> Path:
+    """Two strided convolutions, ``.view(images.size(0), -1)``, a linear layer (TorchScript, dynamic batch)."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())
+            self.fc = nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(images).view(images.size(0), -1))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), torch.randn(1, 3, 32, 32), str(path), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}})
+    return path
+
+
 OTHER_GRAPHS = {
     "zoo_ir3": model_zoo_ir3,
     "coordconv_fixed": coordconv_fixed,
@@ -335,6 +359,7 @@ OTHER_GRAPHS = {
     "qdq_int8": qdq_int8,
     "fp16_resnet": fp16_resnet,
     "segmentation_fcn": segmentation_fcn,
+    "flatten_by_input_batch": flatten_by_input_batch,
 }
 
 
