@@ -1,10 +1,11 @@
 """The batch dimension of a graph from elsewhere: dynamic, made dynamic, or honestly fixed.
 
-``torch.onnx.export(model, x, "m.onnx")`` (the TorchScript-based exporter without
-``dynamic_axes``) writes a graph whose input is ``[1, 3, 224, 224]`` and whose
-Reshapes carry the 1 in constant shapes (``[1, -1]`` for a flatten, ``[1, 2, 24,
-28, 28]`` for a channel shuffle). Served as if the batch were free, merged
-requests break inside those Reshapes.
+``torch.onnx.export(model, x, "m.onnx")`` without ``dynamic_axes`` or ``dynamic_shapes``
+writes a graph whose input is ``[1, 3, 224, 224]`` and whose Reshapes carry the 1 in
+constant shapes: ``[1, -1]`` for a flatten and ``[1, 2, 24, 28, 28]`` for a channel
+shuffle from the TorchScript-based exporter, ``[1, 256]`` with ``allowzero=1`` from the
+dynamo exporter (the default one since torch 2.9). Served as if the batch were free,
+merged requests break inside those Reshapes.
 
 :func:`resolve_batch` decides, by running the graph on ONNX Runtime:
 
@@ -13,7 +14,9 @@ requests break inside those Reshapes.
 * otherwise, when ``make_dynamic`` allows: the first dimension of the input and
   the outputs becomes the symbolic ``batch`` and every input-dependent Reshape
   whose constant target shape starts with the fixed batch gets ``0`` there
-  (ONNX's "copy this dimension from the input"). The rewrite is kept only when
+  (ONNX's "copy this dimension from the input"; a dynamo Reshape's ``allowzero``, which
+  would make that 0 an empty dimension and changes nothing for a shape without zeros, is
+  turned off). The rewrite is kept only when
   the new graph, at the fixed batch, at 1 row and at one row more, gives each row
   exactly what the original graph gives it: **made dynamic**;
 * else **fixed**: the manifest says the fixed size, the server never merges
@@ -130,9 +133,11 @@ def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelPr
         shape = constants.get(node.input[1])
         if shape is None or shape.ndim != 1 or len(shape) == 0 or int(shape[0]) != fixed:
             continue
-        allow_zero = next((a.i for a in node.attribute if a.name == "allowzero"), 0)
-        if allow_zero:
-            continue  # 0 would mean a zero-sized dimension, not "copy"
+        allow_zero = next((a for a in node.attribute if a.name == "allowzero"), None)
+        if allow_zero is not None and allow_zero.i:
+            if np.any(shape == 0):
+                continue  # a zero there means an empty dimension; a 0 to copy the batch would too
+            allow_zero.i = 0  # the same for a shape without zeros, and lets 0 mean "copy"
         new_shape = shape.copy()
         new_shape[0] = 0
         name = _fresh(f"{node.input[1]}_dynamic_batch", taken)

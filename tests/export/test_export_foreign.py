@@ -80,13 +80,16 @@ def test_split_chain_reproduces_the_original_file(foreign_files: dict[str, Path]
 
 
 @pytest.mark.slow
-def test_torchscript_exports_are_made_dynamic_and_say_so(foreign_repository: Path) -> None:
+@pytest.mark.parametrize("how", ["torchscript", "default"])
+def test_fixed_batch_exports_are_made_dynamic_and_say_so(foreign_repository: Path, how: str) -> None:
+    """Both exporters' fixed batch: TorchScript's Reshapes to [1, -1], and the dynamo one-liner's to [1, 256] with
+    allowzero=1 (once left 'batch fixed at 1': every request one row, nothing merged)."""
     for arch in cnn_zoo.ZOO:
-        manifest = read_manifest(foreign_repository / f"{arch}_torchscript" / "1")
-        assert manifest.inputs[0].shape == [-1, *cnn_zoo.IMAGE_SHAPE]
+        manifest = read_manifest(foreign_repository / f"{arch}_{how}" / "1")
+        assert manifest.inputs[0].shape == [-1, *cnn_zoo.IMAGE_SHAPE], arch
         assert any(note.startswith("batch made dynamic (fixed at 1 in the graph") for note in manifest.provenance.notes)
     # The channel shuffle's five-dimensional Reshapes carried the batch: rewritten, and proven row by row.
-    notes = read_manifest(foreign_repository / "shufflenet_torchscript" / "1").provenance.notes
+    notes = read_manifest(foreign_repository / f"shufflenet_{how}" / "1").provenance.notes
     assert any("Reshape target shapes rewritten" in note for note in notes), notes
 
 

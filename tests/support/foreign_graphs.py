@@ -1,9 +1,10 @@
 """ONNX files the way users bring them, built in the test suite (no downloads, no torchvision).
 
-* the CNN zoo (``cnn_zoo``) exported both ways users export:
+* the CNN zoo (``cnn_zoo``) exported the ways users export:
   ``torch.onnx.export(model, x, path, dynamo=False)`` (the TorchScript-based exporter:
-  a fixed batch of 1, tensors named ``/layer1/layer1.0/relu/Relu_output_0``) and the
-  dynamo exporter with a dynamic batch;
+  a fixed batch of 1, tensors named ``/layer1/layer1.0/relu/Relu_output_0``), the
+  dynamo exporter with a dynamic batch, and the plain one-liner, which is the dynamo
+  exporter with a fixed batch (Reshapes to ``[1, 256]`` with ``allowzero=1``);
 * a Model-Zoo-era graph: IR version 3, initializers not listed as inputs, tensors
   named ``gpu_0/data_0`` ... ``gpu_0/softmax_1``;
 * a CoordConv-style graph whose batch cannot be made dynamic (a constant [1, ...]
@@ -39,7 +40,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-EXPORTS = ("torchscript", "dynamo")
+# torchscript: dynamo=False, fixed batch; dynamo: a dynamic batch (dynamic_shapes); default: the one-liner
+# torch.onnx.export(model, (x,), path), since torch 2.9 the dynamo exporter with a fixed batch.
+EXPORTS = ("torchscript", "dynamo", "default")
 
 
 def export_zoo_model(name: str, how: str, path: Path) -> Path:
@@ -53,6 +56,8 @@ def export_zoo_model(name: str, how: str, path: Path) -> Path:
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         if how == "torchscript":
             torch.onnx.export(model, torch.randn(1, *cnn_zoo.IMAGE_SHAPE), str(path), dynamo=False)
+        elif how == "default":
+            torch.onnx.export(model, (torch.randn(1, *cnn_zoo.IMAGE_SHAPE),), str(path))
         else:
             batch = torch.export.Dim("batch", min=1, max=1024)
             program = torch.onnx.export(model, (torch.randn(2, *cnn_zoo.IMAGE_SHAPE),), dynamo=True,
