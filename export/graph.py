@@ -130,14 +130,14 @@ def load_model(
     inputs; old IR versions are raised; a fixed batch dimension is made dynamic
     when that provably changes nothing (``make_dynamic``), else kept and recorded;
     tensors ONNX cannot type are typed by ONNX Runtime; reads of fixed dimensions are folded to
-    constants (export/shape_reads.py). Raises SplitError for a file
+    constants and reads of the batch moved next to what they shape (export/shape_reads.py). Raises SplitError for a file
     that is not ONNX, a graph with several inputs, an input that is not a picture, control-flow
     nodes (If/Loop/Scan), a graph ONNX Runtime cannot run, or an input with free dimensions past
     the batch that ``input_shape`` (the per-sample shape) does not pin (:func:`pin_input_shape`).
     """
     from .batch import check_sizes, resolve_batch
     from .foreign import infer_types, modernize
-    from .shape_reads import folded_if_same
+    from .shape_reads import simplified_if_same
 
     proto = source if isinstance(source, onnx.ModelProto) else read_model(source)
     control_flow = sorted(
@@ -154,10 +154,12 @@ def load_model(
     proto = pin_input_shape(proto, input_shape)
     resolution = resolve_batch(proto, make_dynamic)
     proto = infer_types(resolution.proto, check_sizes(resolution.fixed))
-    proto, folded = folded_if_same(proto, check_sizes(resolution.fixed))
+    proto, folded, moved = simplified_if_same(proto, check_sizes(resolution.fixed))
     if folded:
         notes.append(f"{folded} read{'s' if folded != 1 else ''} of fixed dimensions (Shape then Gather or Slice) "
                      "folded to constants")
+    if moved:
+        notes.append(f"{moved} read{'s' if moved != 1 else ''} of the batch moved to the tensor a Reshape shapes")
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
     return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,

@@ -1,4 +1,6 @@
-"""Reads of fixed dimensions folded to constants, so a graph that looks at its input's size splits.
+"""Reads of a tensor's shape rewritten so that they do not tie distant layers together.
+
+Two rewrites, each so a graph that looks at its input's size still splits layer by layer:
 
 Segmentation heads resize their scores back to the picture (torchvision's FCN and
 DeepLab: ``F.interpolate(x, size=input.shape[-2:])``). Exported, that is
@@ -10,12 +12,21 @@ request), so each such read is the constant it always gives. The batch, where it
 free, is never folded. The chain check then compares the blocks with the file as
 written.
 
-Contract of :func:`fold_fixed_shape_reads`: a ``Gather`` or ``Slice`` whose data is a
+**Reads of fixed dimensions fold to constants.** Contract of :func:`fold_fixed_shape_reads`: a ``Gather`` or ``Slice`` whose data is a
 ``Shape`` output and whose indices are constants becomes a ``Constant`` node of the same
 output name when every dimension it selects is fixed in the typed graph; then nodes
 whose outputs nothing reads (the ``Shape`` nodes left, their index constants) are
-dropped. Returns the new proto and how many reads were folded. :func:`folded_if_same`
-keeps the folded graph only when it answers the probe inputs exactly as the graph did.
+dropped. Returns the new proto and how many reads were folded.
+
+**Reads of the free batch move to the tensor they shape.** ``b = x.shape[0]`` at the top of
+``forward`` and ``x.reshape(b, -1)`` at the end (TorchScript, with a dynamic batch) is
+``Shape(x) -> Gather(0) -> Unsqueeze -> Concat -> Reshape(features, ...)``: the batch is read
+from the input, so every layer in between is one block. The Reshape's own data has the same
+symbolic batch; :func:`rebase_batch_reads` points the ``Shape`` at it when the read only
+shapes that one Reshape, and reorders the nodes.
+
+:func:`simplified_if_same` applies both, and keeps the result only when it answers the probe
+inputs exactly as the graph did.
 """
 
 from __future__ import annotations
@@ -56,20 +67,124 @@ def fold_fixed_shape_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int
     return folded, len(replaced)
 
 
-def folded_if_same(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> tuple[onnx.ModelProto, int]:
-    """:func:`fold_fixed_shape_reads`, kept only when the folded graph gives every output bit for bit what
-    ``proto`` gives on the probe input at each of ``batch_sizes`` (else ``proto`` and 0)."""
+def simplified_if_same(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> tuple[onnx.ModelProto, int, int]:
+    """:func:`fold_fixed_shape_reads` then :func:`rebase_batch_reads`: (graph, reads folded, reads moved), kept
+    only when the result gives every output bit for bit what ``proto`` gives on the probe input at each of
+    ``batch_sizes`` (else ``proto``, 0, 0)."""
     from .foreign import run_probe
 
     folded, count = fold_fixed_shape_reads(proto)
-    if not count:
-        return proto, 0
+    rebased, moved = rebase_batch_reads(folded)
+    if not count and not moved:
+        return proto, 0, 0
     for batch in batch_sizes:
         _, want = run_probe(proto, batch)
-        _, got = run_probe(folded, batch)
+        _, got = run_probe(rebased, batch)
         if len(want) != len(got) or not all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)):
-            return proto, 0
-    return folded, count
+            return proto, 0, 0
+    return rebased, count, moved
+
+
+# Operators that carry a batch read on to a Reshape's target shape without reading any tensor themselves.
+_SHAPE_ARITHMETIC = frozenset({"Unsqueeze", "Squeeze", "Concat", "Cast", "Identity", "Mul", "Add", "Sub", "Div"})
+
+
+def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``proto`` with each read of a free batch that only shapes one Reshape pointed at that Reshape's data
+    (module docstring), nodes reordered to run after it; and how many reads moved."""
+    graph = proto.graph
+    batch_of = {name: dims[0] for name, dims in _known_params(graph).items() if dims and isinstance(dims[0], str)}
+    constants = _constants(graph)
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, index))
+    outputs = {value.name for value in graph.output}
+    moves: dict[int, str] = {}
+    for position, node in enumerate(graph.node):
+        if node.op_type != "Shape" or node.attribute or node.input[0] not in batch_of:
+            continue
+        target = _only_reshape_shaped_by(node.output[0], readers, constants, outputs)
+        if target is not None and target.input[0] != node.input[0] and (
+                batch_of.get(target.input[0]) == batch_of[node.input[0]]):
+            moves[position] = target.input[0]
+    if not moves:
+        return proto, 0
+    moved = onnx.ModelProto()
+    moved.CopyFrom(proto)
+    for position, source in moves.items():
+        moved.graph.node[position].input[0] = source
+    ordered = _topological(list(moved.graph.node), {value.name for value in moved.graph.input}
+                           | {tensor.name for tensor in moved.graph.initializer})
+    del moved.graph.node[:]
+    moved.graph.node.extend(ordered)
+    return moved, len(moves)
+
+
+def _only_reshape_shaped_by(shape: str, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
+                            constants: dict[str, np.ndarray], outputs: set[str]) -> onnx.NodeProto | None:
+    """The one Reshape whose target shape is all that the batch read from ``shape`` (a Shape output) feeds,
+    through ``Gather(0)`` and shape arithmetic; None when it feeds anything else."""
+    found: list[onnx.NodeProto] = []
+    frontier = [shape]
+    while frontier:
+        name = frontier.pop()
+        if name in outputs or not readers.get(name):
+            return None
+        for node, index in readers[name]:
+            if node.op_type == "Reshape" and index == 1:
+                found.append(node)
+            elif name == shape and not (node.op_type == "Gather" and index == 0 and _picks_batch(node, constants)):
+                return None
+            elif name == shape or node.op_type in _SHAPE_ARITHMETIC:
+                frontier.extend(node.output)
+            else:
+                return None
+    return found[0] if len(found) == 1 else None
+
+
+def _picks_batch(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+    """Whether a Gather of a shape picks its first dimension only (index 0, axis 0)."""
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    indices = constants.get(node.input[1]) if len(node.input) > 1 else None
+    return axis == 0 and indices is not None and indices.size == 1 and int(indices.reshape(-1)[0]) == 0
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where each comes after what it reads, as close to the given order as that allows."""
+    import heapq
+
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
+    waiting = [sum(1 for name in set(node.input) if name and name in producer) for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in set(node.input):
+            if name and name in producer:
+                readers.setdefault(producer[name], []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(nodes[index])
+        for reader in readers.get(index, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):  # a cycle: cannot be, but never lose a node
+        return nodes
+    return ordered
+
+
+def _known_params(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
+    """Each typed tensor's dimensions: an int where fixed, the name where symbolic, None where unknown."""
+    found = {}
+    for info in (*graph.input, *graph.value_info, *graph.output):
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            found[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                for d in tensor.shape.dim]
+    return found
 
 
 def _known_dims(graph: onnx.GraphProto) -> dict[str, list[int | None]]:

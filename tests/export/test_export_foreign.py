@@ -234,10 +234,15 @@ def test_a_segmentation_head_reading_the_input_size_splits_at_its_layers(foreign
 
 
 @pytest.mark.slow
-def test_a_flatten_by_the_inputs_batch_is_sized_by_onnx_runtime(foreign_repository: Path) -> None:
+def test_a_flatten_by_the_inputs_batch_is_sized_and_split_by_layer(foreign_repository: Path) -> None:
     """ONNX's inference leaves the flattened width symbolic (unk__0); the split once ended in a traceback
     ('cannot size it per sample'). ONNX Runtime's probe runs give it, as for any tensor ONNX cannot type."""
     manifest = read_manifest(foreign_repository / "flatten_by_input_batch" / "1")
     widths = [list(block.outputs[0].shape) for block in manifest.blocks]
     assert [-1, 512] in widths and widths[-1] == [-1, 10]
     assert manifest.blocks[-1].inputs[0].shape == [-1, 512]
+    # The batch is read from the input at the flatten: moved to the flattened tensor, so each layer is a block
+    # (once the convolutions were one block, since every cut crossed the read).
+    assert "1 read of the batch moved to the tensor a Reshape shapes" in manifest.provenance.notes
+    assert [block.name for block in manifest.blocks] == [
+        "00_features_0", "01_features_1", "02_features_2", "03_features_3", "04_fc"]

@@ -1,5 +1,6 @@
-"""Reads of fixed dimensions folded to constants (export/shape_reads.py): which reads fold, which never
-do (a free batch), in each way exporters write them, with the folded graph answering exactly as before."""
+"""Shape reads rewritten (export/shape_reads.py): reads of fixed dimensions fold to constants in each way
+exporters write them, a free batch never does; a read of the batch that only shapes one Reshape moves to
+that Reshape's data; each rewritten graph answers exactly as before."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from layerserve.export.runtime import cpu_session
-from layerserve.export.shape_reads import fold_fixed_shape_reads, folded_if_same
+from layerserve.export.shape_reads import fold_fixed_shape_reads, rebase_batch_reads, simplified_if_same
 
 
 def _graph(nodes: list[onnx.NodeProto], opset: int = 17, initializers: list[onnx.TensorProto] = ()) -> onnx.ModelProto:
@@ -91,4 +92,43 @@ def test_nothing_to_fold_leaves_the_graph_as_it_is() -> None:
         helper.make_node("Concat", ["batch", "rest"], ["size"], axis=0),
     ], initializers=[_ints("front", [0]), _ints("rest", [3, 8, 8])])
     assert fold_fixed_shape_reads(proto) == (proto, 0)
-    assert folded_if_same(proto, (1, 2)) == (proto, 0)
+    assert simplified_if_same(proto, (1, 2)) == (proto, 0, 0)
+
+
+def _batch_read(extra: list[onnx.NodeProto] = (), outputs: tuple[str, ...] = ("out",)) -> onnx.ModelProto:
+    """``b = image.shape[0]`` read first, two layers, then ``relu2.reshape(b, -1)``; ``extra`` nodes after."""
+    nodes = [
+        helper.make_node("Shape", ["image"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Relu", ["image"], ["relu1"]),
+        helper.make_node("Sigmoid", ["relu1"], ["relu2"]),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["target"], axis=0),
+        helper.make_node("Reshape", ["relu2", "target"], ["out"]),
+        *extra,
+    ]
+    graph = helper.make_graph(
+        nodes, "batch_read", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT if name == "out" else TensorProto.INT64, None)
+         for name in outputs],
+        [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"), _ints("axis0", [0]), _ints("minus_one", [-1])])
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_a_batch_read_that_only_shapes_a_reshape_moves_to_its_data() -> None:
+    proto = _batch_read()
+    moved, count = rebase_batch_reads(proto)
+    assert count == 1
+    shape = next(node for node in moved.graph.node if node.op_type == "Shape")
+    assert list(shape.input) == ["relu2"]
+    order = [node.output[0] for node in moved.graph.node]
+    assert order.index("relu2") < order.index("shape") < order.index("out")  # still topologically sorted
+    assert _same_answers(proto, moved)
+    assert simplified_if_same(proto, (1, 3))[1:] == (0, 1)
+
+
+def test_a_batch_read_used_for_anything_else_stays() -> None:
+    # The batch also leaves the graph, or feeds an operator that is not shape arithmetic: nothing moves.
+    assert rebase_batch_reads(_batch_read(outputs=("out", "batch1")))[1] == 0
+    expanded = _batch_read([helper.make_node("ConstantOfShape", ["batch1"], ["zeros"])], outputs=("out", "zeros"))
+    assert rebase_batch_reads(expanded)[1] == 0
