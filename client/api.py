@@ -152,6 +152,19 @@ def first_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     return next(iter(outputs.values()))
 
 
+def _as_declared(x: np.ndarray, datatype: str) -> np.ndarray:
+    """A bare array as the input's declared ``datatype`` where nothing is lost: numpy's casts within a kind
+    (float64 defaults become FP32, UINT8 pixels FP32) and integers whose values the declared type holds
+    (numpy's int64 pixels as UINT8). Anything else, a float array for an integer input above all, goes as
+    it is, for the server to refuse naming what it expects, instead of being truncated into garbage here."""
+    array, declared = np.asarray(x), tensors.numpy_dtype(datatype)
+    if np.can_cast(array.dtype, declared, casting="same_kind") or (
+            array.dtype.kind in "iu" and declared.kind in "iu" and (not array.size or (
+                np.iinfo(declared).min <= array.min() and array.max() <= np.iinfo(declared).max))):
+        return array.astype(declared, copy=False)
+    return array
+
+
 def _sent_as(array: np.ndarray, encoding: str) -> str:
     """The wire encoding ``array`` travels in: ``encoding`` for FP32, none for other types (a quantized
     model's INT8 activations, UINT8 pixels), which the encodings do not apply to."""
@@ -346,8 +359,7 @@ class LayerClient:
         specs = self.model_metadata(model, version, address).inputs
         if len(specs) != 1:
             raise ValueError(f"{model} has {len(specs)} inputs {[s.name for s in specs]}; pass a dict")
-        # A bare array takes the model's declared datatype (float64 numpy defaults become FP32).
-        return {specs[0].name: np.asarray(x, dtype=tensors.numpy_dtype(specs[0].datatype))}
+        return {specs[0].name: _as_declared(x, specs[0].datatype)}
 
     def infer(
         self,
@@ -479,7 +491,7 @@ class LayerClient:
         for segment in placement.segments(start, stop, self.address):
             endpoint = self._endpoint(segment.address)
             spec = blocks.blocks[segment.start].inputs[0]
-            feed = np.asarray(current, dtype=tensors.numpy_dtype(spec.datatype))
+            feed = _as_declared(current, spec.datatype)
             segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
             answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
             rows = rows_per_request(
@@ -533,5 +545,6 @@ class LayerClient:
         blocks = self.blocks(model, version)
         start = blocks.final_conv_index() if start is None else start
         if fit is not None:
-            x = fit_to(x, per_sample(blocks.input_spec(start).shape), fit, seed)
+            spec = blocks.input_spec(start)
+            x = fit_to(x, per_sample(spec.shape), fit, seed, tensors.numpy_dtype(spec.datatype))
         return self.chain(model, x, start=start, where=where, version=version)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from layerserve.proto.tensors import numpy_dtype
+
 from .api import LayerClient, Where, first_output
 from .compression import EncodingCosts
 from .errors import ServerError
@@ -275,9 +277,11 @@ def skip_curve(
     skipped = [0, *range(every, len(blocks), every)]
     accuracy: dict[str, list[float]] = {method: [whole] for method in fits}
     for k in skipped[1:]:
-        target = per_sample(blocks.input_spec(k).shape)
+        spec = blocks.input_spec(k)
+        target, dtype = per_sample(spec.shape), numpy_dtype(spec.datatype)
         for method in fits:
-            logits = client.chain(model, fit_to(images, target, method, seed), start=k, where="server").scores
+            fitted = fit_to(images, target, method, seed, dtype)
+            logits = client.chain(model, fitted, start=k, where="server").scores
             accuracy[method].append(float(np.mean(as_logits(logits).argmax(1) == labels)))
             on_step(f"skip {k}, {method}")
     return SkipCurve(skipped=skipped, start_blocks=[blocks.blocks[k].name for k in skipped], accuracy=accuracy)
@@ -312,7 +316,8 @@ def skip_matrix(
     accuracy = np.full((n, n), np.nan)
     for i, source in enumerate(sources):  # source i is the input of block i
         for j in range(i, n):
-            fitted = fit_to(source, per_sample(blocks.input_spec(j).shape), fit, seed)
+            spec = blocks.input_spec(j)
+            fitted = fit_to(source, per_sample(spec.shape), fit, seed, numpy_dtype(spec.datatype))
             logits = client.chain(model, fitted, start=j, where="server").scores
             accuracy[i, j] = float(np.mean(as_logits(logits).argmax(1) == labels))
             on_step(f"source {i} -> block {j}")

@@ -7,7 +7,8 @@ Contract of every adapter: ``x`` is ``[N, *source]``, ``shape`` is the target's
 per-sample shape (a spec's leading batch dimension, -1 or not, is dropped by
 :func:`per_sample`); the result is float32 ``[N, *shape]``, deterministic (the
 projection is seeded). When ``x`` already has the target shape it is returned
-unchanged: there is nothing to force.
+unchanged: there is nothing to force. :func:`fit` then gives it the target's type,
+rounded and clipped into an integer type's range (a quantized block's INT8 input).
 
 * ``resize``: area (box) resampling of the spatial dimensions, then channel
   tiling (output channel c reads input channel c mod C). Tensors that are not
@@ -106,8 +107,9 @@ ADAPTERS: dict[str, Callable[..., np.ndarray]] = {"resize": resize, "pad": pad, 
 FITS: tuple[str, ...] = tuple(ADAPTERS)
 
 
-def fit(x: np.ndarray, shape: Sequence[int], method: str, seed: int = 0) -> np.ndarray:
-    """Apply adapter ``method`` (one of :data:`FITS`) to fit ``x`` to per-sample ``shape``.
+def fit(x: np.ndarray, shape: Sequence[int], method: str, seed: int = 0, dtype: np.dtype | type = np.float32
+        ) -> np.ndarray:
+    """Apply adapter ``method`` (one of :data:`FITS`) to fit ``x`` to per-sample ``shape`` and type ``dtype``.
 
     Raises ValueError naming the known adapters for an unknown ``method``.
     """
@@ -115,4 +117,16 @@ def fit(x: np.ndarray, shape: Sequence[int], method: str, seed: int = 0) -> np.n
         adapter = ADAPTERS[method]
     except KeyError:
         raise ValueError(f"unknown fit {method!r} (known: {', '.join(FITS)})") from None
-    return adapter(x, tuple(int(d) for d in shape), seed)
+    return as_type(adapter(x, tuple(int(d) for d in shape), seed), dtype)
+
+
+def as_type(x: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+    """``x`` as ``dtype``; floats going to an integer type are rounded and clipped into its range, so a
+    forced fit is forced all the way instead of wrapping around."""
+    dtype = np.dtype(dtype)
+    if x.dtype == dtype:
+        return x
+    if dtype.kind in "iu" and x.dtype.kind == "f":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    return x.astype(dtype)

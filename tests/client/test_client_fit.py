@@ -72,3 +72,13 @@ def test_placement_parses_ranges_and_segments() -> None:
 def test_placement_refuses_malformed_maps(text: str) -> None:
     with pytest.raises(PlacementError):
         Placement.parse(text)
+
+
+def test_a_fit_into_an_integer_input_is_rounded_and_clipped_into_its_range() -> None:
+    """A quantized block takes INT8: the forced tensor is forced into that type too, never wrapped around."""
+    x = np.array([[[[-300.4, -1.6, 0.4, 2.5, 126.6, 999.0]]]], dtype=np.float32)
+    fitted = fit(x, (1, 1, 6), "pad", dtype=np.int8)
+    assert fitted.dtype == np.int8
+    assert fitted.reshape(-1).tolist() == [-128, -2, 0, 2, 127, 127]
+    assert fit(x, (1, 1, 6), "pad").dtype == np.float32
+    assert fit(x, (1, 2, 3), "resize", dtype=np.uint8).min() == 0

@@ -145,3 +145,36 @@ def test_compare_takes_pictures_for_channels_last_and_integer_inputs(served_byo:
     paths = {path["name"]: path for path in report["paths"]}
     assert paths["server chain"]["agreement"] == 1.0 and paths["client chain"]["agreement"] == 1.0
     assert "got FP32 [12,32,32,3]" in paths["final only, raw image"]["error"]
+
+
+@pytest.mark.slow
+def test_a_float_array_for_integer_pixels_is_refused_by_the_server_not_truncated(served_byo: str) -> None:
+    from layerserve.client import LayerClient
+    from layerserve.client.errors import ServerError
+
+    floats = np.random.default_rng(2).standard_normal((2, 32, 32, 3))  # normalised images, float64
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3))  # numpy's int64, values of UINT8
+    with LayerClient(served_byo) as client:
+        with pytest.raises(ServerError) as refused:
+            client.infer("uint8_two_outputs", floats)
+        assert refused.value.code.name == "INVALID_ARGUMENT"
+        assert "expects UINT8 [-1,32,32,3], got FP64 [2,32,32,3]" in refused.value.message
+        as_pixels = client.infer("uint8_two_outputs", pixels.astype(np.uint8))
+        np.testing.assert_array_equal(client.infer("uint8_two_outputs", pixels)["logits"], as_pixels["logits"])
+
+
+@pytest.mark.slow
+def test_forced_fits_into_a_quantized_block_are_int8_and_the_raw_image_is_refused_as_it_is(
+    served_byo: str, tmp_path: Path
+) -> None:
+    images = np.random.default_rng(3).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    samples = _samples(tmp_path / "images.npz", images)
+    shown = layerserve("compare", "qoperator_int8", "--samples", str(samples), "--matrix-samples", "2",
+                       "--encodings", "", "--json", server=served_byo)
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    paths = {path["name"]: path for path in report["paths"]}
+    assert "got FP32 [8,3,32,32]" in paths["final only, raw image"]["error"]  # as sent, not cast to INT8
+    for method in ("resize", "pad", "project"):
+        assert paths[f"final only, {method}"]["error"] is None and paths[f"final only, {method}"]["accuracy"] is not None
+    assert all(value is not None for value in report["skip_curve"]["accuracy"]["resize"])
