@@ -32,6 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from .foreign import BATCH_DIM, run_probe
+from .graph import constant_values
 
 # Rows of the rewritten graph must match the original's this closely (relative to the output's scale).
 ROW_TOLERANCE = 1e-5
@@ -100,18 +101,6 @@ def _input_dependent(graph: onnx.GraphProto) -> set[str]:
     return found
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {tensor.name: tensor for tensor in graph.initializer}
-    arrays: dict[str, np.ndarray] = {}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and node.output:
-                arrays[node.output[0]] = numpy_helper.to_array(value)
-    arrays.update({name: numpy_helper.to_array(tensor) for name, tensor in values.items()})
-    return arrays
-
-
 def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelProto, int]:
     """``proto`` with a symbolic batch on its input and outputs and batch-carrying Reshape shapes rewritten."""
     candidate = onnx.ModelProto()
@@ -124,7 +113,7 @@ def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelPr
             dims[0].dim_param = BATCH_DIM
     del graph.value_info[:]  # shapes inferred for the fixed batch are stale
     dependent = _input_dependent(graph)
-    constants = _constants(graph)
+    constants = constant_values(graph)
     taken = {name for node in graph.node for name in [*node.input, *node.output]} | set(constants)
     rewritten = 0
     for node in graph.node:

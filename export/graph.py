@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import numpy_helper
 
 from .errors import SplitError
 
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
-__all__ = ["LoadedModel", "SplitError", "ancestor_nodes", "consumers", "descendants", "load_model"]
+__all__ = ["LoadedModel", "SplitError", "ancestor_nodes", "constant_values", "consumers", "descendants", "load_model"]
 
 
 @dataclass
@@ -64,6 +66,19 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     for node in graph:
         values.update({value.name: value for value in node.outputs if value.name})
     return values
+
+
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """The value of every tensor the graph fixes, by name: its initializers and its ``Constant`` nodes'
+    ``value`` (the operands that batch rewriting and shape-read folding need to know)."""
+    arrays: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None and node.output:
+                arrays[node.output[0]] = numpy_helper.to_array(value)
+    arrays.update({tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer})
+    return arrays
 
 
 def read_model(source: str | Path) -> onnx.ModelProto:

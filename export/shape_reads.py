@@ -1,8 +1,8 @@
 """Reads of a tensor's shape rewritten so that they do not tie distant layers together.
 
-Two rewrites, each so a graph that looks at its input's size still splits layer by layer:
+Two rewrites, each so a graph that looks at its input's size still splits layer by layer.
 
-Segmentation heads resize their scores back to the picture (torchvision's FCN and
+**Reads of fixed dimensions fold to constants.** Segmentation heads resize their scores back to the picture (torchvision's FCN and
 DeepLab: ``F.interpolate(x, size=input.shape[-2:])``). Exported, that is
 ``Shape(input) -> Gather(2), Gather(3) -> Resize`` at the very end: the last operator
 reads the input itself, so no single tensor separates the input from the output and
@@ -12,8 +12,7 @@ request), so each such read is the constant it always gives. The batch, where it
 free, is never folded. The chain check then compares the blocks with the file as
 written.
 
-**Reads of fixed dimensions fold to constants.** Contract of :func:`fold_fixed_shape_reads`: a ``Gather`` or ``Slice`` whose data is a
-``Shape`` output and whose indices are constants becomes a ``Constant`` node of the same
+Contract of :func:`fold_fixed_shape_reads`: a ``Gather`` or ``Slice`` whose data is a ``Shape`` output and whose indices are constants becomes a ``Constant`` node of the same
 output name when every dimension it selects is fixed in the typed graph; then nodes
 whose outputs nothing reads (the ``Shape`` nodes left, their index constants) are
 dropped. Returns the new proto and how many reads were folded.
@@ -35,12 +34,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .graph import constant_values
+
 
 def fold_fixed_shape_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """``proto`` with the reads of fixed dimensions folded (module docstring), and their count."""
     graph = proto.graph
-    dims = _known_dims(graph)
-    constants = _constants(graph)
+    dims = _known_params(graph)
+    constants = constant_values(graph)
     shapes = {node.output[0]: _shape_of(node, dims) for node in graph.node if node.op_type == "Shape"}
     replaced: dict[int, onnx.NodeProto] = {}
     for position, node in enumerate(graph.node):
@@ -94,7 +95,7 @@ def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     (module docstring), nodes reordered to run after it; and how many reads moved."""
     graph = proto.graph
     batch_of = {name: dims[0] for name, dims in _known_params(graph).items() if dims and isinstance(dims[0], str)}
-    constants = _constants(graph)
+    constants = constant_values(graph)
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for index, name in enumerate(node.input):
@@ -114,8 +115,7 @@ def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     moved.CopyFrom(proto)
     for position, source in moves.items():
         moved.graph.node[position].input[0] = source
-    ordered = _topological(list(moved.graph.node), {value.name for value in moved.graph.input}
-                           | {tensor.name for tensor in moved.graph.initializer})
+    ordered = _topological(list(moved.graph.node))
     del moved.graph.node[:]
     moved.graph.node.extend(ordered)
     return moved, len(moves)
@@ -150,7 +150,7 @@ def _picks_batch(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool
     return axis == 0 and indices is not None and indices.size == 1 and int(indices.reshape(-1)[0]) == 0
 
 
-def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
     """``nodes`` in an order where each comes after what it reads, as close to the given order as that allows."""
     import heapq
 
@@ -187,28 +187,7 @@ def _known_params(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:
     return found
 
 
-def _known_dims(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
-    """Each typed tensor's dimensions: an int where fixed, None where symbolic or unknown."""
-    found = {}
-    for info in (*graph.input, *graph.value_info, *graph.output):
-        tensor = info.type.tensor_type
-        if tensor.HasField("shape"):
-            found[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-    return found
-
-
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers and Constant nodes' values by tensor name (the index operands folding needs)."""
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                values[node.output[0]] = numpy_helper.to_array(value.t)
-    return values
-
-
-def _shape_of(node: onnx.NodeProto, dims: dict[str, list[int | None]]) -> list[int | None] | None:
+def _shape_of(node: onnx.NodeProto, dims: dict[str, list[int | str | None]]) -> list[int | str | None] | None:
     """What ``Shape`` outputs, dimension by dimension (its ``start``/``end``, opset 15), None if unknown."""
     shape = dims.get(node.input[0])
     if shape is None:
@@ -223,8 +202,9 @@ def _clamped(index: int, rank: int) -> int:
     return min(max(index + rank if index < 0 else index, 0), rank)
 
 
-def _selected(node: onnx.NodeProto, shape: list[int | None], constants: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The dimensions a Gather or Slice of a shape picks (object array of int/None), None when it cannot say."""
+def _selected(node: onnx.NodeProto, shape: list[int | str | None], constants: dict[str, np.ndarray]
+              ) -> np.ndarray | None:
+    """The dimensions a Gather or Slice of a shape picks (object array: an int where fixed), None when it cannot say."""
     vector = np.array(shape + [0], dtype=object)[:-1]  # 1-D of Python objects, even for one dimension
     operands = [constants.get(name) if name else None for name in node.input[1:]]
     if node.op_type == "Gather" and len(operands) == 1 and operands[0] is not None:
