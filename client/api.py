@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 import grpc
 import numpy as np
 
+from layerserve.proto import encodings, names, tensors
 from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
-from layerserve.proto import names, tensors
 from layerserve.proto.repository_pb2 import Block, ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
@@ -168,7 +168,7 @@ def _as_declared(x: np.ndarray, datatype: str) -> np.ndarray:
 def _sent_as(array: np.ndarray, encoding: str) -> str:
     """The wire encoding ``array`` travels in: ``encoding`` for FP32, none for other types (a quantized
     model's INT8 activations, UINT8 pixels), which the encodings do not apply to."""
-    return encoding if array.dtype == np.float32 else "fp32"
+    return encoding if encodings.applies_to(tensors.datatype_of(array.dtype)) else "fp32"
 
 
 def _only(outputs: Mapping[str, np.ndarray], what: str) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from layerserve.proto.encodings import ENCODINGS
+from layerserve.proto.encodings import ENCODINGS, applies_to
 from layerserve.proto.tensors import numpy_dtype
 
 from .api import LayerClient
@@ -76,7 +76,7 @@ def cut_datatypes(client: LayerClient, model: str) -> list[str]:
 
 def encodable(datatypes: Sequence[str], cut: int) -> bool:
     """Whether a wire encoding applies at ``cut``: its tensor is FP32 (an empty list: every cut is)."""
-    return not datatypes or datatypes[cut] == "FP32"
+    return not datatypes or applies_to(datatypes[cut])
 
 
 def encoding_costs(

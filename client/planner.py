@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from layerserve.proto.encodings import ENCODINGS
+from layerserve.proto.encodings import ENCODINGS, applies_to
 
 from .link import Link
 from .placement import BlockRange, Placement
@@ -82,7 +82,7 @@ class ModelProfile:
 
     def encodable(self, cut: int) -> bool:
         """Whether a wire encoding changes what crosses ``cut`` (its tensor is FP32)."""
-        return not self.cut_datatypes or self.cut_datatypes[cut] == "FP32"
+        return not self.cut_datatypes or applies_to(self.cut_datatypes[cut])
 
     def __post_init__(self) -> None:
         count = len(self.block_names)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from layerserve.proto import encodings as wire
-from layerserve.proto.tensors import example_values, numpy_dtype
+from layerserve.proto.tensors import datatype_of, example_values, numpy_dtype
 
 from .api import LayerClient, ModelBlocks
 from .compression import cut_bytes, cut_datatypes, encoding_costs
@@ -195,8 +195,8 @@ def profile_model(
     tensors = [*inputs, None]
     chosen = [e for e in encodings if e != "fp32"]
     # A tensor that is not FP32 travels as it is: no encoding, no coding time.
-    encode = {e: tuple(0.0 if t is None or t.dtype != np.float32 else coding_seconds(t, e) for t in tensors)
-              for e in chosen}
+    encode = {e: tuple(0.0 if t is None or not wire.applies_to(datatype_of(t.dtype)) else coding_seconds(t, e)
+                       for t in tensors) for e in chosen}
     agreement: dict[str, tuple[float | None, ...]] = {}
     accuracy: dict[str, tuple[float | None, ...]] = {}
     samples = 0

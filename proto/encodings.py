@@ -68,6 +68,16 @@ def encoding(name: str) -> Encoding:
         raise EncodingError(f"encoding expects one of {', '.join(ENCODINGS)}, got {name[:40]!r}") from None
 
 
+# What the encodings compress: FP32 tensors. Others (UINT8 pixels, a quantized model's INT8 activations)
+# travel as they are under any encoding; the client, the encodings' costs and the planner all ask here.
+ENCODED_DATATYPE = "FP32"
+
+
+def applies_to(datatype: str) -> bool:
+    """Whether an encoding changes how a tensor of ``datatype`` travels (only FP32 is encoded)."""
+    return datatype == ENCODED_DATATYPE
+
+
 def encode(array: np.ndarray, name: str) -> tuple[np.ndarray, float | None]:
     """``(wire array, scale)`` for an FP32 ``array``: scale is None except for int8.
 
