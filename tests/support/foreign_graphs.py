@@ -375,12 +375,8 @@ def chain_tolerance(datatypes: list[str]) -> float:
 
 
 def example_input(path: Path, rows: int, seed: int = 0) -> tuple[str, np.ndarray]:
-    """The graph input's name and ``rows`` rows it takes (free dimensions past the batch set to 1): standard
-    normal for a floating-point input, pixel values for an integer one."""
-    from layerserve.proto.tensors import ONNX_ELEM_TYPES, example_values
+    """The graph input's name and ``rows`` rows it takes: what ``layerserve split`` probes it with (standard
+    normal for a floating-point input, pixel values for an integer one; free dimensions past the batch 1)."""
+    from layerserve.export.foreign import probe_input
 
-    value = onnx.load(str(path), load_external_data=False).graph.input[0]
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
-    dims[0] = rows
-    return value.name, example_values(ONNX_ELEM_TYPES[tensor.elem_type], dims, np.random.default_rng(seed))
+    return probe_input(onnx.load(str(path), load_external_data=False), rows, seed)
