@@ -376,10 +376,9 @@ def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"{manifest.name} lists no samples; pass --images DIR (one subfolder of pictures per "
                              "class) or --samples FILE.npz")
         path = args.models / manifest.name / manifest.version / manifest.samples.file.path
-    with np.load(path) as archive:
-        images, labels = archive["images"], archive["labels"]
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
+    from .images import read_samples
+
+    images, labels = read_samples(path, args.limit)
     # As the model takes them: FP32, or integer pixels (UINT8) for a graph that normalizes them itself.
     return np.ascontiguousarray(images, dtype=numpy_dtype(found.input_spec(0).datatype)), np.asarray(labels)
 

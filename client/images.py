@@ -19,6 +19,7 @@ class, pictures inside) into images and labels.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,34 @@ def load_array(path: Path) -> np.ndarray:
                 return archive[archive.files[0]]
             raise ValueError(f"{path} holds {archive.files}; expected an 'images' array or a single array")
     return np.load(path, allow_pickle=False)
+
+
+def read_samples(path: Path, limit: int | None = None, labels_required: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A labelled samples file (``numpy.savez(path, images=..., labels=...)``, what ``layerserve export``
+    writes beside a model) as ``(images, labels)``, the first ``limit`` of each, the images in the type they
+    were stored in. ``labels`` is None when the file has none and ``labels_required`` is False.
+
+    Raises FileNotFoundError or ValueError, each one line naming the file and what it should hold.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--samples {path}: {'not a file' if path.exists() else 'no such file'}")
+    expected = "a .npz archive of 'images' and 'labels' arrays (numpy.savez)"
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"--samples {path} is not {expected} ({type(error).__name__})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"--samples {path} holds one array, not {expected}")
+    with archive:
+        wanted = ("images", "labels") if labels_required else ("images",)
+        if any(key not in archive.files for key in wanted):
+            raise ValueError(f"--samples {path} holds {archive.files[:8]}; expected {expected}")
+        images = archive["images"][:limit] if limit else archive["images"]
+        labels = None if "labels" not in archive.files else (
+            archive["labels"][:limit] if limit else archive["labels"])
+    return images, labels
 
 
 def channels_last(spec: TensorSpec) -> bool:

@@ -80,10 +80,10 @@ def _samples(args: argparse.Namespace, client, model: str) -> tuple[np.ndarray |
         path = args.models / manifest.name / manifest.version / manifest.samples.file.path
         if not path.is_file():
             return None, None
-    with np.load(path) as archive:
-        images = np.asarray(archive["images"][: args.agreement_samples], dtype=np.float32)
-        labels = archive["labels"][: args.agreement_samples] if "labels" in archive else None
-    return images, labels
+    from .images import read_samples
+
+    # In the type stored (UINT8 pixels stay UINT8): the profile gives them the model input's type.
+    return read_samples(path, args.agreement_samples, labels_required=False)
 
 
 def _profile(args: argparse.Namespace, link, encodings: list[str]) -> tuple[ModelProfile, dict]:

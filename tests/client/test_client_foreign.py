@@ -58,10 +58,14 @@ def test_compare_on_a_folder_of_pictures_at_224_with_default_flags(served_foreig
 def test_compare_refusals_are_one_line(served_foreign: str, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
+    empty_file = tmp_path / "empty.npz"  # once an EOFError traceback
+    empty_file.touch()
     for args, expected in (
         ([], "lists no samples; pass --images DIR"),
         (["--images", str(empty)], "has no class subfolders"),
         (["--images", str(tmp_path / "absent")], "is not a folder of class subfolders"),
+        (["--samples", str(empty_file)], "is not a .npz archive of 'images' and 'labels' arrays (numpy.savez)"),
+        (["--samples", str(tmp_path / "absent.npz")], "absent.npz: no such file"),
     ):
         shown = layerserve("compare", MODEL, *args, server=served_foreign)
         assert shown.returncode == 2, shown.stderr

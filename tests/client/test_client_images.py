@@ -3,6 +3,7 @@ FP32 normalised as the manifest says and integer pixels as they are."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from layerserve.client.api import TensorSpec
-from layerserve.client.images import image_shape, load_image
+from layerserve.client.images import image_shape, load_image, read_samples
 from layerserve.proto.repository_pb2 import Preprocessing
 
 
@@ -50,3 +51,21 @@ def test_shapes_that_are_not_pictures_are_refused_in_one_line() -> None:
     for shape in ((-1, 8, 16, 16), (-1, 3, -1, -1), (-1, 100)):
         with pytest.raises(ValueError, match=r"^pictures need an image input \[N,C,H,W\] or \[N,H,W,C\]"):
             image_shape(TensorSpec("x", "FP32", shape))
+
+
+def test_samples_keep_their_type_and_a_bad_file_is_named_in_one_line(tmp_path: Path) -> None:
+    pixels = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    np.savez(tmp_path / "pixels.npz", images=pixels, labels=np.array([3, 5]))
+    images, labels = read_samples(tmp_path / "pixels.npz", limit=1)
+    assert images.dtype == np.uint8 and images.shape == (1, 4, 4, 3) and labels.tolist() == [3]
+    np.savez(tmp_path / "unlabelled.npz", images=pixels)
+    assert read_samples(tmp_path / "unlabelled.npz", labels_required=False)[1] is None
+    (tmp_path / "empty.npz").touch()
+    (tmp_path / "notes.txt").write_text("not an archive")
+    np.save(tmp_path / "one.npy", pixels)
+    for name, expected in (("unlabelled.npz", "holds ['images']; expected"), ("empty.npz", "is not a .npz archive"),
+                           ("notes.txt", "is not a .npz archive"), ("one.npy", "holds one array, not a .npz archive")):
+        with pytest.raises(ValueError, match=r"^--samples .*" + re.escape(expected)):
+            read_samples(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="absent.npz: no such file"):
+        read_samples(tmp_path / "absent.npz")
