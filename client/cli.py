@@ -127,16 +127,10 @@ def _client(args: argparse.Namespace, address: str | None = None):
     return LayerClient(address or args.server, _settings(args), placement, batch_size=args.batch_size)
 
 
-# Without a terminal (pipes, CI logs, README captures) rich would wrap tables at 80 columns.
-PIPE_WIDTH = 160
-
-
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from layerserve.cli.console import console
 
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
-    return Console(stderr=stderr, width=width)
+    return console(stderr)
 
 
 def _print_json(value: object) -> None:

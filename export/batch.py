@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .foreign import BATCH_DIM, run_probe
+from .foreign import BATCH_DIM
 from .graph import constant_values
 
 # Rows of the rewritten graph must match the original's this closely (relative to the output's scale).
@@ -46,6 +46,9 @@ class BatchResolution:
     # None: dynamic (any batch); an int: the only batch size the graph accepts.
     fixed: int | None
     note: str
+    # A dynamic graph whose rows change each other's answers (DynamicQuantizeLinear takes one scale over the
+    # whole batch): the server must never merge requests into one run.
+    rows_interact: bool = False
 
 
 def check_sizes(fixed: int | None) -> tuple[int, ...]:
@@ -68,6 +71,11 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
         failure = _row_independence_failure(proto, proto, 1)
         if failure is None:
             return BatchResolution(proto, None, "dynamic")
+        if failure.startswith(_ROWS_DIFFER):
+            mixers = sorted({node.op_type for node in proto.graph.node if node.op_type in _ROW_MIXERS})
+            why = f" ({', '.join(mixers)} takes one scale over the whole batch)" if mixers else ""
+            return BatchResolution(proto, None, f"dynamic, but the rows of a request change each other's answers{why}: "
+                                   "the server never merges requests", rows_interact=True)
         # Symbolic in name only: something inside is fixed at one row.
         fixed, reason = 1, f"declared dynamic, but {failure}"
         original = _with_batch(proto, 1)
@@ -75,9 +83,12 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
         fixed, reason, original = declared, f"fixed at {declared} in the graph", proto
     if make_dynamic:
         candidate, rewritten = _dynamic_candidate(original, fixed)
-        if _row_independence_failure(original, candidate, fixed) is None:
+        failure = _row_independence_failure(original, candidate, fixed)
+        if failure is None:
             what = f"{rewritten} Reshape target shape{'s' if rewritten != 1 else ''} rewritten" if rewritten else "no rewrite needed"
             return BatchResolution(candidate, None, f"made dynamic ({reason}; {what}; checked row by row)")
+        if failure.startswith(_ROWS_DIFFER):
+            reason += f"; made dynamic, {failure}"
     rows = f"{fixed} row{'s' if fixed != 1 else ''}"
     return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {rows})")
 
@@ -144,25 +155,38 @@ def _fresh(name: str, taken: set[str]) -> str:
     return candidate
 
 
+# How a row-independence failure starts when the graph runs but its rows change each other's answers.
+_ROWS_DIFFER = "the answers at "
+# Operators whose result for one row depends on the other rows of the batch.
+_ROW_MIXERS = frozenset({"DynamicQuantizeLinear"})
+
+
 def _row_independence_failure(original: onnx.ModelProto, candidate: onnx.ModelProto, fixed: int) -> str | None:
     """None when ``candidate`` gives every row what ``original`` gives it at ``fixed`` rows, at ``fixed``, 1 and
-    ``fixed + 1`` rows; otherwise why not (one line)."""
+    ``fixed + 1`` rows; otherwise why not (one line).
+
+    The rows are all different (a repeated row would hide an operator that mixes rows, such as
+    DynamicQuantizeLinear, whose scale is taken over the batch): the original answers each group of
+    ``fixed`` of them at a time.
+    """
+    from .foreign import probe_input
     from .runtime import cpu_session, describe_runtime_error, quiet_options
 
-    rows, reference = run_probe(original, fixed)
-    name = original.graph.input[0].name
+    name, rows = probe_input(original, 2 * fixed)
     try:
+        reference_session = cpu_session(original.SerializeToString(), quiet_options())
+        parts = [reference_session.run(None, {name: rows[start:start + fixed]}) for start in (0, fixed)]
+        reference = [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
         session = cpu_session(candidate.SerializeToString(), quiet_options())
         for size in sorted({fixed, 1, fixed + 1}):
-            picks = np.arange(size) % fixed
-            got = session.run(None, {name: rows[picks]})
+            got = session.run(None, {name: rows[:size]})
             for want, have in zip(reference, got, strict=True):
-                want = want[picks]
+                want = want[:size]
                 if have.shape != want.shape:
                     return f"at {size} rows an output is {list(have.shape)}, expected {list(want.shape)}"
                 scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
                 if want.size and float(np.max(np.abs(have - want))) > ROW_TOLERANCE * scale:
-                    return f"at {size} rows the answers differ from one row at a time"
+                    return f"{_ROWS_DIFFER}{size} rows differ from {fixed} row{'s' if fixed != 1 else ''} at a time"
     except Exception as error:  # noqa: BLE001 - a graph that does not run at that size
         return f"it does not run at another batch size ({describe_runtime_error(error)})"
     return None

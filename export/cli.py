@@ -124,14 +124,14 @@ def _guarded(handler):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from layerserve.cli.console import console
 
     from .builtin import BuildOptions, build
     from .train import TrainConfig
 
     config = TrainConfig(seed=args.seed) if args.epochs is None else TrainConfig(seed=args.seed, epochs=args.epochs)
     manifest = build(args.name, args.out, BuildOptions(config=config, show_progress=not args.no_progress))
-    _print_summary(Console(), manifest, args.out / manifest.name / manifest.version)
+    _print_summary(console(), manifest, args.out / manifest.name / manifest.version)
     return 0
 
 
@@ -152,6 +152,27 @@ def _preprocessing(args: argparse.Namespace, input_shape):
     )
 
 
+def _model_name(out: Path, name: str | None) -> str:
+    """The model's name: its folder's (``--out``), which ``--name`` may only repeat. The server names each
+    model after its folder, so a name that differs (or holds a path: a HuggingFace id such as
+    ``microsoft/resnet-50``) would write a folder elsewhere than ``--out``, or outside it."""
+    from .errors import ExportError
+
+    folder = Path(out).name
+    if name is not None and name != folder:
+        raise ExportError(f"--name {name[:80]!r} differs from the --out folder's name {folder!r}: the server names a "
+                          f"model after its folder, so write it to --out {Path(out).parent / _folder_like(name)}")
+    if folder in ("", ".", "..") or folder.startswith(".") or not folder.isprintable():
+        raise ExportError(f"--out {str(out)[:120]!r} does not end in a model folder name (such as models/my_cnn)")
+    return folder
+
+
+def _folder_like(name: str) -> str:
+    """``name`` made a folder name: path separators and leading dots become underscores."""
+    cleaned = "".join("_" if char in "/\\" or not char.isprintable() else char for char in name).lstrip(".")
+    return cleaned[:80] or "my_model"
+
+
 def _export(args: argparse.Namespace) -> int:
     from .errors import ExportError
 
@@ -161,15 +182,15 @@ def _export(args: argparse.Namespace) -> int:
         return _export_builtin(args)
     if args.input_shape is None:
         raise ExportError("--model needs --input-shape, the per-sample input shape such as 3,224,224")
-    from rich.console import Console
+    from layerserve.cli.console import console
 
     from .user_model import UserModel, export_user_model
 
     user = UserModel(args.model, args.input_shape, args.weights, args.seed, _labels(args.labels))
-    name = args.name or args.out.name
+    name = _model_name(args.out, args.name)
     manifest = export_user_model(user, args.out.parent, name, args.depth, _preprocessing(args, args.input_shape),
                                  args.onnx)
-    _print_summary(Console(), manifest, args.out / manifest.version)
+    _print_summary(console(), manifest, args.out / manifest.version)
     return 0
 
 
@@ -196,7 +217,7 @@ def _export_builtin(args: argparse.Namespace) -> int:
 def _split(args: argparse.Namespace) -> int:
     import time
 
-    from rich.console import Console
+    from layerserve.cli.console import console
 
     from .errors import ExportError
     from .imported import SplitOptions, split_to_repository
@@ -214,10 +235,11 @@ def _split(args: argparse.Namespace) -> int:
         raise ExportError("--out is required (the model folder to write), unless --triton")
     options = SplitOptions(granularity=args.granularity, at=at, depth=args.depth, make_dynamic=not args.fixed_batch,
                            input_shape=args.input_shape)
+    name = _model_name(args.out, args.name)
     began = time.perf_counter()
-    manifest = split_to_repository(args.model, args.out, args.name, options, _preprocessing_for_file(args),
+    manifest = split_to_repository(args.model, args.out, name, options, _preprocessing_for_file(args),
                                    _labels(args.labels))
-    _print_summary(Console(), manifest, args.out / manifest.version, time.perf_counter() - began)
+    _print_summary(console(), manifest, args.out / manifest.version, time.perf_counter() - began)
     return 0
 
 

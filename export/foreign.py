@@ -108,8 +108,11 @@ def infer_types(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> onnx.Mo
         arrays = [run[name] for run in runs]
         dims: list[int | str] = []
         for axis, size in enumerate(arrays[0].shape):
+            # A size that follows the batch is the batch wherever it sits (a Transpose can move it past
+            # the first axis): writing one probe's size there would fix the batch for ONNX Runtime's own
+            # inference downstream, and a graph with a free batch would declare outputs of one row.
             varies = any(a.ndim != arrays[0].ndim or a.shape[axis] != size for a in arrays[1:])
-            dims.append(BATCH_DIM if varies and axis == 0 else size)
+            dims.append(BATCH_DIM if varies else size)
         elem = helper.np_dtype_to_tensor_dtype(arrays[0].dtype)
         info = helper.make_tensor_value_info(name, elem, dims)
         if name in outputs:

@@ -36,6 +36,8 @@ class LoadedModel:
     node_index: dict[ir.Node, int]
     fixed_batch: int | None = None
     notes: tuple[str, ...] = ()
+    # The rows of a request change each other's answers (export/batch.py): requests must not be merged.
+    rows_interact: bool = False
 
     @property
     def graph(self) -> ir.Graph:
@@ -111,9 +113,9 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
     free = [not d.HasField("dim_value") for d in past_batch]
     if per_sample is None:
         if any(free):
-            example = ",".join(str(d.dim_value) if d.HasField("dim_value") else "224" for d in past_batch)
             raise SplitError(f"input {info.name!r} is {shown}: free dimensions past the batch; a served model takes "
-                             f"one image size, so name it with --input-shape (e.g. --input-shape {example})")
+                             f"one image size, so name it with --input-shape (e.g. --input-shape "
+                             f"{_example_shape(past_batch)})")
         return proto
     if len(per_sample) != len(past_batch) or any(
         d.HasField("dim_value") and d.dim_value != size for d, size in zip(past_batch, per_sample, strict=False)
@@ -127,13 +129,50 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
     for dim, size in zip(list(pinned.graph.input[0].type.tensor_type.shape.dim)[1:], per_sample, strict=True):
         dim.Clear()
         dim.dim_value = size
-    # Shapes recorded for the free size would contradict the pinned one: inference gives them again.
+    # Shapes recorded for another size would contradict the pinned one: inference gives them again. That
+    # includes fixed output sizes, which exporters write for their own example input (optimum wrote a
+    # ResNet's [batch, 256, 2, 2] at 64x64 into a graph with free height and width).
     del pinned.graph.value_info[:]
     for output in pinned.graph.output:
         for dim in list(output.type.tensor_type.shape.dim)[1:]:
-            if not dim.HasField("dim_value"):
-                dim.Clear()
+            dim.Clear()
     return pinned
+
+
+def _example_shape(past_batch: list) -> str:
+    """A per-sample shape to suggest for free dimensions: 3 channels first for an NCHW image (unless the
+    last dimension is a fixed channel count, channels last), 224 for the others."""
+    fixed = [d.dim_value if d.HasField("dim_value") else None for d in past_batch]
+    channels_last = len(fixed) == 3 and fixed[-1] is not None and fixed[-1] <= 4
+    return ",".join(str(size) if size is not None else "3" if position == 0 and len(fixed) == 3 and not channels_last
+                    else "224" for position, size in enumerate(fixed))
+
+
+def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where each comes after what it reads, as close to the given order as that allows
+    (ONNX requires that order; some old converters wrote nodes out of it, and ONNX Runtime sorts them itself)."""
+    import heapq
+
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
+    waiting = [sum(1 for name in set(node.input) if name and name in producer) for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in set(node.input):
+            if name and name in producer:
+                readers.setdefault(producer[name], []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(nodes[index])
+        for reader in readers.get(index, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):  # a cycle: cannot be, but never lose a node
+        return nodes
+    return ordered
 
 
 def load_model(
@@ -162,6 +201,14 @@ def load_model(
         # Subgraphs read outer tensors implicitly; cut finding does not follow those edges.
         raise SplitError(f"the graph has control-flow nodes ({', '.join(control_flow)}); splitting them is not supported")
     proto, notes = modernize(proto)
+    ordered = topological_order(list(proto.graph.node))
+    if any(a is not b for a, b in zip(ordered, proto.graph.node, strict=True)):
+        sorted_proto = onnx.ModelProto()
+        sorted_proto.CopyFrom(proto)
+        del sorted_proto.graph.node[:]
+        sorted_proto.graph.node.extend(ordered)
+        proto = sorted_proto
+        notes.append("nodes put in topological order (the file lists some before the tensors they read)")
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
@@ -174,11 +221,11 @@ def load_model(
         notes.append(f"{folded} read{'s' if folded != 1 else ''} of fixed dimensions (Shape then Gather or Slice) "
                      "folded to constants")
     if moved:
-        notes.append(f"{moved} read{'s' if moved != 1 else ''} of the batch moved to the tensor a Reshape shapes")
+        notes.append(f"{moved} read{'s' if moved != 1 else ''} of the batch moved next to the tensor it shapes")
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
     return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,
-                       notes=(*notes, f"batch {resolution.note}"))
+                       notes=(*notes, f"batch {resolution.note}"), rows_interact=resolution.rows_interact)
 
 
 def consumers(value: ir.Value) -> list[ir.Node]:

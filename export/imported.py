@@ -102,6 +102,7 @@ def split_to_repository(
         labels=labels,
         preprocessing=preprocessing or default_preprocessing(model.proto),
         fixed_batch=model.fixed_batch,
+        merge_requests=not model.rows_interact,
     )
 
 

@@ -27,8 +27,9 @@ from collections import Counter
 
 import onnx_ir as ir
 
+from .layers import WEIGHTED_OPS
+
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9]+")
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from .graph import SplitError
-from .runtime import cpu_session
+from .runtime import cpu_session, describe_runtime_error
 from .split import SplitResult
 
 # Relative to max(1, max |full|): 1e-4 absolute for outputs within [-1, 1].
@@ -90,11 +90,49 @@ def run_chain(result: SplitResult, inputs: np.ndarray, keep: bool = False) -> li
     current = [inputs]
     collected = []
     for block in result.blocks:
-        session = cpu_session(block.proto.SerializeToString())
-        current = session.run(None, dict(zip(block.inputs, current, strict=True)))
+        try:
+            session = cpu_session(block.proto.SerializeToString())
+            current = session.run(None, dict(zip(block.inputs, current, strict=True)))
+        except Exception as error:  # noqa: BLE001 - ONNX Runtime's own error types; one line for the user
+            raise SplitError(f"block {block.name!r} does not run on what the blocks before it give "
+                             f"({describe_runtime_error(error)}); the graph's declared shapes may not match what it "
+                             "computes") from None
         if keep or block is result.blocks[-1]:
             collected.append(current)
     return collected
+
+
+def _check_declared(declared: object, computed: list[np.ndarray], what: str) -> None:
+    """SplitError when an output's declared sizes disagree with what ONNX Runtime computed (the batch too:
+    a block of a free-batch graph declaring one row): the manifest is written from the declared ones and
+    the server validates against them, so a wrong declaration would be a model that splits but cannot serve."""
+    for info, array in zip(declared, computed, strict=True):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+        if len(dims) != array.ndim or any(want is not None and want != got
+                                          for want, got in zip(dims, array.shape, strict=True)):
+            shown = "[" + ",".join("?" if d is None else str(d) for d in dims) + "]"
+            raise SplitError(f"{what} declares output {info.name!r} as {shown} but computes "
+                             f"[{','.join(str(d) for d in array.shape)}]: a shape the file declares, or one inferred from it, "
+                             "is wrong, and a model declaring it could not be served; nothing was written")
+
+
+# Outputs far below 1 (an untrained timm EfficientNet's logits reach 1e-4) are also compared with their own
+# size: a wrong chain is off by about that size, float32 rounding by a millionth of it.
+OWN_SIZE_FRACTION = 0.01
+OWN_SIZE_FLOOR = 1e-6
+
+
+def _check_own_size(got: np.ndarray, want: np.ndarray, name: str, tolerance: float) -> None:
+    """ChainMismatch when ``got`` strays from ``want`` by more than OWN_SIZE_FRACTION (or ten times the
+    tolerance, for FP16 cuts) of ``want``'s own largest magnitude, plus OWN_SIZE_FLOOR."""
+    if not want.size:
+        return
+    size = float(np.max(np.abs(want.astype(np.float64))))
+    diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+    allowed = max(OWN_SIZE_FRACTION, 10 * tolerance) * size + OWN_SIZE_FLOOR
+    if not diff <= allowed:
+        raise ChainMismatch(f"the chain of blocks does not reproduce the full graph: output {name!r} is at most "
+                            f"{size:.3g} in size and the chain differs by {diff:.3g} (> {allowed:.3g})")
 
 
 def chain_check(
@@ -110,6 +148,9 @@ def chain_check(
     names = [o.name for o in session.get_outputs()]
     reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
     outputs = run_chain(result, inputs, keep=True)
+    _check_declared(full.graph.output, [reference[o.name] for o in full.graph.output], "the graph")
+    for block, got in zip(result.blocks, outputs, strict=True):
+        _check_declared(block.proto.graph.output, got, f"block {block.name!r}")
     per_block = []
     final_abs = 0.0
     for block, got in zip(result.blocks, outputs, strict=True):
@@ -123,4 +164,6 @@ def chain_check(
             f"the chain of blocks does not reproduce the full graph: max |diff| {final_abs:.3g}, "
             f"{final:.3g} of the output's scale > {tolerance:g}; block {first!r} is the first to diverge"
         )
+    for got, name in zip(outputs[-1], result.blocks[-1].source_outputs, strict=True):
+        _check_own_size(got, reference[name], name, tolerance)
     return ChainReport(max_abs_diff=final_abs, max_rel_diff=final, per_block=per_block, tolerance=tolerance)

@@ -41,10 +41,13 @@ WEIGHTS_FILE = "blocks/weights.bin"
 SERVING_DEFAULTS = ServingConfig(max_batch_size=64, dynamic_batching=True, max_queue_delay_us=500)
 
 
-def serving_config(fixed_batch: int | None) -> ServingConfig:
-    """The defaults, or for a fixed-batch model Triton's "no batching": max_batch_size 0, nothing merged."""
+def serving_config(fixed_batch: int | None, merge_requests: bool = True) -> ServingConfig:
+    """The defaults, or for a fixed-batch model Triton's "no batching": max_batch_size 0, nothing merged.
+    ``merge_requests`` False: a dynamic batch whose rows change each other's answers, never merged."""
     if fixed_batch is None:
-        return ServingConfig(**{field.name: value for field, value in SERVING_DEFAULTS.ListFields()})
+        config = ServingConfig(**{field.name: value for field, value in SERVING_DEFAULTS.ListFields()})
+        config.dynamic_batching = merge_requests
+        return config
     return ServingConfig(max_batch_size=0, dynamic_batching=False)
 
 
@@ -90,10 +93,12 @@ def write_repository(
     preprocessing: Preprocessing | None = None,
     fixed_batch: int | None = None,
     beside: str | None = None,
+    merge_requests: bool = True,
 ) -> ModelManifest:
     """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest.
 
-    ``fixed_batch``: the only batch size the graph takes (None: any), which decides the serving defaults.
+    ``fixed_batch``: the only batch size the graph takes (None: any), which decides the serving defaults, with
+    ``merge_requests`` (False: dynamic batching off, for a graph whose rows change each other's answers).
     ``beside``: the full graph is this file already in the version folder (a Triton repository's
     ``model.onnx``), left as it is; only ``blocks/`` and the manifest are (re)written next to it.
     """
@@ -122,7 +127,7 @@ def write_repository(
         outputs=[tensor_spec(o) for o in full.graph.output],
         provenance=provenance,
         labels=labels or [],
-        serving=serving_config(fixed_batch),
+        serving=serving_config(fixed_batch, merge_requests),
         input_bytes_per_sample=bytes_per_sample(full.graph.input[0]),
     )
     if preprocessing is not None:

@@ -22,7 +22,10 @@ dropped. Returns the new proto and how many reads were folded.
 ``Shape(x) -> Gather(0) -> Unsqueeze -> Concat -> Reshape(features, ...)``: the batch is read
 from the input, so every layer in between is one block. The Reshape's own data has the same
 symbolic batch; :func:`rebase_batch_reads` points the ``Shape`` at it when the read only
-shapes that one Reshape, and reorders the nodes.
+shapes that one Reshape, and reorders the nodes. The same holds for a read that only makes the
+indices of a Gather (dynamo's ``as_strided`` in timm's ConvNeXt head: ``Range(0, batch)`` into a
+Gather from the pooled features flattened to [-1]) or the shape of an Expand or Tile: the read moves
+to the nearest tensor behind the one shaped whose first dimension is that batch.
 
 :func:`simplified_if_same` applies both, and keeps the result only when it answers the probe
 inputs exactly as the graph did.
@@ -34,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .graph import constant_values
+from .graph import constant_values, topological_order
 
 
 def fold_fixed_shape_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -86,45 +89,79 @@ def simplified_if_same(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> 
     return rebased, count, moved
 
 
-# Operators that carry a batch read on to a Reshape's target shape without reading any tensor themselves.
-_SHAPE_ARITHMETIC = frozenset({"Unsqueeze", "Squeeze", "Concat", "Cast", "Identity", "Mul", "Add", "Sub", "Div"})
+# Operators that carry a batch read on to the shape or indices of the tensor it shapes without reading
+# any tensor themselves (Range: dynamo writes ``as_strided`` as Gather indices from Range(0, batch)).
+_SHAPE_ARITHMETIC = frozenset({"Unsqueeze", "Squeeze", "Concat", "Cast", "Identity", "Mul", "Add", "Sub", "Div",
+                               "Range"})
+# Where such arithmetic ends: the input it feeds of the operator that reads a tensor (its first input).
+_SHAPED_INPUTS = {"Reshape": 1, "Expand": 1, "Tile": 1, "Gather": 1, "GatherND": 1, "GatherElements": 1}
+# How far back from that tensor a read may move, through operators whose first input carries the rows.
+_MOST_STEPS_BACK = 8
 
 
 def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``proto`` with each read of a free batch that only shapes one Reshape pointed at that Reshape's data
-    (module docstring), nodes reordered to run after it; and how many reads moved."""
+    """``proto`` with each read of a free batch that only shapes one tensor pointed at that tensor, or the
+    nearest tensor it is computed from that has the same batch first (module docstring), nodes reordered
+    to run after it; and how many reads moved."""
     graph = proto.graph
     batch_of = {name: dims[0] for name, dims in _known_params(graph).items() if dims and isinstance(dims[0], str)}
     constants = constant_values(graph)
     readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    producers = {name: node for node in graph.node for name in node.output}
     for node in graph.node:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
     outputs = {value.name for value in graph.output}
     moves: dict[int, str] = {}
     for position, node in enumerate(graph.node):
-        if node.op_type != "Shape" or node.attribute or node.input[0] not in batch_of:
+        if node.op_type != "Shape" or node.input[0] not in batch_of or _reads(node) is None:
             continue
-        target = _only_reshape_shaped_by(node.output[0], readers, constants, outputs)
-        if target is not None and target.input[0] != node.input[0] and (
-                batch_of.get(target.input[0]) == batch_of[node.input[0]]):
-            moves[position] = target.input[0]
+        target = _only_tensor_shaped_by(node, readers, constants, outputs)
+        source = None if target is None else _with_batch_first(target.input[0], batch_of[node.input[0]], batch_of,
+                                                               producers)
+        if source is not None and source != node.input[0]:
+            moves[position] = source
     if not moves:
         return proto, 0
     moved = onnx.ModelProto()
     moved.CopyFrom(proto)
     for position, source in moves.items():
         moved.graph.node[position].input[0] = source
-    ordered = _topological(list(moved.graph.node))
+    ordered = topological_order(list(moved.graph.node))
     del moved.graph.node[:]
     moved.graph.node.extend(ordered)
     return moved, len(moves)
 
 
-def _only_reshape_shaped_by(shape: str, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
-                            constants: dict[str, np.ndarray], outputs: set[str]) -> onnx.NodeProto | None:
-    """The one Reshape whose target shape is all that the batch read from ``shape`` (a Shape output) feeds,
-    through ``Gather(0)`` and shape arithmetic; None when it feeds anything else."""
+def _reads(node: onnx.NodeProto) -> str | None:
+    """What a Shape node reads: "all" dimensions, "batch" only (start 0, end 1), or None (anything else)."""
+    bounds = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if not bounds:
+        return "all"
+    return "batch" if bounds.get("start", 0) == 0 and bounds.get("end") == 1 and set(bounds) <= {"start", "end"} else None
+
+
+def _with_batch_first(name: str, batch: str, batch_of: dict[str, str],
+                      producers: dict[str, onnx.NodeProto]) -> str | None:
+    """``name``, or the nearest tensor it is computed from along first inputs, whose first dimension is the
+    symbolic ``batch``; None within _MOST_STEPS_BACK."""
+    for _ in range(_MOST_STEPS_BACK):
+        if batch_of.get(name) == batch:
+            return name
+        node = producers.get(name)
+        if node is None or not node.input:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _only_tensor_shaped_by(shape_node: onnx.NodeProto, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
+                           constants: dict[str, np.ndarray], outputs: set[str]) -> onnx.NodeProto | None:
+    """The one operator whose shape or indices input (_SHAPED_INPUTS) is all that the batch read by
+    ``shape_node`` feeds, through ``Gather(0)`` (when it reads every dimension) and shape arithmetic; None
+    when it feeds anything else."""
+    shape = shape_node.output[0]
+    picked = _reads(shape_node) == "batch"
     found: list[onnx.NodeProto] = []
     frontier = [shape]
     while frontier:
@@ -132,15 +169,17 @@ def _only_reshape_shaped_by(shape: str, readers: dict[str, list[tuple[onnx.NodeP
         if name in outputs or not readers.get(name):
             return None
         for node, index in readers[name]:
-            if node.op_type == "Reshape" and index == 1:
+            if _SHAPED_INPUTS.get(node.op_type) == index and (picked or name != shape):
                 found.append(node)
-            elif name == shape and not (node.op_type == "Gather" and index == 0 and _picks_batch(node, constants)):
-                return None
-            elif name == shape or node.op_type in _SHAPE_ARITHMETIC:
+            elif name == shape and not picked:
+                if not (node.op_type == "Gather" and index == 0 and _picks_batch(node, constants)):
+                    return None
+                frontier.extend(node.output)
+            elif node.op_type in _SHAPE_ARITHMETIC:
                 frontier.extend(node.output)
             else:
                 return None
-    return found[0] if len(found) == 1 else None
+    return found[0] if len({id(node) for node in found}) == 1 else None
 
 
 def _picks_batch(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
@@ -148,32 +187,6 @@ def _picks_batch(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
     indices = constants.get(node.input[1]) if len(node.input) > 1 else None
     return axis == 0 and indices is not None and indices.size == 1 and int(indices.reshape(-1)[0]) == 0
-
-
-def _topological(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """``nodes`` in an order where each comes after what it reads, as close to the given order as that allows."""
-    import heapq
-
-    producer = {name: index for index, node in enumerate(nodes) for name in node.output}
-    waiting = [sum(1 for name in set(node.input) if name and name in producer) for node in nodes]
-    readers: dict[int, list[int]] = {}
-    for index, node in enumerate(nodes):
-        for name in set(node.input):
-            if name and name in producer:
-                readers.setdefault(producer[name], []).append(index)
-    ready = [index for index, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        index = heapq.heappop(ready)
-        ordered.append(nodes[index])
-        for reader in readers.get(index, []):
-            waiting[reader] -= 1
-            if waiting[reader] == 0:
-                heapq.heappush(ready, reader)
-    if len(ordered) != len(nodes):  # a cycle: cannot be, but never lose a node
-        return nodes
-    return ordered
 
 
 def _known_params(graph: onnx.GraphProto) -> dict[str, list[int | str | None]]:

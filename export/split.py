@@ -28,7 +28,8 @@ import onnx_ir as ir
 from .cuts import require_cuts, single_tensor_cuts
 from .extract import extract
 from .graph import LoadedModel, SplitError, descendants
-from .naming import WEIGHTED_OPS, block_label, block_name, scope_labels
+from .layers import WEIGHTED_OPS
+from .naming import block_label, block_name, scope_labels
 
 GRANULARITIES = ("layer", "cut", "at")
 

@@ -1,8 +1,9 @@
 """Per-block statistics for the manifest: parameters, FLOPs, activation bytes.
 
 All figures are per sample: the first dimension of every activation is the batch.
-FLOPs count 2 per multiply-add of Conv, ConvTranspose, Gemm and MatMul nodes (other
-ops are memory-bound and left out), read off the block's inferred shapes.
+FLOPs count 2 per multiply-add of the weighted layers (export/layers.py: Conv, ConvTranspose, Gemm,
+MatMul and their quantized and fused forms; other ops are memory-bound and left out), read off the
+block's inferred shapes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from onnx import helper
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
 from .errors import SplitError
+from .layers import LAYERS
 
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16})
+# Weights: floating-point initializers, and the 8-bit ones a quantized layer holds (with their per-channel
+# zero points). 32- and 64-bit integer initializers are shapes, axes and indices.
+_WEIGHT_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+})
 
 
 def parameter_count(block: onnx.ModelProto) -> int:
-    """Elements in the block's floating-point initializers (its weights; integer shape constants do not count)."""
-    return sum(math.prod(t.dims) for t in block.graph.initializer if t.data_type in _FLOAT_TYPES)
+    """Elements in the block's weight initializers (floating-point or 8-bit; integer shape constants do not count)."""
+    return sum(math.prod(t.dims) for t in block.graph.initializer if t.data_type in _WEIGHT_TYPES)
 
 
 def _shapes(block: onnx.ModelProto) -> dict[str, list[int | None]]:
@@ -34,32 +41,28 @@ def _shapes(block: onnx.ModelProto) -> dict[str, list[int | None]]:
 
 
 def flops_per_sample(block: onnx.ModelProto) -> int:
-    """FLOPs per sample of the block's Conv/ConvTranspose/Gemm/MatMul nodes (needs inferred shapes)."""
+    """FLOPs per sample of the block's weighted layers (export/layers.py; needs inferred shapes)."""
     shapes = _shapes(block)
     total = 0
     for node in block.graph.node:
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            continue
-        out = shapes.get(node.output[0])
-        if not out or any(d is None for d in out[1:]):
+        layer = LAYERS.get(node.op_type)
+        out = shapes.get(node.output[0]) if layer else None
+        if not out or any(d is None for d in out[1:]) or len(node.input) <= max(layer.weight, layer.data):
             continue
         per_sample_out = math.prod(out[1:])
-        if node.op_type == "Conv":
-            weight = shapes.get(node.input[1]) or []
+        weight = shapes.get(node.input[layer.weight]) or []
+        data = shapes.get(node.input[layer.data]) or []
+        if layer.kind == "conv":
             total += 2 * per_sample_out * math.prod(weight[1:]) if weight and None not in weight else 0
-        elif node.op_type == "ConvTranspose":
-            weight = shapes.get(node.input[1]) or []
-            inp = shapes.get(node.input[0]) or []
-            if weight and inp and None not in weight and None not in inp[1:]:
-                total += 2 * math.prod(inp[1:]) * math.prod(weight[1:])
-        elif node.op_type == "Gemm":
-            a = shapes.get(node.input[0]) or []
+        elif layer.kind == "conv_transpose":
+            if weight and data and None not in weight and None not in data[1:]:
+                total += 2 * math.prod(data[1:]) * math.prod(weight[1:])
+        elif layer.kind == "gemm":
             trans_a = next((helper.get_attribute_value(x) for x in node.attribute if x.name == "transA"), 0)
-            k = a[0] if trans_a else a[-1] if a else None
+            k = data[0] if trans_a else data[-1] if data else None
             total += 2 * per_sample_out * k if k else 0
         else:
-            a = shapes.get(node.input[0]) or []
-            total += 2 * per_sample_out * a[-1] if a and a[-1] else 0
+            total += 2 * per_sample_out * data[-1] if data and data[-1] else 0
     return total
 
 

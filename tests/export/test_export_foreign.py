@@ -163,6 +163,18 @@ def test_a_quantized_model_hands_int8_activations_between_blocks(foreign_reposit
 
 
 @pytest.mark.slow
+def test_a_dynamically_quantized_model_splits_at_the_layers_of_its_float_source(foreign_repository: Path) -> None:
+    """ConvInteger and MatMulInteger are layers like Conv and MatMul: the stages of ``features`` are opened
+    as in the float export (the float names alone gave 3 blocks), and their weights and FLOPs are counted."""
+    quantized = read_manifest(foreign_repository / "dynamic_int8" / "1")
+    source = read_manifest(foreign_repository / "mobilenet_v3_torchscript" / "1")
+    assert [b.name for b in quantized.blocks] == [b.name for b in source.blocks]
+    for ours, theirs in zip(quantized.blocks, source.blocks, strict=True):
+        assert (ours.flops > 0) == (theirs.flops > 0), ours.name
+        assert ours.parameters >= theirs.parameters, ours.name  # INT8 weights, their scales and zero points
+
+
+@pytest.mark.slow
 def test_a_channels_last_keras_export_splits_at_its_layers(foreign_repository: Path) -> None:
     manifest = read_manifest(foreign_repository / "keras_nhwc" / "1")
     assert (manifest.inputs[0].name, list(manifest.inputs[0].shape)) == ("input_1", [-1, 32, 32, 3])
@@ -243,6 +255,6 @@ def test_a_flatten_by_the_inputs_batch_is_sized_and_split_by_layer(foreign_repos
     assert manifest.blocks[-1].inputs[0].shape == [-1, 512]
     # The batch is read from the input at the flatten: moved to the flattened tensor, so each layer is a block
     # (once the convolutions were one block, since every cut crossed the read).
-    assert "1 read of the batch moved to the tensor a Reshape shapes" in manifest.provenance.notes
+    assert "1 read of the batch moved next to the tensor it shapes" in manifest.provenance.notes
     assert [block.name for block in manifest.blocks] == [
         "00_features_0", "01_features_1", "02_features_2", "03_features_3", "04_fc"]

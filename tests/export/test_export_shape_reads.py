@@ -132,3 +132,37 @@ def test_a_batch_read_used_for_anything_else_stays() -> None:
     assert rebase_batch_reads(_batch_read(outputs=("out", "batch1")))[1] == 0
     expanded = _batch_read([helper.make_node("ConstantOfShape", ["batch1"], ["zeros"])], outputs=("out", "zeros"))
     assert rebase_batch_reads(expanded)[1] == 0
+
+
+def test_a_batch_read_that_indexes_a_flattened_tensor_moves_to_where_the_rows_are_first() -> None:
+    """timm's ConvNeXt head exported by dynamo: ``Shape(image, start=0, end=1)`` read first, then
+    ``Range(0, batch) * C + offsets`` as the indices of a Gather from the pooled features flattened to
+    [-1] (``as_strided``). The read moves to the pooled features [N, C, 1, 1], the nearest tensor behind
+    the flattened one whose first dimension is the batch, and every layer before it can be a block."""
+    nodes = [
+        helper.make_node("Shape", ["image"], ["shape"], start=0, end=1),
+        helper.make_node("Squeeze", ["shape"], ["batch"]),
+        helper.make_node("Relu", ["image"], ["relu1"]),
+        helper.make_node("Sigmoid", ["relu1"], ["relu2"]),
+        helper.make_node("ReduceMean", ["relu2", "spatial"], ["pooled"], keepdims=1),
+        helper.make_node("Reshape", ["pooled", "minus_one"], ["flat"]),
+        helper.make_node("Range", ["zero", "batch", "one"], ["rows"]),
+        helper.make_node("Mul", ["rows", "channels"], ["starts"]),
+        helper.make_node("Unsqueeze", ["starts", "axis1"], ["starts1"]),
+        helper.make_node("Add", ["starts1", "offsets"], ["indices"]),
+        helper.make_node("Gather", ["flat", "indices"], ["out"], axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "as_strided", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+         numpy_helper.from_array(np.array(1, dtype=np.int64), "one"),
+         numpy_helper.from_array(np.array(3, dtype=np.int64), "channels"),
+         _ints("spatial", [2, 3]), _ints("minus_one", [-1]), _ints("axis1", [1]), _ints("offsets", [0, 1, 2])])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    moved, count = rebase_batch_reads(proto)
+    assert count == 1
+    assert list(next(node for node in moved.graph.node if node.op_type == "Shape").input) == ["pooled"]
+    order = [node.output[0] for node in moved.graph.node]
+    assert order.index("pooled") < order.index("shape") < order.index("out")
+    assert _same_answers(proto, moved)

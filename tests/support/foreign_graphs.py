@@ -18,7 +18,9 @@
 * an end-to-end export: UINT8 pixels [N, H, W, 3] in, the normalisation inside the
   graph, and two outputs (logits, then the embedding);
 * a model quantized by ONNX Runtime's static quantization, in the QOperator format
-  (INT8 activations from block to block) and in the QDQ format;
+  (INT8 activations from block to block) and in the QDQ format; the zoo's MobileNet-v3 quantized
+  dynamically (``quantize_dynamic``, as ``optimum-cli onnxruntime quantize`` does: ConvInteger and
+  MatMulInteger, weights' bias Reshapes gathered at the top of the graph);
 * the zoo's ResNet converted to FP16 (weights, constants, input and output), as
   ``onnxconverter_common.float16.convert_float_to_float16`` leaves a graph for GPU serving;
 * a segmentation head in torchvision's FCN style, scores resized back to the input's size
@@ -284,6 +286,22 @@ def _quantized(path: Path, quant_format: str) -> Path:
     return path
 
 
+def dynamic_int8(path: Path) -> Path:
+    """The zoo's MobileNet-v3 (TorchScript export) quantized by ``onnxruntime.quantization.quantize_dynamic``:
+    INT8 weights, activations quantized at run time (DynamicQuantizeLinear, ConvInteger, MatMulInteger)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = export_zoo_model("mobilenet_v3", "torchscript", path.with_name(path.stem + "_float.onnx"))
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR
+    try:
+        quantize_dynamic(str(source), str(path))
+    finally:
+        root.setLevel(level)
+        source.unlink()
+    return path
+
+
 def fp16_resnet(path: Path) -> Path:
     """The zoo's ResNet (TorchScript export) with every FP32 initializer, constant, input and output in FP16."""
     source = export_zoo_model("resnet", "torchscript", path.with_name(path.stem + "_fp32.onnx"))
@@ -362,6 +380,7 @@ OTHER_GRAPHS = {
     "uint8_two_outputs": uint8_two_outputs,
     "qoperator_int8": qoperator_int8,
     "qdq_int8": qdq_int8,
+    "dynamic_int8": dynamic_int8,
     "fp16_resnet": fp16_resnet,
     "segmentation_fcn": segmentation_fcn,
     "flatten_by_input_batch": flatten_by_input_batch,

@@ -1,0 +1,198 @@
+"""Graphs as converters and exporters other than ours leave them: nodes out of topological order (old
+converters), fixed output sizes an exporter recorded for its own example input while height and width
+are free (HuggingFace optimum), every dimension past the batch free, the batch moved past the first axis
+(timm's VGG: an AdaptiveAvgPool2d that upsamples, exported by dynamo); and model names taken from a
+HuggingFace id. Each is split, or refused in one line that says what to do."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from layerserve.cli.main import main
+from layerserve.client import LayerClient
+from layerserve.export.runtime import cpu_session
+from layerserve.proto.manifest import read_manifest
+from layerserve.server.launcher import ServerProcess
+
+
+def _nodes(final: str = "y") -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="/stem/conv/Conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/stem/relu/Relu"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="/stem/pool/MaxPool"),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="/body/conv/Conv"),
+        helper.make_node("Relu", ["c2"], [final], name="/body/relu/Relu"),
+    ]
+
+
+def _graph(path: Path, nodes: list[onnx.NodeProto], input_dims: list, output_dims: list) -> Path:
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, output_dims)], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def _split(*args: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["split", *args])
+    return code, out.getvalue() + err.getvalue()
+
+
+def test_nodes_out_of_topological_order_are_sorted_and_split(tmp_path: Path) -> None:
+    """Some old converters listed nodes in any order; ONNX Runtime sorts them itself, so split does too
+    (before, the cut search read the list as ordered and found no cut)."""
+    source = _graph(tmp_path / "reversed.onnx", _nodes()[::-1], [1, 3, 16, 16], [1, 8, 8, 8])
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "reversed"))
+    assert code == 0, shown
+    assert "nodes put in topological order" in shown
+    assert [b.name for b in read_manifest(tmp_path / "models" / "reversed" / "1").blocks] == ["00_stem", "01_body"]
+
+
+def test_fixed_output_sizes_recorded_for_another_image_size_are_recomputed(tmp_path: Path) -> None:
+    """optimum exports with free height and width but writes the outputs' sizes for its own 64x64 example;
+    split at another size must declare what the graph computes there, or the server refuses the model."""
+    source = _graph(tmp_path / "stale.onnx", _nodes(), ["batch", 3, "height", "width"], ["batch", 8, 16, 16])
+    out = tmp_path / "models" / "stale"
+    code, shown = _split(str(source), "--out", str(out), "--input-shape", "3,40,48")
+    assert code == 0, shown
+    manifest = read_manifest(out / "1")
+    assert list(manifest.outputs[0].shape) == [-1, 8, 20, 24]
+    x = np.random.default_rng(1).standard_normal((2, 3, 40, 48)).astype(np.float32)
+    want = cpu_session(str(source)).run(None, {"x": x})[0]
+    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
+            LayerClient(server.address) as client:
+        np.testing.assert_array_equal(client.infer_array("stale", x), want)
+        np.testing.assert_array_equal(client.chain("stale", x, where="server").output, want)
+
+
+def test_every_free_dimension_gets_a_possible_suggestion(tmp_path: Path) -> None:
+    source = _graph(tmp_path / "free.onnx", _nodes(), ["batch", "channels", "height", "width"],
+                    ["batch", 8, "h", "w"])
+    code, shown = _split(str(source), "--out", str(tmp_path / "m"))
+    assert code == 2 and "(e.g. --input-shape 3,224,224)" in shown, shown
+
+
+@pytest.mark.parametrize("name", ["microsoft/resnet-50", "../escaped"])
+def test_a_name_that_is_not_the_out_folder_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    """The server names a model after its folder: a different --name wrote elsewhere than --out (a
+    HuggingFace id, with its '/', even outside it) while printing --out."""
+    source = _graph(tmp_path / "small.onnx", _nodes(), [1, 3, 16, 16], [1, 8, 8, 8])
+    out = tmp_path / "repo" / "models" / "small"
+    code, shown = _split(str(source), "--out", str(out), "--name", name)
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert "differs from the --out folder's name 'small'" in shown
+    assert f"--out {out.parent / name.replace('/', '_').lstrip('.')}" in shown
+    assert not any(path.is_dir() for path in tmp_path.rglob("*"))
+    assert _split(str(source), "--out", str(out), "--name", "small")[0] == 0
+
+
+def _upsampling_pool(path: Path, how: str) -> Path:
+    """timm's VGG head at small inputs: AdaptiveAvgPool2d(7) on a 3x3 map, which dynamo lowers to a
+    Transpose that moves the batch to the third axis, a GatherND and sums."""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(7)
+            self.fc1 = nn.Conv2d(8, 16, 7)
+            self.head = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.fc1(self.pool(torch.relu(self.stem(x)))).flatten(1))
+
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        if how == "dynamo":
+            torch.onnx.export(Net().eval(), (torch.randn(2, 3, 12, 12),), str(path), dynamo=True,
+                              dynamic_shapes=({0: torch.export.Dim("batch", max=64)},))
+        else:
+            torch.onnx.export(Net().eval(), (torch.randn(1, 3, 12, 12),), str(path))
+    return path
+
+
+@pytest.mark.parametrize("how", ["dynamo", "default"])
+def test_a_batch_moved_past_the_first_axis_stays_free(tmp_path: Path, how: str) -> None:
+    """Typing the tensors ONNX cannot type wrote one probe's size where a Transpose had put the batch, so ONNX
+    Runtime declared the pool's output and the model's of one row, and the server refused the model."""
+    source = _upsampling_pool(tmp_path / f"up_{how}.onnx", how)
+    out = tmp_path / "models" / "up"
+    code, shown = _split(str(source), "--out", str(out))
+    assert code == 0, shown
+    manifest = read_manifest(out / "1")
+    assert {int(block.outputs[0].shape[0]) for block in manifest.blocks} == {-1}
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)
+    original = cpu_session(str(source))
+    want = np.concatenate([original.run(None, {original.get_inputs()[0].name: x[i:i + 1]})[0] for i in range(3)])
+    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
+            LayerClient(server.address) as client:
+        np.testing.assert_allclose(client.infer_array("up", x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(client.chain("up", x, where="server").output, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_chain_of_a_model_with_tiny_outputs_is_caught() -> None:
+    """An untrained model's logits can be 1e-4 in size (timm's EfficientNet): 1e-4 of max(1, |output|) let a
+    chain giving zeros pass; the output's own size catches it, while float32 rounding stays far inside."""
+    from layerserve.export.graph import load_model
+    from layerserve.export.parity import ChainMismatch, chain_check
+    from layerserve.export.split import split
+
+    nodes = [*_nodes("pre"), helper.make_node("Mul", ["pre", "tiny"], ["y"], name="/scale/Mul")]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    weights.append(numpy_helper.from_array(np.array(1e-5, np.float32), "tiny"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])], weights)
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    result = split(model, "cut")
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert chain_check(model.proto, result, x).max_abs_diff == 0
+    last = result.blocks[-1].proto.graph
+    scale = next(t for t in last.initializer if t.name == "tiny")
+    scale.CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "tiny"))  # the chain now answers zeros
+    with pytest.raises(ChainMismatch, match="output 'y' is at most"):
+        chain_check(model.proto, result, x)
+
+
+@pytest.mark.parametrize("batch", ["batch", 1], ids=["dynamic", "fixed"])
+def test_rows_that_change_each_others_answers_are_never_merged(tmp_path: Path, batch: object) -> None:
+    """Dynamic quantization (``quantize_dynamic``, optimum's ``onnxruntime quantize``) takes one scale over the
+    whole batch, so a row's answer depends on the rows beside it. A graph fixed at one row is not made
+    dynamic (the check fed one row twice and missed it); a dynamic one stays dynamic, but the server is told
+    never to merge requests, so one client's rows never change another's answers."""
+    import logging
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = _graph(tmp_path / "float.onnx", _nodes(), [batch, 3, 16, 16], [batch, 8, 8, 8])
+    quantized = tmp_path / "quantized.onnx"
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR
+    try:
+        quantize_dynamic(str(source), str(quantized))
+    finally:
+        root.setLevel(level)
+    out = tmp_path / "models" / "dq"
+    code, shown = _split(str(quantized), "--out", str(out))
+    assert code == 0, shown
+    serving = read_manifest(out / "1").serving
+    if batch == 1:
+        assert "fixed at 1" in shown and "differ from 1 row at a time" in shown, shown
+        assert (serving.max_batch_size, serving.dynamic_batching) == (0, False)
+    else:
+        assert "DynamicQuantizeLinear takes one scale over the whole batch" in shown, shown
+        assert (serving.max_batch_size, serving.dynamic_batching) == (64, False)
