@@ -174,18 +174,10 @@ def test_rows_that_change_each_others_answers_are_never_merged(tmp_path: Path, b
     whole batch, so a row's answer depends on the rows beside it. A graph fixed at one row is not made
     dynamic (the check fed one row twice and missed it); a dynamic one stays dynamic, but the server is told
     never to merge requests, so one client's rows never change another's answers."""
-    import logging
-
-    from onnxruntime.quantization import quantize_dynamic
+    from foreign_graphs import quantized_dynamically
 
     source = _graph(tmp_path / "float.onnx", _nodes(), [batch, 3, 16, 16], [batch, 8, 8, 8])
-    quantized = tmp_path / "quantized.onnx"
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR
-    try:
-        quantize_dynamic(str(source), str(quantized))
-    finally:
-        root.setLevel(level)
+    quantized = quantized_dynamically(source, tmp_path / "quantized.onnx")
     out = tmp_path / "models" / "dq"
     code, shown = _split(str(quantized), "--out", str(out))
     assert code == 0, shown

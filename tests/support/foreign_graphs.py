@@ -289,16 +289,22 @@ def _quantized(path: Path, quant_format: str) -> Path:
 def dynamic_int8(path: Path) -> Path:
     """The zoo's MobileNet-v3 (TorchScript export) quantized by ``onnxruntime.quantization.quantize_dynamic``:
     INT8 weights, activations quantized at run time (DynamicQuantizeLinear, ConvInteger, MatMulInteger)."""
+    source = export_zoo_model("mobilenet_v3", "torchscript", path.with_name(path.stem + "_float.onnx"))
+    quantized_dynamically(source, path)
+    source.unlink()
+    return path
+
+
+def quantized_dynamically(source: Path, path: Path) -> Path:
+    """``source`` through ``onnxruntime.quantization.quantize_dynamic`` into ``path``, its advice kept quiet."""
     from onnxruntime.quantization import quantize_dynamic
 
-    source = export_zoo_model("mobilenet_v3", "torchscript", path.with_name(path.stem + "_float.onnx"))
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR
     try:
         quantize_dynamic(str(source), str(path))
     finally:
         root.setLevel(level)
-        source.unlink()
     return path
 
 
