@@ -106,8 +106,24 @@ def describe(array: np.ndarray) -> str:
     return format_spec(datatype_name(array.dtype), array.shape)
 
 
+# Strings (Triton's classification answers, server/classification.py): numpy object arrays of bytes, sent
+# as each element's length (4 bytes, little-endian) then its bytes, raw or in binary REST; JSON lists them.
+BYTES = "BYTES"
+
+
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor's raw contents: each element (bytes or str) as its 4-byte little-endian length, then it."""
+    parts = []
+    for item in array.ravel():
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.extend((len(data).to_bytes(4, "little"), data))
+    return b"".join(parts)
+
+
 def datatype_of(dtype: np.dtype | type) -> str:
-    """The protocol datatype string for a numpy dtype; TensorCodecError if it has none."""
+    """The protocol datatype string for a numpy dtype (object arrays are BYTES); TensorCodecError if it has none."""
+    if np.dtype(dtype) == np.dtype(object):
+        return BYTES
     key = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
     try:
         return _BY_NUMPY[key]
@@ -326,8 +342,9 @@ def add_typed_input(request: pb.ModelInferRequest, name: str, array: np.ndarray)
 def add_raw_output(response: pb.ModelInferResponse, name: str, array: np.ndarray) -> None:
     """Append ``array`` to a response as a raw output."""
     array = np.ascontiguousarray(array)
-    response.outputs.add(name=name, datatype=datatype_of(array.dtype), shape=array.shape)
-    response.raw_output_contents.append(array.tobytes())
+    datatype = datatype_of(array.dtype)
+    response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+    response.raw_output_contents.append(serialize_bytes(array) if datatype == BYTES else array.tobytes())
 
 
 def decode_inputs(request: pb.ModelInferRequest, quote: Callable[[str], str] = repr) -> dict[str, np.ndarray]:

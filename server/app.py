@@ -25,7 +25,7 @@ from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 
-from . import allocator, cpus, limits, loops, metrics, ports, rest, runtime, security
+from . import allocator, cpus, limits, loops, metrics, ports, rest, runtime, security, unsupported
 from .dataplane import DataPlane
 from .endpoints import BatchingOverrides
 from .grpc_inference import InferenceServicer
@@ -148,6 +148,7 @@ async def start(
     try:
         add_service(pb_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(dataplane), server)
         add_service(lpb_grpc.add_LayerServiceServicer_to_server, LayerServicer(dataplane), server)
+        server.add_generic_rpc_handlers((unsupported.GrpcRefusals(),))  # Triton's methods we refuse, by name
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in ("", *_service_names()):

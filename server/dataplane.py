@@ -26,6 +26,7 @@ from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
 from .batching import Batcher, BatchReport, call_timed
+from .classification import classified
 from .drain import Gate
 from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_inputs
 from .errors import InvalidInput, RequestExpired, quoted
@@ -277,9 +278,11 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         outputs: Sequence[str] = (),
         deadline: float | None = None,
+        classification: Mapping[str, int] | None = None,
     ) -> InferResult:
         """Run ``model`` (any served name, or the endpoint :meth:`endpoint` resolved) on ``inputs``;
-        returns the requested outputs (all when empty).
+        returns the requested outputs (all when empty), each named in ``classification`` as its top that
+        many classes (Triton's classification extension, server/classification.py).
 
         ``deadline`` is a ``time.monotonic()`` instant: a request still queued past it is dropped
         unrun (RequestExpired), as is one whose caller cancelled (its task is cancelled).
@@ -288,6 +291,8 @@ class DataPlane:
         endpoint = model if isinstance(model, Endpoint) else self.repository.endpoint(model, version)
         with self._accounted(endpoint):
             names = endpoint.check_outputs(outputs)
+            if classification:
+                endpoint.check_outputs(list(classification))
             rows = endpoint.validate(inputs)
             check_answer_size(endpoint.name, rows, endpoint.answer_row_bytes(names), self.max_message_bytes,
                               endpoint.batched)
@@ -300,7 +305,11 @@ class DataPlane:
                 # A cancelled caller cancels the executor job too while it still waits for a thread.
                 results, seconds = await self._run(endpoint, endpoint.run, inputs)
                 self._record(endpoint, BatchReport(rows, 1, seconds, [0.0]))
-        return InferResult(endpoint, {name: results[name] for name in names})
+        answer = {name: results[name] for name in names}
+        if classification:
+            labels = self.repository.models[endpoint.model][endpoint.version].labels
+            answer = classified(answer, classification, endpoint.batched, labels)
+        return InferResult(endpoint, answer)
 
     @contextmanager
     def _accounted(self, endpoint: Endpoint) -> Iterator[None]:

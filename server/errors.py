@@ -95,6 +95,12 @@ class Unauthenticated(ServerError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class NotSupported(ServerError):
+    """A Triton extension this server does not have (server/unsupported.py says which, and why)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class DeviceUnavailable(RuntimeError):
     """The requested execution provider cannot be used; the server refuses to start."""
 

@@ -9,7 +9,7 @@ one DataPlane call; the logic lives there.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import metadata
 
 import grpc
@@ -18,14 +18,17 @@ from layerserve.proto import grpc_service_pb2 as pb
 from layerserve.proto import grpc_service_pb2_grpc as pb_grpc
 from layerserve.proto.tensors import TensorSpec, decode_inputs, encode_outputs
 
+from . import parameters, streaming
 from .dataplane import DataPlane, EndpointStatistics
 from .errors import quoted
 from .rpc import handled
 
 SERVER_NAME = "layerserve"
-# What ServerMetadata advertises: only what both transports really serve. "model_repository" stands for
-# RepositoryIndex (load and unload are not served: the repository is fixed at start-up).
-EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "layerserve.v1.LayerService"]
+# What ServerMetadata advertises: only what both transports really serve, in Triton's names. "model_repository"
+# stands for RepositoryIndex (load and unload are refused: server/unsupported.py). gRPC's ModelStreamInfer is
+# served too; Triton lists no extension for it.
+EXTENSIONS = ["model_repository", "model_configuration", "statistics", "binary_tensor_data", "classification",
+              "layerserve.v1.LayerService"]
 
 
 def server_version() -> str:
@@ -98,10 +101,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @handled
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext):
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request on the stream answered as ModelInfer answers it (server/streaming.py)."""
+        async for response in streaming.answers(requests, lambda request: self._infer(request, context),
+                                                self.dataplane):
+            yield response
+
+    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         endpoint = self.dataplane.endpoint(request.model_name, request.model_version)  # before any tensor
+        for tensor in request.inputs:
+            parameters.refuse_shared_memory(parameters.plain(tensor.parameters), f"input {quoted(tensor.name)}")
+        classes = parameters.output_requests({o.name: parameters.plain(o.parameters) for o in request.outputs})
         result = await self.dataplane.infer(
             endpoint, request.model_version, decode_inputs(request, quoted), [o.name for o in request.outputs],
-            deadline_of(context),
+            deadline_of(context), classes,
         )
         response = pb.ModelInferResponse(model_name=endpoint.name, model_version=endpoint.version, id=request.id)
         encode_outputs(response, result.outputs)

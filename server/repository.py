@@ -29,7 +29,7 @@ from layerserve.proto.model_config_pb2 import ModelConfig
 from layerserve.proto.repository_pb2 import FileRef, ModelManifest, ServingConfig
 from layerserve.proto.tensors import format_spec
 
-from . import chains, runtime
+from . import chains, classification, runtime
 from .endpoints import Batching, BatchingOverrides, Endpoint, TensorSpec, answer_row_bytes
 from .errors import DeviceUnavailable, ModelNotFound, ModelUnavailable, quoted
 
@@ -60,6 +60,8 @@ class ModelVersion:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     # The parsed config.pbtxt of a model read from a Triton repository (proto/triton.py), else None.
     config: ModelConfig | None = None
+    # Class names by output name, for Triton's classification extension (server/classification.py).
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -202,8 +204,10 @@ def _load_into(
     if model.config is None:
         inputs, outputs = _specs(manifest.inputs), _specs(manifest.outputs)
         _check_io(model.name, model.full, inputs, outputs)
+        model.labels = classification.labels_by_output(manifest.labels, {spec.name: spec.shape for spec in outputs})
     else:
         inputs, outputs = _triton_io(model.config, model.full)
+        model.labels = _triton_labels(model.path.parent, model.config)
     add = model.endpoints.__setitem__
     peak = max([manifest.input_bytes_per_sample, *(b.output_bytes_per_sample for b in manifest.blocks)])
     add(model.name, Endpoint(model.name, model.name, model.version, "full", inputs, outputs, batching, model.full.run,
@@ -249,6 +253,29 @@ def _triton_manifest(model: ModelVersion, config: ModelConfig) -> ModelManifest:
         preferred_batch_sizes=config.dynamic_batching.preferred_batch_size,
     ))
     return manifest
+
+
+# A label file is the server's own configuration, but a few MB of class names is already absurd.
+MOST_LABEL_BYTES = 16 << 20
+
+
+def _triton_labels(folder: Path, config: ModelConfig) -> dict[str, list[str]]:
+    """Each output's class names from its ``label_filename`` (one per line, in the model folder, as Triton
+    reads them); LoadError for a file that is missing, too large or not text."""
+    found = {}
+    for output in config.output:
+        if not output.label_filename:
+            continue
+        path = folder / output.label_filename
+        if not path.is_file() or path.stat().st_size > MOST_LABEL_BYTES:
+            raise LoadError(f"{triton.CONFIG_FILE}: output {output.name!r} label_filename {output.label_filename!r} "
+                            f"is not a file of at most {MOST_LABEL_BYTES >> 20} MB in the model folder")
+        try:
+            found[output.name] = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise LoadError(f"{triton.CONFIG_FILE}: output {output.name!r} label_filename "
+                            f"{output.label_filename!r} is not UTF-8 text") from None
+    return found
 
 
 def _triton_io(config: ModelConfig, graph: runtime.Graph) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

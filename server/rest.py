@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 
 from layerserve.proto import layerserve_pb2 as lpb
 
-from . import rest_codec, security
+from . import rest_codec, security, unsupported
 from .dataplane import DataPlane
 from .errors import AnswerTooLarge, InvalidInput, ModelNotFound, Unauthenticated, http_status_of, quoted
 from .grpc_inference import EXTENSIONS, SERVER_NAME, server_version, statistics_message
@@ -151,9 +151,11 @@ class RestApi:
     async def model_infer(self, request: Request) -> Reply:
         endpoint = self.dataplane.endpoint(request.name, request.version)  # before any tensor
         body = rest_codec.decode_request(request.body, request.headers.get(rest_codec.HEADER_LENGTH), quoted)
-        result = await self.dataplane.infer(endpoint, request.version, body.inputs, body.outputs)
+        result = await self.dataplane.infer(endpoint, request.version, body.inputs, body.outputs,
+                                            classification=body.classes)
         chunks: list[bytes | memoryview] = []
-        document = {"model_name": endpoint.name, "model_version": endpoint.version, "id": body.id,
+        document = {"model_name": endpoint.name, "model_version": endpoint.version,
+                    **({"id": body.id} if body.id else {}),
                     "outputs": rest_codec.encode_tensors(result.outputs, body.wants_binary, chunks)}
         return Reply(200, *rest_codec.encode_body(document, chunks))
 
@@ -194,7 +196,7 @@ class RestApi:
             if match is not None:
                 name, version, tail = match["name"], match["version"] or "", match["tail"] or ""
                 if name == "stats" and not version and not tail:
-                    return "ModelStatistics", self.model_statistics if method == "GET" else None, "", "", "api"
+                    return "ModelStatistics", RestApi.model_statistics if method == "GET" else None, "", "", "api"
                 entry = _MODEL_ROUTES.get(tail)
                 if entry is not None:
                     rpc, want, route, access = entry
@@ -203,8 +205,12 @@ class RestApi:
         if entry is not None:
             rpc, want, route, access = entry
             return rpc, route if method == want else None, "", "", access
-        raise ModelNotFound(f"no route {method} {quoted(path)}; the Open Inference Protocol's are under /v2 "
-                            "(docs/server.md, HTTP/REST)")
+        refusal = unsupported.rest_refusal(path)
+        if refusal is not None:
+            return "Unsupported", _refuse(refusal), "", "", "api"
+        where = ("docs/server.md lists this server's routes" if path == "/v2" or path.startswith("/v2/")
+                 else "the Open Inference Protocol's are under /v2 (docs/server.md, HTTP/REST)")
+        raise ModelNotFound(f"no route {method} {quoted(path)}; {where}")
 
     def _allowed(self, access: str, headers: Mapping[str, str]) -> bool:
         if not self._tokens:
@@ -259,6 +265,15 @@ class RestApi:
                 self.dataplane.gate.leave()
         observer.rpc(rpc, model, grpc.StatusCode.OK.name, time.perf_counter() - start)
         return reply
+
+
+def _refuse(refusal: Exception) -> Route:
+    """A route that answers with ``refusal`` whatever the method (an extension this server does not have)."""
+
+    async def route(api: RestApi, request: Request) -> Reply:
+        raise refusal
+
+    return route
 
 
 class _MethodNotAllowed(InvalidInput):

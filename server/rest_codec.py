@@ -34,6 +34,7 @@ import orjson
 
 from layerserve.proto import encodings
 from layerserve.proto.tensors import (
+    BYTES,
     TensorCodecError,
     datatype_of,
     decode_encoded,
@@ -41,8 +42,10 @@ from layerserve.proto.tensors import (
     element_count,
     format_spec,
     numpy_dtype,
+    serialize_bytes,
 )
 
+from . import parameters
 from .errors import InvalidInput
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -63,6 +66,8 @@ class InferBody:
     binary_default: bool = False
     # The whole JSON object, for the extension's own fields (a chain's start, stop, keep).
     document: dict[str, Any] = field(default_factory=dict)
+    # Outputs asked as their top classes (Triton's classification extension), by name.
+    classes: dict[str, int] = field(default_factory=dict)
 
     def wants_binary(self, name: str) -> bool:
         return self.binary.get(name, self.binary_default)
@@ -134,6 +139,7 @@ def decode_request(body: bytes, header_length: str | None, quote: Callable[[str]
         if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise InvalidInput(f"{label} 'shape' expects integers, got {str(shape)[:80]}")
         tensor_parameters = _parameters(tensor, label)
+        parameters.refuse_shared_memory(tensor_parameters, label)
         size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -152,17 +158,18 @@ def decode_request(body: bytes, header_length: str | None, quote: Callable[[str]
     if offset != len(binary):
         raise TensorCodecError(f"request declares {offset} bytes of binary input data, but the body holds "
                                f"{len(binary)} after its JSON header")
-    parameters = _parameters(document, "request")
-    binary_default = bool(parameters.get("binary_data_output", False))
+    binary_default = bool(_parameters(document, "request").get("binary_data_output", False))
     outputs: list[str] = []
     wants: dict[str, bool] = {}
+    asked: dict[str, dict[str, Any]] = {}
     for index, tensor in enumerate(_get(document, "outputs", list, "request", [])):
         if not isinstance(tensor, dict):
             raise InvalidInput(f"request output {index} expects an object, got {type(tensor).__name__}")
         name = _get(tensor, "name", str, f"output {index}")
         outputs.append(name)
-        wants[name] = bool(_parameters(tensor, f"output {quote(name)}").get("binary_data", binary_default))
-    return InferBody(request_id, inputs, outputs, wants, binary_default, document)
+        asked[name] = _parameters(tensor, f"output {quote(name)}")
+        wants[name] = bool(asked[name].get("binary_data", binary_default))
+    return InferBody(request_id, inputs, outputs, wants, binary_default, document, parameters.output_requests(asked))
 
 
 def _decode_encoded(array: np.ndarray, parameters: Mapping[str, Any], label: str) -> np.ndarray:
@@ -214,11 +221,14 @@ def encode_tensors(outputs: Mapping[str, np.ndarray], binary: Callable[[str], bo
     """Each output as the protocol's JSON tensor; binary ones append their bytes to ``chunks`` in order."""
     described = []
     for name, array in outputs.items():
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        datatype = datatype_of(array.dtype)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary(name):
-            data = np.ascontiguousarray(array).data.cast("B")
+            data = memoryview(serialize_bytes(array)) if datatype == BYTES else np.ascontiguousarray(array).data.cast("B")
             entry["parameters"] = {"binary_data_size": data.nbytes}
             chunks.append(data)
+        elif datatype == BYTES:
+            entry["data"] = [item.decode("utf-8", "replace") for item in array.ravel()]
         else:
             entry["data"] = array.ravel().tolist()
         described.append(entry)
