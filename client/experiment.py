@@ -166,7 +166,8 @@ def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: 
     logits, full = as_logits(logits), as_logits(full)
     p, q = softmax(full), softmax(logits)
     predictions = q.argmax(axis=1)
-    kl = np.sum(p * (np.log(p + EPSILON) - np.log(q + EPSILON)), axis=1)
+    # KL is never negative; a chain equal to the full graph gives rounding-sized terms of either sign.
+    kl = np.maximum(np.sum(p * (np.log(p + EPSILON) - np.log(q + EPSILON)), axis=1), 0.0)
     return PathResult(
         name=name,
         blocks=blocks,
