@@ -13,11 +13,13 @@ weights stored as external data. What ONNX Runtime runs, splitting should accept
   types and shapes come from running it at two batch sizes (a dimension that
   follows the batch is the batch).
 
-External data is read by ``onnx.load`` from the model file's folder; blocks are
-written self-contained.
+External data is read by ``onnx.load`` from the model file's folder; the repository written keeps
+one weights file that the full graph and the blocks share (export/weights.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -101,7 +103,7 @@ def infer_types(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> onnx.Mo
     missing = untyped_tensors(proto)
     if not missing:
         return proto
-    runs = [_probe(proto, missing, batch) for batch in batch_sizes]
+    runs = _probes(proto, missing, batch_sizes)
     infos = {info.name: index for index, info in enumerate(proto.graph.value_info)}
     outputs = {info.name: info for info in proto.graph.output}
     for name in missing:
@@ -157,22 +159,34 @@ def run_probe(
     optimizations (quicker to create, tensors computed as written). SplitError, one line, when ONNX
     Runtime cannot load or run the graph.
     """
+    return run_probes(proto, (batch,), outputs, optimized)[0]
+
+
+def run_probes(
+    proto: onnx.ModelProto, batches: Sequence[int], outputs: list[str] | None = None, optimized: bool = True
+) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """:func:`run_probe` at each of ``batches``, with one session."""
     from .runtime import cpu_session, describe_runtime_error, probe_session
 
-    name, rows = probe_input(proto, batch)
     try:
         serialized = proto.SerializeToString()
         session = cpu_session(serialized) if optimized else probe_session(serialized)
-        return rows, session.run(outputs, {name: rows})
+        runs = []
+        for batch in batches:
+            name, rows = probe_input(proto, batch)
+            runs.append((rows, session.run(outputs, {name: rows})))
+        return runs
+    except SplitError:
+        raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
         raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
 
 
-def _probe(proto: onnx.ModelProto, names: list[str], batch: int) -> dict[str, np.ndarray]:
+def _probes(proto: onnx.ModelProto, names: list[str], batches: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """The tensors ``names`` at each of ``batches`` (one session; graph outputs added untyped for them)."""
     probe = _copy(proto)
     present = {info.name for info in probe.graph.output}
     for name in names:
         if name not in present:
             probe.graph.output.add().name = name  # untyped: ONNX Runtime types it
-    _, values = run_probe(probe, batch, names, optimized=False)
-    return dict(zip(names, values, strict=True))
+    return [dict(zip(names, values, strict=True)) for _, values in run_probes(probe, batches, names, optimized=False)]

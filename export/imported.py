@@ -28,7 +28,7 @@ from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
 from .foreign import probe_input
 from .graph import LoadedModel, load_model
-from .parity import CHAIN_TOLERANCE, ChainReport, chain_check
+from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks
 from .preprocessing import image_preprocessing
 from .repository import write_repository
 from .split import SplitResult, split
@@ -52,10 +52,8 @@ class SplitOptions:
 def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResult, ChainReport]:
     """Split ``model`` and check the chain at every batch size the model is checked at (the worst report)."""
     result = split(model, options.granularity, list(options.at) or None, options.depth)
-    reports = [
-        chain_check(model.proto, result, probe_input(model.proto, batch, CHECK_SEED)[1], options.tolerance)
-        for batch in model.check_sizes
-    ]
+    batches = [probe_input(model.proto, batch, CHECK_SEED)[1] for batch in model.check_sizes]
+    reports = chain_checks(model.proto, result, batches, options.tolerance)
     return result, max(reports, key=lambda report: report.max_rel_diff)
 
 

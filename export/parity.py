@@ -87,18 +87,26 @@ def relative_diff(got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
 
 def run_chain(result: SplitResult, inputs: np.ndarray, keep: bool = False) -> list[list[np.ndarray]]:
     """Each block's outputs for ``inputs``, block by block (only the last block's unless ``keep``)."""
-    current = [inputs]
-    collected = []
+    return run_chains(result, [inputs], keep)[0]
+
+
+def run_chains(result: SplitResult, batches: list[np.ndarray], keep: bool = False) -> list[list[list[np.ndarray]]]:
+    """:func:`run_chain` for each of ``batches``, making each block's session once (for a VGG-16 of 553 MB,
+    making sessions was most of what a split took) and dropping it before the next."""
+    currents = [[batch] for batch in batches]
+    collected: list[list[list[np.ndarray]]] = [[] for _ in batches]
     for block in result.blocks:
         try:
             session = cpu_session(block.proto.SerializeToString())
-            current = session.run(None, dict(zip(block.inputs, current, strict=True)))
+            for position, current in enumerate(currents):
+                currents[position] = session.run(None, dict(zip(block.inputs, current, strict=True)))
         except Exception as error:  # noqa: BLE001 - ONNX Runtime's own error types; one line for the user
             raise SplitError(f"block {block.name!r} does not run on what the blocks before it give "
                              f"({describe_runtime_error(error)}); the graph's declared shapes may not match what it "
                              "computes") from None
         if keep or block is result.blocks[-1]:
-            collected.append(current)
+            for position, current in enumerate(currents):
+                collected[position].append(current)
     return collected
 
 
@@ -140,14 +148,28 @@ def chain_check(
 ) -> ChainReport:
     """Compare the chain of ``result``'s blocks with ``full`` on ``inputs``; ChainMismatch past ``tolerance``
     (or what :func:`tolerance_for` allows FP16 cuts)."""
+    return chain_checks(full, result, [inputs], tolerance)[0]
+
+
+def chain_checks(
+    full: onnx.ModelProto, result: SplitResult, batches: list[np.ndarray], tolerance: float = CHAIN_TOLERANCE
+) -> list[ChainReport]:
+    """:func:`chain_check` on each of ``batches`` (one report each), every session made once."""
     tolerance = tolerance_for(result, tolerance)
     boundary = [block.source_outputs for block in result.blocks]
     wanted = [name for names in boundary[:-1] for name in names]
-    reference_model = _with_outputs(full, wanted)
-    session = cpu_session(reference_model.SerializeToString())
+    session = cpu_session(_with_outputs(full, wanted).SerializeToString())
     names = [o.name for o in session.get_outputs()]
-    reference = dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
-    outputs = run_chain(result, inputs, keep=True)
+    references = [dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
+                  for inputs in batches]
+    del session
+    return [_compared(full, result, reference, outputs, tolerance)
+            for reference, outputs in zip(references, run_chains(result, batches, keep=True), strict=True)]
+
+
+def _compared(full: onnx.ModelProto, result: SplitResult, reference: dict[str, np.ndarray],
+              outputs: list[list[np.ndarray]], tolerance: float) -> ChainReport:
+    """The report for one batch: each block's outputs against the full graph's same tensors (``reference``)."""
     _check_declared(full.graph.output, [reference[o.name] for o in full.graph.output], "the graph")
     for block, got in zip(result.blocks, outputs, strict=True):
         _check_declared(block.proto.graph.output, got, f"block {block.name!r}")

@@ -75,15 +75,13 @@ def simplified_if_same(proto: onnx.ModelProto, batch_sizes: tuple[int, ...]) -> 
     """:func:`fold_fixed_shape_reads` then :func:`rebase_batch_reads`: (graph, reads folded, reads moved), kept
     only when the result gives every output bit for bit what ``proto`` gives on the probe input at each of
     ``batch_sizes`` (else ``proto``, 0, 0)."""
-    from .foreign import run_probe
+    from .foreign import run_probes
 
     folded, count = fold_fixed_shape_reads(proto)
     rebased, moved = rebase_batch_reads(folded)
     if not count and not moved:
         return proto, 0, 0
-    for batch in batch_sizes:
-        _, want = run_probe(proto, batch)
-        _, got = run_probe(rebased, batch)
+    for (_, want), (_, got) in zip(run_probes(proto, batch_sizes), run_probes(rebased, batch_sizes), strict=True):
         if len(want) != len(got) or not all(np.array_equal(w, g) for w, g in zip(want, got, strict=True)):
             return proto, 0, 0
     return rebased, count, moved
