@@ -72,7 +72,8 @@ def _add(subparsers: argparse._SubParsersAction, name: str, handler: Handler, he
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     group = parser.add_argument_group("connection")
     if server:
-        group.add_argument("--server", default=DEFAULT_ADDRESS, help=f"server address (default {DEFAULT_ADDRESS})")
+        group.add_argument("--server", "-u", "--url", dest="server", default=DEFAULT_ADDRESS,
+                           help=f"server address (default {DEFAULT_ADDRESS}); -u/--url as tritonclient's examples spell it")
         group.add_argument("--placement", help="route block ranges to servers: '0-2=HOST:PORT,3-4=HOST:PORT[@int8]'")
     group.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     group.add_argument("--root-certs", type=Path, help="PEM root certificates (implies --tls)")

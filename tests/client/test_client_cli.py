@@ -19,6 +19,14 @@ def test_blocks_lists_models_and_blocks(server: str) -> None:
     assert "03_stage3" in table.stdout and "FP32 [-1,64,4,4]" in table.stdout and "CPUExecutionProvider" in table.stdout
 
 
+def test_the_server_may_be_named_as_tritonclients_examples_name_it(server: str) -> None:
+    """Triton's example clients take ``-u/--url``; so does every layerserve command that talks to a server."""
+    for flag in ("-u", "--url"):
+        listed = layerserve("blocks", "--json", flag, server)
+        assert listed.returncode == 0, listed.stderr
+        assert "digits_cnn.chain" in {m["name"] for m in json.loads(listed.stdout)}
+
+
 def test_infer_from_npy_and_from_a_png(server: str, tmp_path: Path) -> None:
     images, labels = samples("digits_cnn", 4)
     np.save(tmp_path / "four.npy", images)
