@@ -3,8 +3,8 @@
 tritonclient's ``start_stream`` / ``async_stream_infer`` (and ``stream_infer`` of its aio client)
 send inference requests on one bidirectional stream and take the answers through a callback.
 Each request is answered when its run ends, in the order runs end, each answer carrying its
-request's ``id``; at most IN_FLIGHT of one stream's requests run or wait at a time, so a stream
-cannot queue unbounded work. An error answers its own request with ``error_message`` (the message
+request's ``id``; at most IN_FLIGHT of one stream's requests run, wait or wait to be sent at a time, so
+a stream whose answers go unread holds at most that many answers. An error answers its own request with ``error_message`` (the message
 a unary ModelInfer aborts with) and the stream goes on, as Triton does. Every request passes the
 drain gate and is counted by the observer as a ``ModelStreamInfer`` RPC.
 """
@@ -60,7 +60,6 @@ async def answers(requests: AsyncIterator[pb.ModelInferRequest | Undecodable], i
         finally:
             if admitted:
                 dataplane.gate.leave()
-            room.release()
         dataplane.observer.rpc(RPC, model, code.name, time.perf_counter() - start)
         ready.put_nowait(response)
 
@@ -80,6 +79,7 @@ async def answers(requests: AsyncIterator[pb.ModelInferRequest | Undecodable], i
     try:
         while (response := await ready.get()) is not None:
             yield response
+            room.release()  # an answer's room frees once it is sent: unread answers count against IN_FLIGHT
         await reader  # the client's stream may have ended in an error: it ends this one too
     finally:
         reader.cancel()
