@@ -112,9 +112,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         endpoint = self.dataplane.endpoint(request.model_name, request.model_version)  # before any tensor
+        # Only tensors that carry parameters are read for them: most requests carry none (the hot path).
         for tensor in request.inputs:
-            parameters.refuse_shared_memory(parameters.plain(tensor.parameters), f"input {quoted(tensor.name)}")
-        classes = parameters.output_requests({o.name: parameters.plain(o.parameters) for o in request.outputs})
+            if tensor.parameters:
+                parameters.refuse_shared_memory(parameters.plain(tensor.parameters), f"input {quoted(tensor.name)}")
+        classes = parameters.output_requests({o.name: parameters.plain(o.parameters)
+                                              for o in request.outputs if o.parameters})
         result = await self.dataplane.infer(
             endpoint, request.model_version, decode_inputs(request, quoted), [o.name for o in request.outputs],
             deadline_of(context), classes,
