@@ -22,24 +22,36 @@ PARAMETER = "classification"
 MOST_CLASSES = 1 << 20
 
 
-def _value_text(value: np.generic) -> str:
-    """An element as Triton writes it: floats with six decimals (C++ ``std::to_string``), integers as they are."""
-    return f"{float(value):f}" if np.issubdtype(type(value), np.floating) else str(int(value))
+def _value_texts(values: np.ndarray) -> list[str]:
+    """Elements as Triton writes them: floats with six decimals (C++ ``std::to_string``), integers as they are."""
+    if np.issubdtype(values.dtype, np.floating):
+        return [f"{value:f}" for value in values.astype(np.float64).tolist()]
+    return [str(int(value)) for value in values.tolist()]
 
 
 def top_classes(array: np.ndarray, count: int, batched: bool, labels: Sequence[str] = ()) -> np.ndarray:
-    """``array`` (one model output) as its ``count`` highest elements per row, as a BYTES array (module docstring)."""
+    """``array`` (one model output) as its ``count`` highest elements per row, as a BYTES array (module docstring).
+
+    Sorted for all rows at once and formatted in one pass: a class count in the thousands over a
+    batch of 64 is ~10^5 strings, and this runs while other requests wait (DataPlane.infer).
+    """
     rows = array.reshape(array.shape[0] if batched and array.ndim else 1, -1)
     kept = min(count, rows.shape[1])
-    result = np.empty((rows.shape[0], kept), dtype=object)
-    for row_index, row in enumerate(rows):
-        order = np.argsort(-row.astype(np.float64), kind="stable")[:kept]
-        for position, index in enumerate(order):
-            text = f"{_value_text(row[index])}:{int(index)}"
-            if int(index) < len(labels):
-                text += f":{labels[int(index)]}"
-            result[row_index, position] = text.encode()
-    return result if batched else result.reshape(kept)
+    order = np.argsort(-rows.astype(np.float64), axis=1, kind="stable")[:, :kept]
+    texts = _value_texts(np.take_along_axis(rows, order, axis=1).ravel())
+    named = len(labels)
+    strings = [f"{text}:{index}:{labels[index]}".encode() if index < named else f"{text}:{index}".encode()
+               for text, index in zip(texts, order.ravel().tolist())]
+    result = np.empty(len(strings), dtype=object)
+    result[:] = strings
+    return result.reshape(order.shape) if batched else result.reshape(kept)
+
+
+def encoded_bytes(array: np.ndarray) -> int:
+    """Bytes ``array`` takes in an answer: BYTES elements as Triton's 4-byte length and the bytes themselves."""
+    if array.dtype == object:
+        return sum(len(element) for element in array.ravel().tolist()) + 4 * array.size
+    return array.nbytes
 
 
 def classified(outputs: Mapping[str, np.ndarray], counts: Mapping[str, int], batched: bool,

@@ -11,6 +11,8 @@ statistics per endpoint (statistics.py) and reports to one observer
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,10 +28,10 @@ from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
 from .batching import Batcher, BatchReport, call_timed
-from .classification import classified
+from .classification import classified, encoded_bytes
 from .drain import Gate
-from .endpoints import Endpoint, answer_row_bytes, check_answer_size, validate_inputs
-from .errors import InvalidInput, RequestExpired, quoted
+from .endpoints import RESPONSE_OVERHEAD_BYTES, Endpoint, answer_row_bytes, check_answer_size, validate_inputs
+from .errors import AnswerTooLarge, InvalidInput, RequestExpired, quoted
 from .observer import Observer, Silent
 from .repository import READY, ModelVersion, Repository
 from .runtime import CUDA
@@ -42,6 +44,8 @@ PLATFORM = "onnxruntime_onnx"
 # with clients waiting, the next one starts within tens of microseconds of the last answer, while a
 # lone client's next request takes its round trip (~0.2 ms and more from Python).
 QUIET_S = 1e-4
+# Class strings built on the event loop at most (~5 ms); more are built on a thread (DataPlane._classified).
+CLASSES_ON_THE_LOOP = 8192
 
 
 @dataclass(frozen=True)
@@ -305,11 +309,26 @@ class DataPlane:
                 # A cancelled caller cancels the executor job too while it still waits for a thread.
                 results, seconds = await self._run(endpoint, endpoint.run, inputs)
                 self._record(endpoint, BatchReport(rows, 1, seconds, [0.0]))
-        answer = {name: results[name] for name in names}
-        if classification:
-            labels = self.repository.models[endpoint.model][endpoint.version].labels
-            answer = classified(answer, classification, endpoint.batched, labels)
+            answer = {name: results[name] for name in names}
+            if classification:
+                answer = await self._classified(endpoint, answer, classification, rows)
         return InferResult(endpoint, answer)
+
+    async def _classified(self, endpoint: Endpoint, answer: dict[str, np.ndarray], counts: Mapping[str, int],
+                          rows: int) -> dict[str, np.ndarray]:
+        """``answer`` with the outputs in ``counts`` as their top classes; AnswerTooLarge when the strings
+        outgrow the message limit (their size is known only once built: the check before the run counts the
+        tensors). Many strings are built on a thread, so other requests are not held for them."""
+        labels = self.repository.models[endpoint.model][endpoint.version].labels
+        build = functools.partial(classified, answer, counts, endpoint.batched, labels)
+        many = sum(counts.values()) * (rows if endpoint.batched else 1) > CLASSES_ON_THE_LOOP
+        answer = await asyncio.get_running_loop().run_in_executor(None, build) if many else build()
+        size = sum(encoded_bytes(array) for array in answer.values()) + RESPONSE_OVERHEAD_BYTES
+        if self.max_message_bytes and size > self.max_message_bytes:
+            raise AnswerTooLarge(f"{endpoint.name} would answer {size:,} bytes of classes, over the server's "
+                                 f"message limit of {self.max_message_bytes:,} bytes; ask fewer classes or "
+                                 f"send fewer rows")
+        return answer
 
     @contextmanager
     def _accounted(self, endpoint: Endpoint) -> Iterator[None]:

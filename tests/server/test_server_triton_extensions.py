@@ -244,26 +244,60 @@ def test_the_aio_clients_stream(server: ServerThread) -> None:
 
 
 @pytest.mark.parametrize("call", ["load_model", "unload_model", "get_system_shared_memory_status",
-                                  "get_cuda_shared_memory_status", "get_trace_settings", "get_log_settings"])
+                                  "get_cuda_shared_memory_status", "get_trace_settings", "get_log_settings",
+                                  "get_trace_settings of a model"])
 def test_triton_extensions_not_served_are_refused_saying_why(server: ServerThread, call: str) -> None:
     """gRPC's generic 'Method not found!' and a REST 404 pointing under /v2 told nothing; now UNIMPLEMENTED (501)
     says what is missing and what to do instead."""
+    call, of_a_model, _ = call.partition(" of a model")
     arguments = ("digits_cnn",) if "model" in call else ()
+    keywords = {"model_name": "digits_cnn"} if of_a_model else {}
     with triton_grpc.InferenceServerClient(server.address) as client, \
             pytest.raises(InferenceServerException) as grpc_refusal:
-        getattr(client, call)(*arguments)
+        getattr(client, call)(*arguments, **keywords)
     message = str(grpc_refusal.value)
     assert "UNIMPLEMENTED" in message and ("this server has no" in message or "fixed at start-up" in message), message
     client = triton_http.InferenceServerClient(server.http_url.removeprefix("http://"))
     with pytest.raises(InferenceServerException) as http_refusal:
-        getattr(client, call)(*arguments)
+        getattr(client, call)(*arguments, **keywords)
     client.close()
     assert http_refusal.value.status() == "501"
     assert str(grpc_refusal.value).split("] ", 1)[1] == str(http_refusal.value).split("] ", 1)[1]
 
 
-def test_an_unknown_path_under_v2_points_at_the_routes(server: ServerThread) -> None:
+@pytest.mark.parametrize("path", ["/v2/no/such/thing", "/v2/tracefoo", "/v2/loggingx/setting"])
+def test_an_unknown_path_under_v2_points_at_the_routes(server: ServerThread, path: str) -> None:
+    """Also paths that only begin like an extension's: they are not that extension."""
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{server.http_url}/v2/no/such/thing", timeout=30)
+        urllib.request.urlopen(f"{server.http_url}{path}", timeout=30)
     assert caught.value.code == 404
     assert "docs/server.md lists this server's routes" in json.loads(caught.value.read())["error"]
+
+
+def test_classes_that_outgrow_the_message_limit_are_refused_and_the_stream_goes_on() -> None:
+    """The check before the run counts the FP32 tensor (16 KiB a row here); 4,096 class strings a row take
+    ~70 KB. gRPC itself refused such an answer after the run, and on a stream that ended the stream."""
+    import queue
+
+    x = _images(24)
+    many = [triton_grpc.InferRequestedOutput("00_stem_out", class_count=16 * 16 * 16)]
+    settings = Settings(models=MODELS, port=0, metrics_port=-1, workers=1, max_message_bytes=1 << 20)
+    with ServerThread(settings) as running, triton_grpc.InferenceServerClient(running.address) as client:
+        tensor = triton_grpc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as refused:
+            client.infer("digits_cnn.00_stem", [tensor], outputs=many)
+        assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        assert "over the server's message limit of 1,048,576 bytes; ask fewer classes" in refused.value.message()
+        answers: queue.Queue = queue.Queue()
+        client.start_stream(callback=lambda result, error: answers.put((result, error)))
+        client.async_stream_infer("digits_cnn.00_stem", [tensor], request_id="many", outputs=many)
+        client.async_stream_infer("digits_cnn.00_stem", [tensor], request_id="few", outputs=[
+            triton_grpc.InferRequestedOutput("00_stem_out", class_count=3)])
+        got = [answers.get(timeout=30) for _ in range(2)]
+        client.stop_stream()
+        assert client.is_server_ready()
+    errors = [str(error) for _, error in got if error is not None]
+    results = [result for result, error in got if error is None]
+    assert len(errors) == 1 and "ask fewer classes" in errors[0], errors
+    assert len(results) == 1 and results[0].as_numpy("00_stem_out").shape == (24, 3)
