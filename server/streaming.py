@@ -51,6 +51,9 @@ async def answers(requests: AsyncIterator[pb.ModelInferRequest | Undecodable], i
                 raise InvalidInput(f"{RPC} request is not a valid {request.message_type}: {request.error}")
             response = pb.ModelStreamInferResponse(infer_response=await infer(request))
             code = grpc.StatusCode.OK
+        except asyncio.CancelledError:  # the stream ended (the client went away) with this request unanswered
+            dataplane.observer.rpc(RPC, model, grpc.StatusCode.CANCELLED.name, time.perf_counter() - start)
+            raise
         except Exception as error:  # noqa: BLE001 - mapped in one place, answered on the stream
             code, message = status_of(error, model)
             if code is grpc.StatusCode.INTERNAL:

@@ -73,6 +73,28 @@ def test_expired_and_cancelled_requests_are_dropped_before_the_run(slow_server: 
     assert stats.inference_stats.fail.count == 2 and stats.inference_stats.success.count == 2
 
 
+
+def _stream_requests(code: str) -> float:
+    labels = {"rpc": "ModelStreamInfer", "model": "slow_cnn", "code": code}
+    return REGISTRY.get_sample_value("layerserve_requests_total", labels) or 0.0
+
+
+def test_requests_of_a_stream_the_client_cancels_count_as_cancelled(slow_server: ServerThread) -> None:
+    """They were counted nowhere: neither OK nor failed, so requests_total fell short of what clients sent."""
+    before = _stream_requests("CANCELLED")
+    options = [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)]
+    with grpc.insecure_channel(slow_server.address, options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ServerReady(pb.ServerReadyRequest(), timeout=10)
+        stream = stub.ModelStreamInfer(iter([_request(0.5, rows=BLOCKER_ROWS), _request(2.0, rows=3)]), timeout=60)
+        time.sleep(0.3)  # both read: the first runs for most of a second, the second waits in its batch window
+        stream.cancel()
+        deadline = time.monotonic() + 10
+        while _stream_requests("CANCELLED") - before < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert _stream_requests("CANCELLED") - before == 2
+
+
 # ---------------------------------------------------------------- message and stream limits
 
 
