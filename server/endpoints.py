@@ -109,9 +109,11 @@ class Endpoint:
         """The output names to return: ``requested`` (checked) or all outputs when empty (the endpoint's own
         list: callers must not change it)."""
         known = self.output_names
-        for name in requested:
+        for index, name in enumerate(requested):
             if name not in known:
                 raise InvalidInput(f"{self.name} has no output {quoted(name)}; it gives {_listing(self.outputs)}")
+            if name in requested[:index]:  # its parameters would differ between the two: neither may win silently
+                raise InvalidInput(f"{self.name} output {quoted(name)} is requested twice")
         return list(requested) or known
 
 

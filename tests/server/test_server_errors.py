@@ -89,6 +89,13 @@ def test_unknown_output(client: triton.InferenceServerClient) -> None:
            "tiny_cnn has no output 'probs'; it gives 'logits' FP32 [-1,10]")
 
 
+def test_an_output_requested_twice(client: triton.InferenceServerClient) -> None:
+    """The last of the two won silently, with its parameters (a class count) and not the first's."""
+    request = raw_request("tiny_cnn", "x", X)
+    request.outputs.add(name="logits")
+    request.outputs.add(name="logits").parameters["classification"].int64_param = 2
+    expect(client, request, grpc.StatusCode.INVALID_ARGUMENT, "tiny_cnn output 'logits' is requested twice")
+
 def test_unknown_model_and_version_are_not_found(client: triton.InferenceServerClient) -> None:
     error = call(client, raw_request("nope", "x", X))
     assert error.code() == grpc.StatusCode.NOT_FOUND and "unknown model 'nope'" in error.details()
