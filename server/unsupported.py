@@ -35,19 +35,24 @@ GRPC_METHODS: dict[str, str] = {
     "LogSettings": LOGGING,
 }
 
-# The same extensions' REST paths: a path under one of these prefixes gets that message.
+# The same extensions' REST paths: the path itself or any path below it gets that message.
 REST_PREFIXES: dict[str, str] = {
-    "/v2/repository/models/": REPOSITORY_CONTROL,
+    "/v2/repository/models": REPOSITORY_CONTROL,
     "/v2/systemsharedmemory": SHARED_MEMORY,
     "/v2/cudasharedmemory": SHARED_MEMORY,
     "/v2/trace": TRACE,
     "/v2/logging": LOGGING,
 }
+# A model's own trace settings: /v2/models/<name>[/versions/<version>]/trace/setting.
+MODEL_TRACE_SUFFIX = "/trace/setting"
 
 
 def rest_refusal(path: str) -> NotSupported | None:
     """The refusal for a REST path of an extension this server does not have; None for any other path."""
-    message = next((text for prefix, text in REST_PREFIXES.items() if path.startswith(prefix)), None)
+    if path.startswith("/v2/models/") and path.endswith(MODEL_TRACE_SUFFIX):
+        return NotSupported(TRACE)
+    message = next((text for prefix, text in REST_PREFIXES.items()
+                    if path == prefix or path.startswith(prefix + "/")), None)
     return None if message is None else NotSupported(message)
 
 
