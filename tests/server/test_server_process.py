@@ -54,12 +54,17 @@ def one_request(port: int, rows: int = 1) -> np.ndarray:
         return connection.infer("tiny_cnn", [tensor]).as_numpy("logits")
 
 
-def _send(port: int, results: list[object], client: triton.InferenceServerClient | None = None) -> None:
-    """One request, on ``client``'s connection or a fresh one; its logits or its exception."""
+def _send(port: int, results: list[object], client: triton.InferenceServerClient | None = None,
+          together: threading.Barrier | None = None) -> None:
+    """One request, on ``client``'s connection or a fresh one; its logits or its exception. With ``together``,
+    sent once the connection is up and every thread of the barrier is ready, so the requests overlap."""
     fresh = client is None
     client = client or triton.InferenceServerClient(f"127.0.0.1:{port}")
     tensor = triton.InferInput("x", [1, 1, 8, 8], "FP32")
     tensor.set_data_from_numpy(np.ones((1, 1, 8, 8), np.float32))
+    if together is not None:
+        client.is_server_ready()
+        together.wait(30)
     try:
         results.append(client.infer("tiny_cnn", [tensor]).as_numpy("logits"))
     except InferenceServerException as error:
@@ -87,7 +92,10 @@ def test_drain_finishes_accepted_requests_refuses_new_ones_and_exits_0(
     process, port = start_server(tiny_repository, "--metrics-port", "-1", "--max-queue-delay-us", "3000000",
                                  "--instances", "1", "--workers", workers, new_session=group)
     accepted: list[object] = []
-    first = [threading.Thread(target=_send, args=(port, accepted)) for _ in range(8)]
+    # Sent together: one arriving at an idle instance runs at once, the others queue behind it. Sent apart
+    # (threads start one by one), each could find the instance idle, and all be answered before the signal.
+    together = threading.Barrier(8)
+    first = [threading.Thread(target=_send, args=(port, accepted, None, together)) for _ in range(8)]
     for thread in first:
         thread.start()
     existing = triton.InferenceServerClient(f"127.0.0.1:{port}")  # a connection opened before the signal
