@@ -89,6 +89,8 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
             return BatchResolution(candidate, None, f"made dynamic ({reason}; {what}; checked row by row)")
         if failure.startswith(_ROWS_DIFFER):
             reason += f"; made dynamic, {failure}"
+        else:
+            reason += f"; not made dynamic: {failure}"
     rows = f"{fixed} row{'s' if fixed != 1 else ''}"
     return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {rows})")
 
