@@ -221,7 +221,8 @@ def load_model(
         notes.append(f"{folded} read{'s' if folded != 1 else ''} of fixed dimensions (Shape then Gather or Slice) "
                      "folded to constants")
     if moved:
-        notes.append(f"{moved} read{'s' if moved != 1 else ''} of the batch moved next to the tensor it shapes")
+        notes.append("1 read of the batch moved next to the tensor it shapes" if moved == 1 else
+                     f"{moved} reads of the batch moved next to the tensors they shape")
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
     return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,

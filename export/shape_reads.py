@@ -22,7 +22,8 @@ dropped. Returns the new proto and how many reads were folded.
 ``Shape(x) -> Gather(0) -> Unsqueeze -> Concat -> Reshape(features, ...)``: the batch is read
 from the input, so every layer in between is one block. The Reshape's own data has the same
 symbolic batch; :func:`rebase_batch_reads` points the ``Shape`` at it when the read only
-shapes that one Reshape, and reorders the nodes. The same holds for a read that only makes the
+shapes that one Reshape, and reorders the nodes. A read that shapes several tensors (one
+``B`` for every stage's reshape) is copied, one per tensor shaped, each reading that tensor. The same holds for a read that only makes the
 indices of a Gather (dynamo's ``as_strided`` in timm's ConvNeXt head: ``Range(0, batch)`` into a
 Gather from the pooled features flattened to [-1]) or the shape of an Expand or Tile: the read moves
 to the nearest tensor behind the one shaped whose first dimension is that batch.
@@ -98,9 +99,10 @@ _MOST_STEPS_BACK = 8
 
 
 def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """``proto`` with each read of a free batch that only shapes one tensor pointed at that tensor, or the
+    """``proto`` with each read of a free batch that only shapes tensors pointed at each such tensor, or the
     nearest tensor it is computed from that has the same batch first (module docstring), nodes reordered
-    to run after it; and how many reads moved."""
+    to run after it; and how many reads moved. A read that shapes several tensors (timm's CoaT: ``B =
+    x.shape[0]`` once, a reshape at the end of every stage) is copied, one read per tensor shaped."""
     graph = proto.graph
     batch_of = {name: dims[0] for name, dims in _known_params(graph).items() if dims and isinstance(dims[0], str)}
     constants = constant_values(graph)
@@ -110,25 +112,56 @@ def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         for index, name in enumerate(node.input):
             readers.setdefault(name, []).append((node, index))
     outputs = {value.name for value in graph.output}
-    moves: dict[int, str] = {}
+    position_of = {id(node): position for position, node in enumerate(graph.node)}
+    plans: list[tuple[list[int], list[tuple[int, str]]]] = []  # (the read's nodes, (shaped node, source) each)
     for position, node in enumerate(graph.node):
         if node.op_type != "Shape" or node.input[0] not in batch_of or _reads(node) is None:
             continue
-        target = _only_tensor_shaped_by(node, readers, constants, outputs)
-        source = None if target is None else _with_batch_first(target.input[0], batch_of[node.input[0]], batch_of,
-                                                               producers)
-        if source is not None and source != node.input[0]:
-            moves[position] = source
-    if not moves:
+        found = _tensors_shaped_by(node, readers, constants, outputs)
+        if found is None:
+            continue
+        shaped, arithmetic = found
+        sources = [_with_batch_first(target.input[0], batch_of[node.input[0]], batch_of, producers)
+                   for target in shaped]
+        if any(source is None for source in sources) or all(source == node.input[0] for source in sources):
+            continue
+        plans.append(([position, *(position_of[id(n)] for n in arithmetic)],
+                      [(position_of[id(target)], source) for target, source in zip(shaped, sources)]))
+    if not plans:
         return proto, 0
     moved = onnx.ModelProto()
     moved.CopyFrom(proto)
-    for position, source in moves.items():
-        moved.graph.node[position].input[0] = source
-    ordered = topological_order(list(moved.graph.node))
+    nodes = list(moved.graph.node)
+    for read, targets in plans:
+        if len(targets) == 1:
+            nodes[read[0]].input[0] = targets[0][1]
+            continue
+        for copy, (target, source) in enumerate(targets):
+            nodes.extend(_read_copy([nodes[position] for position in read], nodes[target], source, copy))
+    ordered = topological_order(_live(nodes, {value.name for value in moved.graph.output}))
     del moved.graph.node[:]
     moved.graph.node.extend(ordered)
-    return moved, len(moves)
+    return moved, sum(len(targets) for _, targets in plans)
+
+
+def _read_copy(read: list[onnx.NodeProto], target: onnx.NodeProto, source: str, copy: int) -> list[onnx.NodeProto]:
+    """The nodes of a batch read (its Shape first) copied under new names to read ``source``, and ``target``
+    pointed at the copy; the original read is left to whoever else it shapes (or dropped once none does)."""
+    renamed = {name: f"{name}__batch_read_{copy}" for node in read for name in node.output if name}
+    copies = []
+    for node in read:
+        twin = onnx.NodeProto()
+        twin.CopyFrom(node)
+        twin.name = f"{node.name or node.output[0]}__batch_read_{copy}"
+        for index, name in enumerate(twin.input):
+            twin.input[index] = renamed.get(name, name)
+        for index, name in enumerate(twin.output):
+            twin.output[index] = renamed.get(name, name)
+        copies.append(twin)
+    copies[0].input[0] = source
+    for index, name in enumerate(target.input):
+        target.input[index] = renamed.get(name, name)
+    return copies
 
 
 def _reads(node: onnx.NodeProto) -> str | None:
@@ -153,14 +186,16 @@ def _with_batch_first(name: str, batch: str, batch_of: dict[str, str],
     return None
 
 
-def _only_tensor_shaped_by(shape_node: onnx.NodeProto, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
-                           constants: dict[str, np.ndarray], outputs: set[str]) -> onnx.NodeProto | None:
-    """The one operator whose shape or indices input (_SHAPED_INPUTS) is all that the batch read by
-    ``shape_node`` feeds, through ``Gather(0)`` (when it reads every dimension) and shape arithmetic; None
-    when it feeds anything else."""
+def _tensors_shaped_by(shape_node: onnx.NodeProto, readers: dict[str, list[tuple[onnx.NodeProto, int]]],
+                       constants: dict[str, np.ndarray], outputs: set[str]
+                       ) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]] | None:
+    """The operators whose shape or indices input (_SHAPED_INPUTS) is all that the batch read by
+    ``shape_node`` feeds, through ``Gather(0)`` (when it reads every dimension) and shape arithmetic, and
+    the nodes of that read after the Shape; None when it feeds anything else."""
     shape = shape_node.output[0]
     picked = _reads(shape_node) == "batch"
-    found: list[onnx.NodeProto] = []
+    shaped: dict[int, onnx.NodeProto] = {}
+    arithmetic: dict[int, onnx.NodeProto] = {}
     frontier = [shape]
     while frontier:
         name = frontier.pop()
@@ -168,16 +203,19 @@ def _only_tensor_shaped_by(shape_node: onnx.NodeProto, readers: dict[str, list[t
             return None
         for node, index in readers[name]:
             if _SHAPED_INPUTS.get(node.op_type) == index and (picked or name != shape):
-                found.append(node)
-            elif name == shape and not picked:
+                shaped[id(node)] = node
+                continue
+            if name == shape and not picked:
                 if not (node.op_type == "Gather" and index == 0 and _picks_batch(node, constants)):
                     return None
-                frontier.extend(node.output)
-            elif node.op_type in _SHAPE_ARITHMETIC:
-                frontier.extend(node.output)
-            else:
+            elif node.op_type not in _SHAPE_ARITHMETIC:
                 return None
-    return found[0] if len({id(node) for node in found}) == 1 else None
+            if id(node) not in arithmetic:
+                arithmetic[id(node)] = node
+                frontier.extend(node.output)
+    if not shaped or shaped.keys() & arithmetic.keys():
+        return None
+    return list(shaped.values()), list(arithmetic.values())
 
 
 def _picks_batch(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
