@@ -13,7 +13,7 @@ weights stored as external data. What ONNX Runtime runs, splitting should accept
   types and shapes come from running it at two batch sizes (a dimension that
   follows the batch is the batch).
 
-External data is read by ``onnx.load`` from the model file's folder; the repository written keeps
+External data is read from the model file's folder (export/model_file.py); the repository written keeps
 one weights file that the full graph and the blocks share (export/weights.py).
 """
 

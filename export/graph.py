@@ -17,6 +17,7 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from .errors import SplitError
+from .model_file import read_model
 
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
@@ -81,21 +82,6 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
                 arrays[node.output[0]] = numpy_helper.to_array(value)
     arrays.update({tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer})
     return arrays
-
-
-def read_model(source: str | Path) -> onnx.ModelProto:
-    """An ONNX file with its external data (read from the file's folder); SplitError for anything else."""
-    path = Path(source)
-    if not path.is_file():
-        raise SplitError(f"{source}: no such file")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as error:  # onnx raises DecodeError, ValueError, ... for garbage
-        first = " ".join(str(error).split())[:200]
-        raise SplitError(f"{source} is not an ONNX model ({type(error).__name__}: {first})") from None
-    if not proto.graph.node:
-        raise SplitError(f"{source} is not an ONNX model (no graph nodes)")
-    return proto
 
 
 def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) -> onnx.ModelProto:

@@ -188,3 +188,51 @@ def test_rows_that_change_each_others_answers_are_never_merged(tmp_path: Path, b
     else:
         assert "DynamicQuantizeLinear takes one scale over the whole batch" in shown, shown
         assert (serving.max_batch_size, serving.dynamic_batching) == (64, False)
+
+
+def _with_external_weights(folder: Path, location: str = "model.onnx_data") -> Path:
+    """The two-stage graph with its weights in a file beside it, as optimum and large exports write them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = _graph(folder / "inline.onnx", _nodes(), ["batch", 3, 16, 16], ["batch", 8, 8, 8])
+    proto = onnx.load(str(source))
+    source.unlink()
+    onnx.save(proto, str(folder / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=location, size_threshold=0)
+    return folder / "model.onnx"
+
+
+def test_a_hugging_face_cache_snapshot_with_linked_weights_splits(tmp_path: Path) -> None:
+    """The hub cache keeps files in blobs/ and links them from snapshots/<rev>/: onnx.load refused the linked
+    weights file (ONNX Runtime runs it), and split called the file 'not an ONNX model'."""
+    real = _with_external_weights(tmp_path / "blobs")
+    snapshot = tmp_path / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    for name in ("model.onnx", "model.onnx_data"):
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", name))
+    code, shown = _split(str(snapshot / "model.onnx"), "--out", str(tmp_path / "models" / "linked"))
+    assert code == 0, shown
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    want = cpu_session(onnx.load(str(real)).SerializeToString()).run(None, {"x": x})[0]
+    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
+            LayerClient(server.address) as client:
+        np.testing.assert_allclose(client.infer_array("linked", x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(client.chain("linked", x, where="server").output, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("location", "says"), [
+    ("../elsewhere/weights.bin", "is stored at '../elsewhere/weights.bin', which is not a file in the model's folder"),
+    ("/etc/weights.bin", "is stored at '/etc/weights.bin', which is not a file in the model's folder"),
+    ("missing.bin", "is stored in 'missing.bin', which is not beside the model (copy it into"),
+])
+def test_external_weights_outside_the_models_folder_or_missing_are_refused_in_one_line(
+        tmp_path: Path, location: str, says: str) -> None:
+    source = _with_external_weights(tmp_path / "model")
+    proto = onnx.load(str(source), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(proto, str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "model"))
+    assert code != 0 and says in shown and "weight 'w1'" in shown, shown
+    assert "Traceback" not in shown and len(shown.strip().splitlines()) == 1, shown
