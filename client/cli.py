@@ -260,14 +260,13 @@ def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: 
     """Print top-3 classes per sample when the output looks like logits, else tensor statistics."""
     from rich.table import Table
 
-    from .experiment import softmax
+    from .experiment import gives_probabilities, probabilities
 
     console = _console()
     for name, value in outputs.items():
         if value.ndim == 2 and value.shape[1] == len(class_names) and len(value) <= 64:
-            probabilities = softmax(value)
             table = Table("sample", "top-1", "p", "top-3", title=f"{title}: {name} {list(value.shape)}")
-            for row, p in enumerate(probabilities):
+            for row, p in enumerate(probabilities(value, gives_probabilities(value))):
                 order = np.argsort(p)[::-1][:3]
                 table.add_row(str(row), class_names[order[0]], f"{p[order[0]]:.1%}",
                               "  ".join(f"{class_names[k]} {p[k]:.1%}" for k in order))

@@ -7,7 +7,8 @@ refuses: its message is the result) and the final blocks after each fit adapter.
 block and every (source, target) pair. Each returns a dataclass of plain numbers
 that :mod:`layerserve.client.report` and the CLI render.
 
-Metrics, all against the full graph's softmax p (path's softmax q):
+Metrics, all against the full graph's probabilities p (the path's q): the softmax of its
+outputs, or the outputs as they are where the graph ends in its own Softmax (:func:`gives_probabilities`):
 accuracy (argmax == label), agreement (argmax == full's argmax), mean
 KL(p || q) with ``EPSILON`` inside the logs (so a refused class costs at most
 ~28 nats, not infinity), and mean top-1 confidence (max q).
@@ -55,6 +56,28 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.asarray(logits, dtype=np.float64) - np.max(logits, axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+# How far a row of a model's own probabilities may sum from 1 (FP16 outputs round to ~1e-3).
+SUM_TOLERANCE = 2e-3
+
+
+def gives_probabilities(output: np.ndarray) -> bool:
+    """Whether a classifier's ``[N, classes]`` rows are already probabilities: a Softmax inside the graph, as
+    Ultralytics' and Keras' classifiers export it (every entry in [0, 1], each row summing to 1)."""
+    rows = np.asarray(as_logits(output), dtype=np.float64)
+    return bool(rows.size and np.all(rows >= 0) and np.all(rows <= 1)
+                and np.allclose(rows.sum(axis=1), 1.0, atol=SUM_TOLERANCE))
+
+
+def probabilities(output: np.ndarray, already: bool) -> np.ndarray:
+    """Rows of ``output`` as probabilities: as they are when the model gives probabilities (``already``, from
+    its full graph's answer: a softmax on top would flatten them towards uniform), else their softmax."""
+    if not already:
+        return softmax(output)
+    rows = np.clip(np.asarray(as_logits(output), dtype=np.float64), 0.0, None)
+    totals = rows.sum(axis=1, keepdims=True)
+    return np.divide(rows, totals, out=np.full_like(rows, 1.0 / rows.shape[1]), where=totals > 0)
 
 
 @dataclass
@@ -164,7 +187,8 @@ class CompareReport:
 def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: np.ndarray, fit: str | None = None) -> PathResult:
     """Score ``logits`` ``[N, classes]`` against ``labels`` ``[N]`` and the full graph's logits."""
     logits, full = as_logits(logits), as_logits(full)
-    p, q = softmax(full), softmax(logits)
+    already = gives_probabilities(full)
+    p, q = probabilities(full, already), probabilities(logits, already)
     predictions = q.argmax(axis=1)
     # KL is never negative; a chain equal to the full graph gives rounding-sized terms of either sign.
     kl = np.maximum(np.sum(p * (np.log(p + EPSILON) - np.log(q + EPSILON)), axis=1), 0.0)
