@@ -16,7 +16,9 @@ merged requests break inside those Reshapes.
   whose constant target shape starts with the fixed batch gets ``0`` there
   (ONNX's "copy this dimension from the input"; a dynamo Reshape's ``allowzero``, which
   would make that 0 an empty dimension and changes nothing for a shape without zeros, is
-  turned off). The rewrite is kept only when
+  turned off), and every input-dependent Resize whose constant ``sizes`` start with it
+  takes that first size from its own input (dynamo writes ``F.interpolate(size=...)`` so).
+  The rewrite is kept only when
   the new graph, at the fixed batch, at 1 row and at one row more, gives each row
   exactly what the original graph gives it: **made dynamic**;
 * else **fixed**: the manifest says the fixed size, the server never merges
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from .foreign import BATCH_DIM
 from .graph import constant_values
@@ -85,7 +87,7 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
         candidate, rewritten = _dynamic_candidate(original, fixed)
         failure = _row_independence_failure(original, candidate, fixed)
         if failure is None:
-            what = f"{rewritten} Reshape target shape{'s' if rewritten != 1 else ''} rewritten" if rewritten else "no rewrite needed"
+            what = _rewrites(rewritten)
             return BatchResolution(candidate, None, f"made dynamic ({reason}; {what}; checked row by row)")
         if failure.startswith(_ROWS_DIFFER):
             reason += f"; made dynamic, {failure}"
@@ -93,6 +95,13 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
             reason += f"; not made dynamic: {failure}"
     rows = f"{fixed} row{'s' if fixed != 1 else ''}"
     return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {rows})")
+
+
+def _rewrites(counts: dict[str, int]) -> str:
+    """"2 Reshape target shapes and 4 Resize sizes rewritten", or "no rewrite needed"."""
+    parts = [f"{count} Reshape target shape{'s' if count != 1 else ''}" if op == "Reshape" else f"{count} {op} sizes"
+             for op, count in counts.items() if count]
+    return f"{' and '.join(parts)} rewritten" if parts else "no rewrite needed"
 
 
 def _with_batch(proto: onnx.ModelProto, size: int) -> onnx.ModelProto:
@@ -114,8 +123,10 @@ def _input_dependent(graph: onnx.GraphProto) -> set[str]:
     return found
 
 
-def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelProto, int]:
-    """``proto`` with a symbolic batch on its input and outputs and batch-carrying Reshape shapes rewritten."""
+def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """``proto`` with a symbolic batch on its input and outputs and batch-carrying constant shapes rewritten:
+    Reshape targets (the batch becomes 0, "copy") and Resize sizes (the batch read from the Resize's own
+    input: dynamo writes an upsample as ``Resize(sizes=[1, C, 2H, 2W])``); how many of each."""
     candidate = onnx.ModelProto()
     candidate.CopyFrom(proto)
     graph = candidate.graph
@@ -128,25 +139,56 @@ def _dynamic_candidate(proto: onnx.ModelProto, fixed: int) -> tuple[onnx.ModelPr
     dependent = _input_dependent(graph)
     constants = constant_values(graph)
     taken = {name for node in graph.node for name in [*node.input, *node.output]} | set(constants)
-    rewritten = 0
+    rewritten = {"Reshape": 0, "Resize": 0}
+    nodes: list[onnx.NodeProto] = []
     for node in graph.node:
-        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[0] not in dependent:
-            continue
-        shape = constants.get(node.input[1])
-        if shape is None or shape.ndim != 1 or len(shape) == 0 or int(shape[0]) != fixed:
-            continue
-        allow_zero = next((a for a in node.attribute if a.name == "allowzero"), None)
-        if allow_zero is not None and allow_zero.i:
-            if np.any(shape == 0):
-                continue  # a zero there means an empty dimension; a 0 to copy the batch would too
-            allow_zero.i = 0  # the same for a shape without zeros, and lets 0 mean "copy"
-        new_shape = shape.copy()
-        new_shape[0] = 0
-        name = _fresh(f"{node.input[1]}_dynamic_batch", taken)
-        graph.initializer.append(numpy_helper.from_array(new_shape.astype(np.int64), name))
-        node.input[1] = name
-        rewritten += 1
+        if node.op_type == "Reshape" and len(node.input) > 1 and node.input[0] in dependent:
+            rewritten["Reshape"] += _copy_batch_in_target(graph, node, constants.get(node.input[1]), fixed, taken)
+        elif node.op_type == "Resize" and len(node.input) > 3 and node.input[0] in dependent:
+            reads = _batch_read_for_sizes(graph, node, constants.get(node.input[3]), fixed, taken)
+            nodes.extend(reads)
+            rewritten["Resize"] += bool(reads)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
     return candidate, rewritten
+
+
+def _copy_batch_in_target(graph: onnx.GraphProto, node: onnx.NodeProto, shape: np.ndarray | None, fixed: int,
+                          taken: set[str]) -> int:
+    """Point a Reshape whose constant target starts with the fixed batch at one starting with 0; 1 if done."""
+    if shape is None or shape.ndim != 1 or len(shape) == 0 or int(shape[0]) != fixed:
+        return 0
+    allow_zero = next((a for a in node.attribute if a.name == "allowzero"), None)
+    if allow_zero is not None and allow_zero.i:
+        if np.any(shape == 0):
+            return 0  # a zero there means an empty dimension; a 0 to copy the batch would too
+        allow_zero.i = 0  # the same for a shape without zeros, and lets 0 mean "copy"
+    new_shape = shape.copy()
+    new_shape[0] = 0
+    name = _fresh(f"{node.input[1]}_dynamic_batch", taken)
+    graph.initializer.append(numpy_helper.from_array(new_shape.astype(np.int64), name))
+    node.input[1] = name
+    return 1
+
+
+def _batch_read_for_sizes(graph: onnx.GraphProto, node: onnx.NodeProto, sizes: np.ndarray | None, fixed: int,
+                          taken: set[str]) -> list[onnx.NodeProto]:
+    """For a Resize whose constant ``sizes`` start with the fixed batch (and name every axis): nodes that make
+    its sizes from its own input's batch and the rest, the Resize pointed at them; [] otherwise."""
+    if sizes is None or sizes.ndim != 1 or len(sizes) < 2 or int(sizes[0]) != fixed:
+        return []
+    if any(attribute.name == "axes" for attribute in node.attribute):
+        return []
+    shape, batch, sized = (_fresh(f"{node.input[3]}_{part}", taken) for part in ("input_shape", "batch", "dynamic"))
+    first, rest = (_fresh(f"{node.input[3]}_{part}", taken) for part in ("first", "rest"))
+    graph.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), first),
+                              numpy_helper.from_array(sizes[1:].astype(np.int64), rest)])
+    reads = [helper.make_node("Shape", [node.input[0]], [shape], name=shape),
+             helper.make_node("Gather", [shape, first], [batch], name=batch, axis=0),
+             helper.make_node("Concat", [batch, rest], [sized], name=sized, axis=0)]
+    node.input[3] = sized
+    return reads
 
 
 def _fresh(name: str, taken: set[str]) -> str:

@@ -236,3 +236,47 @@ def test_external_weights_outside_the_models_folder_or_missing_are_refused_in_on
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "model"))
     assert code != 0 and says in shown and "weight 'w1'" in shown, shown
     assert "Traceback" not in shown and len(shown.strip().splitlines()) == 1, shown
+
+
+def test_a_dynamo_upsample_exported_at_batch_one_is_made_dynamic(tmp_path: Path) -> None:
+    """dynamo writes ``F.interpolate(size=skip.shape[-2:])`` as ``Resize(sizes=[1, C, H, W])`` (smp's U-Nets):
+    only Reshape targets were rewritten, so such a graph stayed fixed at one row. Each Resize's sizes now take
+    the batch from its own input."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class TinyUNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.middle = nn.Conv2d(8, 8, 3, padding=1)
+            self.up = nn.Conv2d(16, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            skip = torch.relu(self.down(x))
+            deep = torch.relu(self.middle(skip))
+            size = x.shape[-2:]  # as smp's decoder sizes each upsample to the skip it meets
+            return self.up(torch.cat([functional.interpolate(deep, size=size, mode="nearest"),
+                                      functional.interpolate(skip, size=size, mode="nearest")], dim=1))
+
+    torch.manual_seed(0)
+    source = tmp_path / "unet.onnx"
+    torch.onnx.export(TinyUNet().eval(), (torch.randn(1, 3, 16, 16),), str(source), dynamo=True,
+                      input_names=["image"], output_names=["mask"], external_data=False)
+    proto = onnx.load(str(source))
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in proto.graph.initializer}
+    sizes = [constants.get(node.input[3]) if len(node.input) > 3 else None
+             for node in proto.graph.node if node.op_type == "Resize"]
+    assert sizes and all(size is not None and int(size[0]) == 1 for size in sizes), sizes  # what dynamo writes
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "unet"))
+    assert code == 0, shown
+    assert "batch made dynamic (fixed at 1 in the graph; 2 Resize sizes rewritten; checked row by row)" in shown, shown
+    assert read_manifest(tmp_path / "models" / "unet" / "1").inputs[0].shape[0] == -1
+    x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    session = cpu_session(proto.SerializeToString())
+    want = np.concatenate([session.run(None, {"image": x[row:row + 1]})[0] for row in range(3)])
+    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
+            LayerClient(server.address) as client:
+        np.testing.assert_allclose(client.infer_array("unet", x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(client.chain("unet", x, where="server").output, want, rtol=1e-5, atol=1e-6)
