@@ -6,9 +6,9 @@ RPC raises :class:`~layerserve.client.errors.ServerError` with the server's stat
 code and message, unchanged. Tensors are encoded by ``layerserve.proto.tensors``
 (raw contents). Inputs are split along axis 0 into requests the model and the
 wire can take, and the answers concatenated, so callers may pass a whole data
-set: at most ``batch_size`` rows, exactly the model's batch when it is fixed, and
-never more than fits the smaller of the client's and the server's message limit
-(client/sizing.py).
+set: at most ``batch_size`` rows and at most the server's ``max_batch_size`` for that
+name (ModelConfig), exactly the model's batch when it is fixed, and never more than
+fits the smaller of the client's and the server's message limit (client/sizing.py).
 """
 
 from __future__ import annotations
@@ -227,6 +227,8 @@ class LayerClient:
         self._metadata = call_metadata(self.settings)
         self._endpoints: dict[str, _Endpoint] = {}
         self._model_metadata: dict[tuple[str, str, str], ModelMetadata] = {}
+        # (served name, version, address) -> ModelConfig's max_batch_size (0: no limit, or no ModelConfig)
+        self._max_batch_sizes: dict[tuple[str, str, str], int] = {}
         self._blocks: dict[tuple[str, str], ModelBlocks] = {}
         # address -> the server's advertised message limit (0: none advertised)
         self._server_limits: dict[str, int] = {}
@@ -304,6 +306,28 @@ class LayerClient:
                 outputs=tuple(TensorSpec.from_proto(t) for t in answer.outputs),
             )
         return self._model_metadata[key]
+
+    def max_batch_size(self, model: str, version: str = "", address: str | None = None) -> int:
+        """The most rows the server at ``address`` takes in one request for ``model`` (ModelConfig's
+        ``max_batch_size``, which ``serve --max-batch-size`` and a Triton config set), cached; 0 when it sets no
+        limit or does not serve ModelConfig (a server without Triton's model configuration extension)."""
+        key = (model, version, address or self.address)
+        if key not in self._max_batch_sizes:
+            request = pb.ModelConfigRequest(name=model, version=version)
+            try:
+                config = self._call(self._endpoint(address).inference.ModelConfig, request, "ModelConfig").config
+                self._max_batch_sizes[key] = max(0, int(config.max_batch_size))
+            except ServerError as error:
+                if error.code != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._max_batch_sizes[key] = 0
+        return self._max_batch_sizes[key]
+
+    def _rows_cap(self, model: str, version: str, address: str | None) -> int:
+        """Rows per request before the message limit: the smaller of ``batch_size`` and the server's limit."""
+        server = self.max_batch_size(model, version, address)
+        own = self.batch_size
+        return min(own, server) if own > 0 and server > 0 else max(own, server)
 
     def model_statistics(self, model: str = "", version: str = "", address: str | None = None) -> list[pb.ModelStatistics]:
         """ModelStatistics (Triton extension) of ``model`` or, with "", of every model."""
@@ -384,7 +408,7 @@ class LayerClient:
         metadata = self.model_metadata(model, version, address)
         answer = [spec for spec in metadata.outputs if not outputs or spec.name in outputs]
         rows = rows_per_request(
-            self.batch_size,
+            self._rows_cap(model, version, address),
             self.message_limit(model, address),
             _row_bytes(named),
             total_row_bytes(spec.row_bytes() for spec in answer),
@@ -495,7 +519,7 @@ class LayerClient:
             segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
             answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
             rows = rows_per_request(
-                self.batch_size,
+                self._rows_cap(blocks.block_model_names[segment.start], version, segment.address),
                 self.message_limit(model, segment.address),
                 _row_bytes({spec.name: feed}),
                 total_row_bytes(s.row_bytes() for index in answered for s in blocks.output_specs(index)),

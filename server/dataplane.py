@@ -117,6 +117,23 @@ class ChainResult:
     model: ModelVersion
 
 
+def _as_served(model: ModelVersion) -> ModelManifest:
+    """``model``'s manifest with the batching its chain runs with (``--max-batch-size`` and the other overrides
+    applied): clients size their requests from it, and the file's 64 rows were refused by a server run with 8."""
+    chain = model.endpoints.get(names.chain_name(model.name))
+    if chain is None:  # a Triton model served whole, without blocks
+        return model.manifest
+    batching = chain.batching
+    served = batching.max_batch_size, batching.enabled, batching.max_queue_delay_us
+    serving = model.manifest.serving
+    if served == (serving.max_batch_size, serving.dynamic_batching, serving.max_queue_delay_us):
+        return model.manifest
+    manifest = ModelManifest()
+    manifest.CopyFrom(model.manifest)
+    manifest.serving.max_batch_size, manifest.serving.dynamic_batching, manifest.serving.max_queue_delay_us = served
+    return manifest
+
+
 class DataPlane:
     """Everything the servicers ask, over ``repository``; async methods run on one event loop.
 
@@ -215,7 +232,7 @@ class DataPlane:
         """ListBlocks: the manifest of the model serving ``name`` (any of its served names), its providers,
         its served names and the message limit clients must size requests to."""
         model = self.repository.model(name, version)
-        return BlockListing(model.manifest, model.providers, model.name, model.block_names,
+        return BlockListing(_as_served(model), model.providers, model.name, model.block_names,
                             names.chain_name(model.name), self.max_message_bytes)
 
     # -- running --------------------------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
-from client_support import BUILT_IN, samples
+from client_support import BUILT_IN, MODELS, ServerProcess, samples
 
 from layerserve.client import LayerClient, ServerError
 
@@ -170,3 +172,21 @@ def test_model_statistics_count_what_ran(client: LayerClient) -> None:
     before = count()
     client.chain("digits_cnn", images, start=0, stop=2, where="client")
     assert count() == before + 7
+
+
+def test_requests_follow_a_server_run_with_a_smaller_max_batch_size(tmp_path: Path) -> None:
+    """``serve --max-batch-size 8``: the client sent the manifest's 64 rows and the server refused them
+    ("expects at most 8 rows"); ListBlocks still said 64. Every path now sends at most 8 rows a request."""
+    (tmp_path / "digits_cnn").symlink_to(MODELS / "digits_cnn", target_is_directory=True)
+    x, _ = samples("digits_cnn", 20)
+    with ServerProcess(
+            tmp_path, ["--metrics-port", "-1", "--workers", "1", "--max-batch-size", "8"]) as server, \
+            LayerClient(server.address) as client:
+        assert client.blocks("digits_cnn").manifest.serving.max_batch_size == 8
+        assert client.max_batch_size("digits_cnn.00_stem") == 8
+        full = client.infer_array("digits_cnn", x)
+        assert full.shape == (20, 10)
+        for where in ("client", "server"):
+            np.testing.assert_allclose(client.chain("digits_cnn", x, where=where).output, full, rtol=1e-5, atol=1e-5)
+        rows = [stats.inference_stats.success.count for stats in client.model_statistics("digits_cnn")]
+    assert rows == [3]  # 8 + 8 + 4
