@@ -265,8 +265,8 @@ def _preprocessing_for_file(args: argparse.Namespace):
     """The preprocessing flags for a file whose input shape the split finds: None when none were given."""
     if args.resize is None and args.mean is None and args.std is None:
         return None
-    from .model_file import read_model
     from .imported import per_sample_shape
+    from .model_file import read_model
 
     return _preprocessing(args, per_sample_shape(read_model(args.model)))
 

@@ -126,7 +126,7 @@ def rebase_batch_reads(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if any(source is None for source in sources) or all(source == node.input[0] for source in sources):
             continue
         plans.append(([position, *(position_of[id(n)] for n in arithmetic)],
-                      [(position_of[id(target)], source) for target, source in zip(shaped, sources)]))
+                      [(position_of[id(target)], source) for target, source in zip(shaped, sources, strict=True)]))
     if not plans:
         return proto, 0
     moved = onnx.ModelProto()

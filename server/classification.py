@@ -41,7 +41,7 @@ def top_classes(array: np.ndarray, count: int, batched: bool, labels: Sequence[s
     texts = _value_texts(np.take_along_axis(rows, order, axis=1).ravel())
     named = len(labels)
     strings = [f"{text}:{index}:{labels[index]}".encode() if index < named else f"{text}:{index}".encode()
-               for text, index in zip(texts, order.ravel().tolist())]
+               for text, index in zip(texts, order.ravel().tolist(), strict=True)]
     result = np.empty(len(strings), dtype=object)
     result[:] = strings
     return result.reshape(order.shape) if batched else result.reshape(kept)
