@@ -58,10 +58,23 @@ class LoadedModel:
 
     def value(self, name: str) -> ir.Value:
         """The value called ``name``; SplitError when the graph has none."""
-        found = _values_by_name(self.graph).get(name)
+        values = _values_by_name(self.graph)
+        found = values.get(name)
         if found is None:
-            raise SplitError(f"the graph has no tensor named {name!r}")
+            raise SplitError(f"the graph has no tensor named {name[:120]!r}{_similar(name, list(values))}")
         return found
+
+
+def _similar(name: str, names: list[str]) -> str:
+    """"; tensors whose names contain it: ..." (exporters prefix and suffix layer names: tf2onnx writes
+    ``model/block_13_expand_relu/Relu6:0`` for ``block_13_expand_relu``), at most three, else ""."""
+    wanted = name.lower()
+    found = [candidate for candidate in names if wanted and wanted in candidate.lower()]
+    if not found:
+        return ""
+    shown = ", ".join(repr(candidate[:120]) for candidate in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"; tensors whose names contain it: {shown}{more}"
 
 
 def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:

@@ -17,15 +17,35 @@ from onnx import external_data_helper
 
 from .errors import SplitError
 
+# Files users point split at that are models of another framework: how to make them ONNX.
+CONVERSIONS = {
+    ".keras": "a Keras model: convert it with tf2onnx (tf2onnx.convert.from_keras, or model.export(path, "
+              "format='onnx') in Keras 3)",
+    ".h5": "a Keras model: convert it with tf2onnx (tf2onnx.convert.from_keras)",
+    ".pb": "a TensorFlow graph: convert it with tf2onnx (python -m tf2onnx.convert --graphdef ...)",
+    ".tflite": "a TensorFlow Lite model: convert it with tf2onnx (python -m tf2onnx.convert --tflite ...)",
+    ".pt": "a PyTorch file: export the model with `layerserve export --model FILE.py:NAME` or torch.onnx.export",
+    ".pth": "a PyTorch file: export the model with `layerserve export --model FILE.py:NAME` or torch.onnx.export",
+    ".safetensors": "weights without a graph: load them into the model and export it with torch.onnx.export",
+}
+
 
 def read_model(source: str | Path) -> onnx.ModelProto:
     """An ONNX file with its external data (read from the file's folder); SplitError for anything else."""
     path = Path(source)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file():
+            raise SplitError(f"{source} is a TensorFlow SavedModel; split takes an ONNX file: convert it with "
+                             f"python -m tf2onnx.convert --saved-model {source} --output model.onnx")
+        raise SplitError(f"{source} is a folder; split takes an ONNX file (a Triton repository with --triton)")
     if not path.is_file():
         raise SplitError(f"{source}: no such file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError, ValueError, ... for garbage
+        conversion = CONVERSIONS.get(path.suffix.lower())
+        if conversion is not None:
+            raise SplitError(f"{source} is not an ONNX model; it looks like {conversion}") from None
         first = " ".join(str(error).split())[:200]
         raise SplitError(f"{source} is not an ONNX model ({type(error).__name__}: {first})") from None
     if not proto.graph.node:

@@ -280,3 +280,35 @@ def test_a_dynamo_upsample_exported_at_batch_one_is_made_dynamic(tmp_path: Path)
             LayerClient(server.address) as client:
         np.testing.assert_allclose(client.infer_array("unet", x), want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(client.chain("unet", x, where="server").output, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("made", "says"), [
+    ("saved_model", "is a TensorFlow SavedModel; split takes an ONNX file: convert it with python -m tf2onnx.convert"),
+    ("model.keras", "is not an ONNX model; it looks like a Keras model: convert it with tf2onnx"),
+    ("model.pth", "is not an ONNX model; it looks like a PyTorch file: export the model with `layerserve export"),
+])
+def test_another_frameworks_model_is_refused_saying_how_to_convert_it(tmp_path: Path, made: str, says: str) -> None:
+    """A SavedModel folder was 'no such file'; a .keras file 'not an ONNX model (DecodeError: ...)'."""
+    if made == "saved_model":
+        (tmp_path / made).mkdir()
+        (tmp_path / made / "saved_model.pb").write_bytes(b"\x08\x01")
+    else:
+        (tmp_path / made).write_bytes(b"PK\x03\x04 not protobuf \xff\xfe")
+    code, shown = _split(str(tmp_path / made), "--out", str(tmp_path / "models" / "m"))
+    assert code == 2 and says in shown and len(shown.strip().splitlines()) == 1, shown
+
+
+def test_a_cut_named_as_the_layer_points_at_the_tensors_that_carry_that_name(tmp_path: Path) -> None:
+    """tf2onnx names a Keras layer's output ``model/block_13_expand_relu/Relu6:0``; ``--at block_13_expand_relu``
+    said only that no tensor has that name."""
+    nodes = _nodes()
+    for node in nodes:
+        node.output[0] = {"r1": "model/stem_relu/Relu:0"}.get(node.output[0], node.output[0])
+        for index, name in enumerate(node.input):
+            node.input[index] = {"r1": "model/stem_relu/Relu:0"}.get(name, name)
+    source = _graph(tmp_path / "keras_like.onnx", nodes, [1, 3, 16, 16], [1, 8, 8, 8])
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "k"), "--at", "stem_relu")
+    assert code == 2, shown
+    assert "no tensor named 'stem_relu'; tensors whose names contain it: 'model/stem_relu/Relu:0'" in shown, shown
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "k"), "--at", "model/stem_relu/Relu:0")
+    assert code == 0, shown
