@@ -33,6 +33,9 @@ def session_options(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if allow_spinning else "0")
     options.log_severity_level = 3
+    # Kernels log through ONNX Runtime's default logger, not the session's: tf2onnx's Resize printed
+    # coloured deprecation warnings through split's table three times.
+    ort.set_default_logger_severity(3)
     return options
 
 

@@ -97,6 +97,9 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     # once the load stops.
     so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
+    # Kernels log through ONNX Runtime's default logger, not the session's: its coloured warnings broke the
+    # server's one-JSON-object-a-line log.
+    ort.set_default_logger_severity(3)
     return so
 
 

@@ -312,3 +312,31 @@ def test_a_cut_named_as_the_layer_points_at_the_tensors_that_carry_that_name(tmp
     assert "no tensor named 'stem_relu'; tensors whose names contain it: 'model/stem_relu/Relu:0'" in shown, shown
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "k"), "--at", "model/stem_relu/Relu:0")
     assert code == 0, shown
+
+
+def test_onnx_runtimes_kernel_warnings_stay_out_of_splits_output(tmp_path: Path) -> None:
+    """tf2onnx writes Keras' UpSampling2D as a Resize with ``tf_half_pixel_for_nn``, deprecated since opset 13:
+    ONNX Runtime's default logger printed a coloured warning through split's table at each session made (and
+    through the server's JSON log). ONNX Runtime writes it to the process's stderr itself, so split runs apart."""
+    import subprocess
+    import sys
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Resize", ["c1", "", "scales"], ["up"], mode="nearest",
+                         coordinate_transformation_mode="tf_half_pixel_for_nn"),
+        helper.make_node("Conv", ["up", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    weights.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+    graph = helper.make_graph(nodes, "upsampling", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16, 16])], weights)
+    source = tmp_path / "upsampling.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    run = subprocess.run([sys.executable, "-c", "from layerserve.cli.main import main; raise SystemExit(main())",
+                          "split", str(source), "--out", str(tmp_path / "models" / "upsampling")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "W:onnxruntime" not in run.stdout + run.stderr, run.stderr
