@@ -361,8 +361,16 @@ def _samples(args: argparse.Namespace, found) -> tuple[np.ndarray, np.ndarray]:
     if args.images is not None:
         from .images import read_image_folder
 
-        images, labels, _ = read_image_folder(args.images, found.input_spec(0), manifest.preprocessing,
-                                              list(manifest.labels), args.limit)
+        images, labels, classes = read_image_folder(args.images, found.input_spec(0), manifest.preprocessing,
+                                                    list(manifest.labels), args.limit)
+        if not set(classes) <= set(manifest.labels):
+            names = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+            model_names = "has no class names" if not manifest.labels else "names its classes otherwise"
+            _console(stderr=True).print(
+                f"note: the folders ({names}) are not the model's classes (its manifest {model_names}): each "
+                f"folder is labelled by its sorted position 0-{len(classes) - 1}, as torchvision's ImageFolder "
+                "numbers them, so accuracy means something only for a model trained on these folders "
+                "(split --labels names a model's classes)", markup=False)
         return images, labels
     path = args.samples
     if path is None:
