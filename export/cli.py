@@ -38,8 +38,9 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _add_image_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("preprocessing recorded in the manifest (layerserve compare --images applies it)")
-    group.add_argument("--resize", type=int, help="shorter side before the centre crop (default: crop/0.875 for "
-                       "RGB, the crop for grey)")
+    group.add_argument("--resize", type=int, help="shorter side before the centre crop, 0 to resize straight to the "
+                       "input's size (default: crop/0.875 for RGB, the crop for grey; Keras and Ultralytics graphs: "
+                       "docs/bring-your-own-cnn.md)")
     group.add_argument("--mean", help="per-channel mean of [0,1] pixels (default: ImageNet's for RGB, 0 for grey)")
     group.add_argument("--std", help="per-channel std (default: ImageNet's for RGB, 1 for grey)")
     group.add_argument("--labels", help="class names: a text file with one per line, or a comma-separated list")
@@ -239,7 +240,8 @@ def _split(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     manifest = split_to_repository(args.model, args.out, name, options, _preprocessing_for_file(args),
                                    _labels(args.labels))
-    _print_summary(console(), manifest, args.out / manifest.version, time.perf_counter() - began)
+    _print_summary(console(), manifest, args.out / manifest.version, time.perf_counter() - began,
+                   exported="model.onnx vs your file")
     return 0
 
 
@@ -262,16 +264,32 @@ def _split_triton(args: argparse.Namespace, options) -> int:  # noqa: ANN001 - S
 
 
 def _preprocessing_for_file(args: argparse.Namespace):
-    """The preprocessing flags for a file whose input shape the split finds: None when none were given."""
+    """The preprocessing flags for a file whose input shape the split finds: None when none were given. A flag
+    left out takes the exporter's convention where the graph says who made it (export/conventions.py: a Keras
+    graph's --mean alone means no torchvision resize or std), else torchvision's default."""
     if args.resize is None and args.mean is None and args.std is None:
         return None
+    from .conventions import exporter_defaults
     from .imported import per_sample_shape
     from .model_file import read_model
+    from .preprocessing import image_preprocessing, parse_floats
 
-    return _preprocessing(args, per_sample_shape(read_model(args.model)))
+    proto = read_model(args.model)
+    shape = per_sample_shape(proto)
+    implied = exporter_defaults(proto, shape)
+    known = implied.preprocessing if implied is not None else None
+    mean, std = parse_floats(args.mean, "--mean"), parse_floats(args.std, "--std")
+    return image_preprocessing(
+        shape,
+        args.resize if args.resize is not None or known is None else known.resize,
+        mean if mean is not None or known is None else list(known.mean),
+        std if std is not None or known is None else list(known.std),
+    )
 
 
-def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seconds: float | None = None) -> None:
+def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seconds: float | None = None,
+                   exported: str = "ONNX vs PyTorch") -> None:
+    """The blocks table, notes and checks; ``exported`` names what the first max|diff| compares."""
     from rich.table import Table
 
     from layerserve.proto.tensors import format_spec
@@ -299,8 +317,12 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
         console.print(f"weights: {p.weights}")
     for note in p.notes:
         console.print(f"note: {note}")
+    if manifest.inputs and len(manifest.inputs[0].shape) == 4:
+        from .preprocessing import describe
+
+        console.print(f"preprocessing: {describe(manifest.preprocessing)}")
     console.print(
-        f"export max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g} "
+        f"{exported} max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g} "
         f"({p.chain_max_rel_diff:.2g} of the output's scale)"
         + (f", {seconds:.1f} s" if seconds is not None else "")
     )

@@ -26,6 +26,7 @@ from layerserve.proto import triton
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
+from .conventions import exporter_defaults
 from .foreign import probe_input
 from .graph import LoadedModel, load_model
 from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks
@@ -89,6 +90,14 @@ def split_to_repository(
     model = load_model(source, options.make_dynamic, options.input_shape)
     result, report = checked_split(model, options)
     provenance = _provenance(source, model, result, report)
+    implied = exporter_defaults(model.proto, per_sample_shape(model.proto))
+    if implied is not None:
+        if preprocessing is None:
+            preprocessing = implied.preprocessing
+            provenance.notes.append(implied.note)
+        elif not labels and implied.labels:
+            provenance.notes.append(f"{len(implied.labels)} class names from the graph's metadata")
+        labels = labels or implied.labels
     out = Path(out)
     return write_repository(
         out.parent,

@@ -29,17 +29,20 @@ def image_preprocessing(
     std: Sequence[float] | None = None,
     background: str = "",
 ) -> Preprocessing | None:
-    """Preprocessing for an input of per-sample shape ``[C, H, W]``; None when it is not an image.
+    """Preprocessing for an input of per-sample shape ``[C, H, W]`` (or channels last, ``[H, W, C]``: Keras
+    through tf2onnx); None when it is not an image.
 
     Raises ExportError when ``mean``/``std`` do not have one value per channel, or a std is 0.
     """
-    if len(input_shape) != 3 or input_shape[0] not in (1, 3) or min(input_shape[1:]) <= 0:
+    shape = list(input_shape)
+    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
+        shape = [shape[2], shape[0], shape[1]]
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) <= 0:
         if resize is not None or mean is not None or std is not None:
-            raise ExportError(
-                f"--resize/--mean/--std describe image inputs [C,H,W] with 1 or 3 channels; this input is {list(input_shape)}"
-            )
+            raise ExportError(f"--resize/--mean/--std describe image inputs [C,H,W] or [H,W,C] with 1 or 3 channels; "
+                              f"this input is {list(input_shape)}")
         return None
-    channels, height, width = (int(d) for d in input_shape)
+    channels, height, width = (int(d) for d in shape)
     grey = channels == 1
     if resize is None:
         resize = min(height, width) if grey else round(min(height, width) / CROP_FRACTION)
@@ -50,8 +53,8 @@ def image_preprocessing(
             raise ExportError(f"--{name} needs {channels} value{'s' if channels > 1 else ''} (one per channel), got {values}")
     if any(value == 0 for value in std):
         raise ExportError(f"--std values must not be 0, got {std}")
-    if resize < min(height, width):
-        raise ExportError(f"--resize {resize} is smaller than the {height}x{width} crop")
+    if 0 < resize < min(height, width) or resize < 0:
+        raise ExportError(f"--resize {resize} is smaller than the {height}x{width} crop (0: straight to that size)")
     return Preprocessing(
         resize=resize, crop_height=height, crop_width=width, mean=mean, std=std,
         color="L" if grey else "RGB", background=background,
@@ -66,3 +69,15 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ExportError(f"{flag} takes comma-separated numbers like 0.485,0.456,0.406, not {text!r}") from None
+
+
+def describe(preprocessing: Preprocessing) -> str:
+    """One line for people: ``resize 256, centre crop 224x224, RGB, mean 0.485,0.456,0.406, std ...``."""
+    if not preprocessing.crop_height:
+        return "none recorded (pictures are resized to the input's size, in [0, 1])"
+    size = f"{preprocessing.crop_height}x{preprocessing.crop_width}"
+    steps = (f"resize {preprocessing.resize}, centre crop {size}" if preprocessing.resize
+             else f"resize to {size} (no crop)")
+    numbers = lambda values: ",".join(f"{value:g}" for value in values)  # noqa: E731
+    return (f"{steps}, {preprocessing.color}, mean {numbers(preprocessing.mean)}, "
+            f"std {numbers(preprocessing.std)}")

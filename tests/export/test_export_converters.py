@@ -340,3 +340,60 @@ def test_onnx_runtimes_kernel_warnings_stay_out_of_splits_output(tmp_path: Path)
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "W:onnxruntime" not in run.stdout + run.stderr, run.stderr
+
+
+def _stamped(path: Path, producer: str = "", metadata: dict[str, str] | None = None) -> Path:
+    """``path`` rewritten as another exporter leaves it: its producer name and metadata."""
+    proto = onnx.load(str(path))
+    proto.producer_name = producer
+    onnx.helper.set_model_props(proto, metadata or {})
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_an_ultralytics_export_is_preprocessed_and_labelled_as_its_metadata_says(tmp_path: Path) -> None:
+    """Ultralytics' models take RGB in [0, 1] without ImageNet's mean and std, and name their classes in the
+    file's metadata: split recorded torchvision's preprocessing and no labels."""
+    names = "{0: 'person', 1: 'bicycle', 2: 'car'}"
+    source = _stamped(_graph(tmp_path / "yolo.onnx", _nodes(), [1, 3, 16, 16], [1, 8, 8, 8]), "pytorch",
+                      {"author": "Ultralytics", "task": "classify", "imgsz": "[16, 16]", "names": names})
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"))
+    assert code == 0, shown
+    assert "preprocessing: resize 16, centre crop 16x16, RGB, mean 0,0,0, std 1,1,1" in shown, shown
+    manifest = read_manifest(tmp_path / "models" / "yolo" / "1")
+    assert list(manifest.labels) == ["person", "bicycle", "car"]
+    assert any("from the Ultralytics metadata" in note for note in manifest.provenance.notes)
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "tuned"), "--mean", "0.5,0.5,0.5")
+    assert code == 0 and "mean 0.5,0.5,0.5, std 1,1,1" in shown, shown  # the flag left out keeps the convention
+    assert list(read_manifest(tmp_path / "models" / "tuned" / "1").labels) == ["person", "bicycle", "car"]
+
+
+def _channels_last(path: Path) -> Path:
+    """The two-stage graph behind a Transpose from [N, H, W, 3], as tf2onnx writes a Keras model."""
+    nodes = [helper.make_node("Transpose", ["x_nhwc"], ["x"], perm=[0, 3, 1, 2]), *_nodes()]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, ["n", 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_a_keras_export_is_preprocessed_alike_in_either_layout_and_takes_mean_and_std(tmp_path: Path) -> None:
+    """tf2onnx's channels-last export recorded no preprocessing and refused --mean/--std; the same model exported
+    with --inputs-as-nchw recorded torchvision's ImageNet normalisation, so one picture got two answers."""
+    last = _stamped(_channels_last(tmp_path / "keras_nhwc.onnx"), "tf2onnx")
+    first = _stamped(_graph(tmp_path / "keras_nchw.onnx", _nodes(), ["n", 3, 16, 16], ["n", 8, 8, 8]), "tf2onnx")
+    recorded = []
+    for source in (last, first):
+        code, shown = _split(str(source), "--out", str(tmp_path / "models" / source.stem))
+        assert code == 0, shown
+        recorded.append(read_manifest(tmp_path / "models" / source.stem / "1").preprocessing)
+    assert recorded[0] == recorded[1]
+    assert (recorded[0].resize, recorded[0].crop_height, list(recorded[0].mean), list(recorded[0].std)) == \
+        (0, 16, [0, 0, 0], [1, 1, 1])
+    code, shown = _split(str(last), "--out", str(tmp_path / "models" / "scaled"), "--mean", "0.5,0.5,0.5",
+                         "--std", "0.5,0.5,0.5")
+    assert code == 0, shown
+    assert "preprocessing: resize to 16x16 (no crop), RGB, mean 0.5,0.5,0.5, std 0.5,0.5,0.5" in shown, shown

@@ -1,0 +1,97 @@
+"""What a graph's exporter tells about its pictures and classes, where the graph says who exported it.
+
+The manifest's default preprocessing is torchvision's (export/preprocessing.py). Two families of
+graphs users bring are made otherwise, and say so in the file:
+
+* **Ultralytics** (``model.export(format="onnx")``) writes metadata: ``author: Ultralytics``,
+  ``imgsz``, ``task``, and ``names``, its classes as ``{0: 'person', 1: 'bicycle', ...}``.
+  Its models take RGB in [0, 1] with no mean or std; a classifier's pictures are resized on
+  their shorter side to the input and centre-cropped (its ``classify_transforms``). A detector
+  letterboxes instead, which the manifest cannot say: the same resize and crop is recorded, and
+  noted. The names become the model's labels.
+* **tf2onnx** (Keras) writes no metadata, and each Keras application scales its pictures its own
+  way ([-1, 1] for MobileNetV2, 0-255 for EfficientNet, caffe's BGR for ResNet50). No
+  normalisation is assumed, whichever layout the export chose (``--inputs-as-nchw`` or not):
+  pictures are resized to the input in [0, 1] as Keras' ``load_img(target_size=...)`` does (no crop),
+  and ``--mean``/``--std`` name the model's.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import onnx
+
+from layerserve.proto.repository_pb2 import Preprocessing
+
+from .preprocessing import image_preprocessing
+
+# A names dict larger than this is not a class list (Ultralytics' largest, Open Images V7, has 601).
+MOST_NAMES = 100_000
+_KERAS_PRODUCERS = frozenset({"tf2onnx", "keras2onnx"})
+
+
+@dataclass(frozen=True)
+class ExporterDefaults:
+    """Preprocessing and labels an exporter's graph implies, and the note that says where they came from."""
+
+    preprocessing: Preprocessing | None
+    labels: list[str] | None
+    note: str
+
+
+def exporter_defaults(proto: onnx.ModelProto, per_sample: list[int]) -> ExporterDefaults | None:
+    """What ``proto``'s exporter implies for an input of ``per_sample`` shape (module docstring); None when
+    the graph does not say who made it, or its exporter needs nothing but the defaults."""
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    channels = _channels(per_sample)
+    if channels is None:
+        return None
+    if metadata.get("author", "").startswith("Ultralytics"):
+        plain = image_preprocessing(per_sample, resize=_crop(per_sample), mean=[0.0] * channels,
+                                    std=[1.0] * channels)
+        labels = ultralytics_names(metadata.get("names", ""))
+        task = metadata.get("task", "")
+        letterbox = "; Ultralytics letterboxes a detector's pictures, recorded as resize and crop" \
+            if task and task != "classify" else ""
+        named = f", {len(labels)} class names" if labels else ""
+        return ExporterDefaults(plain, labels,
+                                f"preprocessing from the Ultralytics metadata: RGB in [0, 1], no mean or std{named}"
+                                f"{letterbox}")
+    if proto.producer_name in _KERAS_PRODUCERS:
+        # Keras' image.load_img(target_size=...) squashes the picture to the input's size: no crop.
+        plain = image_preprocessing(per_sample, resize=0, mean=[0.0] * channels, std=[1.0] * channels)
+        return ExporterDefaults(plain, None,
+                                f"preprocessing: a {proto.producer_name} graph (Keras scales pictures per model), so "
+                                "pictures go in [0, 1] with no mean or std; name the model's with --mean/--std "
+                                "(MobileNetV2: 0.5,0.5,0.5 and 0.5,0.5,0.5)")
+    return None
+
+
+def _channels(per_sample: list[int]) -> int | None:
+    """The channels of an image input of ``per_sample`` shape, [C,H,W] or [H,W,C]; None for anything else."""
+    if len(per_sample) != 3 or min(per_sample) <= 0:
+        return None
+    if per_sample[0] in (1, 3):
+        return per_sample[0]
+    return per_sample[2] if per_sample[2] in (1, 3) else None
+
+
+def _crop(per_sample: list[int]) -> int:
+    """The shorter side of the picture an input of ``per_sample`` takes ([C,H,W] or [H,W,C])."""
+    return min(per_sample[1:]) if per_sample[0] in (1, 3) else min(per_sample[:2])
+
+
+def ultralytics_names(text: str) -> list[str] | None:
+    """Ultralytics' ``names`` (``"{0: 'person', 1: 'bicycle'}"``) as labels in index order; None when it is not
+    such a dict, numbered 0 to n-1."""
+    if not text or len(text) > 64 * MOST_NAMES:
+        return None
+    try:
+        names = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(names, dict) or not 0 < len(names) <= MOST_NAMES or set(names) != set(range(len(names))):
+        return None
+    return [str(names[index]) for index in range(len(names))]
