@@ -22,6 +22,7 @@ Which depth of that path makes a block (:func:`scope_labels`):
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections import Counter
 
@@ -105,20 +106,45 @@ def sanitize(label: str) -> str:
     return _UNSAFE.sub("_", label).strip("_") or "block"
 
 
-def block_label(nodes: list[ir.Node], labels: dict[ir.Node, str | None] | None = None) -> str:
-    """A label for a block made of ``nodes`` (graph order): the scope of its last labelled node.
+def layer_names(nodes: list[ir.Node]) -> dict[ir.Node, str]:
+    """Layer names from node names a converter wrote as ``<model>/<layer>/<op>``: tf2onnx writes Keras'
+    ``mobilenetv2_1.00_224/block_1_project/Conv2D`` (``StatefulPartitionedCall/resnet50/...`` from a SavedModel).
+    The layer is the part after what every such name starts with; {} when most names are not like that."""
+    parts = {node: node.name.split("/") for node in nodes
+             if node.name and not node.name.startswith("/") and "/" in node.name}
+    if not parts or 2 * len(parts) < len(nodes):
+        return {}
+    shared = len(os.path.commonprefix(list(parts.values())))
+    return {node: path[shared] for node, path in parts.items() if len(path) > shared + 1 and path[shared]}
+
+
+def block_label(nodes: list[ir.Node], labels: dict[ir.Node, str | None] | None = None,
+                layers: dict[ir.Node, str] | None = None) -> str:
+    """A label for a block made of ``nodes`` (graph order): the scope of its last labelled node, or
+    ``<first>_to_<last>`` when its first and last weighted layers lie in different scopes of ``labels`` (no
+    cut between those modules).
 
     ``labels`` maps nodes to scopes (:func:`scope_labels`); without it, the deepest
-    module of the last node with a module path. Graphs without module paths: the op
-    type of its last Conv/Gemm/MatMul, else of its last node.
+    module of the last node with a module path. Graphs without module paths: the layer
+    (``layers``, :func:`layer_names`) of its last Conv/Gemm/MatMul, else its op type; else
+    the same of its last node.
     """
+    def scope_of(node: ir.Node) -> str | None:
+        return labels.get(node) if labels is not None else (module_path(node) or [None])[-1]
+
+    weighted_scopes = [labels.get(node) for node in nodes if node.op_type in WEIGHTED_OPS and labels.get(node)] \
+        if labels is not None else []
+    if weighted_scopes and weighted_scopes[0] != weighted_scopes[-1]:
+        # No cut between those modules (a detector's neck and head): the name says the block spans them.
+        return f"{sanitize(weighted_scopes[0])}_to_{sanitize(weighted_scopes[-1])}"
     for node in reversed(nodes):
-        scope = labels.get(node) if labels is not None else (module_path(node) or [None])[-1]
+        scope = scope_of(node)
         if scope:
             return sanitize(scope)
     weighted = [n for n in nodes if n.op_type in WEIGHTED_OPS]
     last = weighted[-1] if weighted else nodes[-1]
-    return sanitize(last.op_type.lower())
+    layer = (layers or {}).get(last)
+    return sanitize(layer) if layer else sanitize(last.op_type.lower())
 
 
 def block_name(index: int, label: str) -> str:

@@ -29,7 +29,7 @@ from .cuts import require_cuts, single_tensor_cuts
 from .extract import extract
 from .graph import LoadedModel, SplitError, descendants
 from .layers import WEIGHTED_OPS
-from .naming import block_label, block_name, scope_labels
+from .naming import block_label, block_name, layer_names, scope_labels
 
 GRANULARITIES = ("layer", "cut", "at")
 
@@ -119,7 +119,8 @@ def split(
     segments = _segments(model, cuts)
     taken = {v.name for node in model.graph for v in node.outputs} | {graph_input}
     labels = scope_labels(list(model.graph), depth) if granularity == "layer" else None
-    names = [block_name(i, block_label(segment, labels)) for i, segment in enumerate(segments)]
+    layers = layer_names(list(model.graph))
+    names = [block_name(i, block_label(segment, labels, layers)) for i, segment in enumerate(segments)]
     bounds = [[graph_input], *[[cut.name] for cut in cuts], graph_outputs]
     rename = {}
     for i, cut in enumerate(cuts):

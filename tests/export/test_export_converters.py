@@ -397,3 +397,20 @@ def test_a_keras_export_is_preprocessed_alike_in_either_layout_and_takes_mean_an
                          "--std", "0.5,0.5,0.5")
     assert code == 0, shown
     assert "preprocessing: resize to 16x16 (no crop), RGB, mean 0.5,0.5,0.5, std 0.5,0.5,0.5" in shown, shown
+
+
+def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
+    """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``)."""
+    source = _channels_last(tmp_path / "keras.onnx")
+    proto = onnx.load(str(source))
+    layer_of = {"Transpose": "stem_conv/Conv2D__6", "Conv": None, "Relu": None, "MaxPool": "pool/MaxPool"}
+    convs = iter(["stem_conv/Conv2D", "block_1_conv/Conv2D"])
+    relus = iter(["stem_relu/Relu", "block_1_relu/Relu"])
+    for node in proto.graph.node:
+        layer = layer_of[node.op_type] or next(convs if node.op_type == "Conv" else relus)
+        node.name = f"StatefulPartitionedCall/my_model/{layer}"
+    onnx.save(proto, str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "keras"))
+    assert code == 0, shown
+    names = [block.name for block in read_manifest(tmp_path / "models" / "keras" / "1").blocks]
+    assert names[-2:] == ["01_stem_conv", "02_block_1_conv"], names

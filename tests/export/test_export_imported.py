@@ -128,8 +128,9 @@ def test_export_then_split_cli_with_explicit_cuts(tmp_path: Path, capsys: pytest
     assert main(["split", str(source), "--out", str(out), "--at", joined, "--name", "resnet_at"]) == 0
     manifest = read_manifest(out / "1")
     assert manifest.name == "resnet_at" and manifest.provenance.granularity == "at"
-    assert [b.name for b in manifest.blocks] == ["00_stage1", "01_head"]
-    assert manifest.blocks[1].inputs[0].name == "00_stage1_out"
+    # Each block spans several modules, and its name says which (it said only the last: stage1, head).
+    assert [b.name for b in manifest.blocks] == ["00_stem_to_stage1", "01_stage2_to_head"]
+    assert manifest.blocks[1].inputs[0].name == "00_stem_to_stage1_out"
 
 
 @pytest.mark.slow
