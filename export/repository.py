@@ -153,6 +153,9 @@ def write_repository(
                 last_node=block.last_node,
             )
         )
+    heavy = heaviest_block_note(manifest)
+    if heavy:
+        manifest.provenance.notes.append(heavy)
     if samples is not None:
         images, sample_labels, what = samples
         path = version_dir / "samples.npz"
@@ -160,3 +163,21 @@ def write_repository(
         manifest.samples.CopyFrom(SampleSet(file=file_ref(version_dir, path), count=len(sample_labels), description=what))
     write_manifest(manifest, version_dir)
     return manifest
+
+
+# A block holding more of the model's FLOPs than this is worth a word: the split could not go finer there.
+HEAVY_BLOCK_SHARE = 0.6
+
+
+def heaviest_block_note(manifest: ModelManifest) -> str:
+    """A note when one of several blocks holds most of the FLOPs (a NASNet's cells each read the two before
+    them; a detector's neck and head; a U-Net's decoder), else ""."""
+    total = sum(block.flops for block in manifest.blocks)
+    if len(manifest.blocks) < 2 or not total:
+        return ""
+    heaviest = max(manifest.blocks, key=lambda block: block.flops)
+    share = heaviest.flops / total
+    if share <= HEAVY_BLOCK_SHARE:
+        return ""
+    return (f"block {heaviest.name} holds {share:.0%} of the FLOPs: no single tensor separates its layers (a skip "
+            f"connection or a branch crosses every point inside it); --granularity cut lists every cut there is")

@@ -414,3 +414,21 @@ def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> 
     assert code == 0, shown
     names = [block.name for block in read_manifest(tmp_path / "models" / "keras" / "1").blocks]
     assert names[-2:] == ["01_stem_conv", "02_block_1_conv"], names
+
+
+def test_a_block_holding_most_of_the_flops_is_noted(tmp_path: Path) -> None:
+    """A skip from the stem over the whole body leaves no cut inside it: the split went quietly coarse."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="/stem/conv/Conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="/body/relu/Relu"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="/body/conv/Conv"),
+        helper.make_node("MaxPool", ["c2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2], name="/body/pool/MaxPool"),
+        helper.make_node("MaxPool", ["c1"], ["skip"], kernel_shape=[2, 2], strides=[2, 2], name="/skip/MaxPool"),
+        helper.make_node("Concat", ["p2", "skip"], ["y"], axis=1, name="/Concat"),
+    ]
+    source = _graph(tmp_path / "skip.onnx", nodes, [1, 3, 16, 16], [1, 16, 8, 8])
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "skip"))
+    assert code == 0, shown
+    notes = read_manifest(tmp_path / "models" / "skip" / "1").provenance.notes
+    assert any(note.startswith("block ") and "% of the FLOPs: no single tensor separates its layers" in note
+               for note in notes), notes
