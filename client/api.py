@@ -33,7 +33,7 @@ from .errors import ServerError
 from .fit import fit as fit_to
 from .fit import per_sample
 from .placement import Placement
-from .sizing import rows_per_request, total_row_bytes
+from .sizing import MESSAGE_OVERHEAD_BYTES, rows_per_request, total_row_bytes
 
 if TYPE_CHECKING:
     from .planner import Plan
@@ -109,6 +109,20 @@ def fixed_batch(specs: Sequence[TensorSpec]) -> int | None:
 
 def _row_bytes(arrays: Mapping[str, np.ndarray]) -> int:
     return sum(a.nbytes // len(a) for a in arrays.values() if a.ndim and len(a))
+
+
+def _refuse_oversized_row(model: str, arrays: Mapping[str, np.ndarray], limit: int,
+                          specs: Sequence[TensorSpec]) -> None:
+    """ValueError when one row of ``arrays`` cannot fit a message of ``limit`` bytes: sent anyway, gRPC refused it
+    on this side ("CLIENT: Sent message larger than max"), read as the server's error and saying nothing of the
+    shape (a 5-D array for a 4-D input, say)."""
+    row = _row_bytes(arrays)
+    if not limit or row + MESSAGE_OVERHEAD_BYTES <= limit:
+        return
+    name, array = max(arrays.items(), key=lambda item: item[1].nbytes)
+    expected = next((f"; {model} expects {spec.datatype} {list(spec.shape)}" for spec in specs if spec.name == name), "")
+    raise ValueError(f"one row of input {name[:80]!r} {list(array.shape)} is {row:,} bytes, over the message limit of "
+                     f"{limit:,} bytes{expected}")
 
 
 @dataclass
@@ -407,6 +421,7 @@ class LayerClient:
         endpoint = self._endpoint(address)
         metadata = self.model_metadata(model, version, address)
         answer = [spec for spec in metadata.outputs if not outputs or spec.name in outputs]
+        _refuse_oversized_row(model, named, self.message_limit(model, address), metadata.inputs)
         rows = rows_per_request(
             self._rows_cap(model, version, address),
             self.message_limit(model, address),
@@ -518,6 +533,8 @@ class LayerClient:
             feed = _as_declared(current, spec.datatype)
             segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
             answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
+            _refuse_oversized_row(blocks.block_model_names[segment.start], {spec.name: feed},
+                                  self.message_limit(model, segment.address), [spec])
             rows = rows_per_request(
                 self._rows_cap(blocks.block_model_names[segment.start], version, segment.address),
                 self.message_limit(model, segment.address),

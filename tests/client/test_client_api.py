@@ -190,3 +190,15 @@ def test_requests_follow_a_server_run_with_a_smaller_max_batch_size(tmp_path: Pa
             np.testing.assert_allclose(client.chain("digits_cnn", x, where=where).output, full, rtol=1e-5, atol=1e-5)
         rows = [stats.inference_stats.success.count for stats in client.model_statistics("digits_cnn")]
     assert rows == [3]  # 8 + 8 + 4
+
+
+def test_a_row_too_large_for_any_message_is_refused_here_naming_the_shape(client: LayerClient) -> None:
+    """A 5-D array for a 4-D input made one 'row' of 67 MB: gRPC refused it in the client ("CLIENT: Sent message
+    larger than max"), reported as the server's error, with nothing about the shape."""
+    wrong = np.zeros((1, 1, 32, 32, 16_384), np.float32)
+    with pytest.raises(ValueError, match=r"one row of input 'x' \[1, 1, 32, 32, 16384\] is 67,108,864 bytes, over "
+                                         r"the message limit of [\d,]+ bytes; digits_cnn expects FP32 \[-1, 1, 32, 32\]"):
+        client.infer("digits_cnn", wrong)
+    with pytest.raises(ValueError, match="one row of input 'x'"):
+        client.chain("digits_cnn", wrong, where="server")
+    assert client.infer_array("digits_cnn", np.zeros((1, 1, 32, 32), np.float32)).shape == (1, 10)
