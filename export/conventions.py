@@ -95,3 +95,23 @@ def ultralytics_names(text: str) -> list[str] | None:
     if not isinstance(names, dict) or not 0 < len(names) <= MOST_NAMES or set(names) != set(range(len(names))):
         return None
     return [str(names[index]) for index in range(len(names))]
+
+
+def exported_size(proto: onnx.ModelProto) -> tuple[int, int] | None:
+    """The picture size the exporter recorded (Ultralytics' ``imgsz``: ``[640, 640]``), or None."""
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    try:
+        size = ast.literal_eval(metadata.get("imgsz", "")[:40]) if metadata.get("imgsz") else None
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(size, int):
+        size = [size, size]
+    if isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(d, int) and 0 < d < 1 << 16 for d in size):
+        return int(size[0]), int(size[1])
+    return None
+
+
+def exported_stride(proto: onnx.ModelProto) -> int | None:
+    """The stride the exporter recorded (Ultralytics' ``stride``: a size must be a multiple of it), or None."""
+    text = next((entry.value for entry in proto.metadata_props if entry.key == "stride"), "")
+    return int(text) if text.isdigit() and 1 < int(text) < 1 << 12 else None

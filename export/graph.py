@@ -16,6 +16,7 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
+from .conventions import exported_size, exported_stride
 from .errors import SplitError
 from .model_file import read_model
 
@@ -114,8 +115,14 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
         if any(free):
             raise SplitError(f"input {info.name!r} is {shown}: free dimensions past the batch; a served model takes "
                              f"one image size, so name it with --input-shape (e.g. --input-shape "
-                             f"{_example_shape(past_batch)})")
+                             f"{_example_shape(past_batch, exported_size(proto))})")
         return proto
+    stride = exported_stride(proto)
+    spatial = per_sample[1:] if len(per_sample) == 3 and per_sample[0] in (1, 3) else per_sample[:2]
+    if stride and len(per_sample) == 3 and any(size % stride for size in spatial):
+        raise SplitError(f"--input-shape {','.join(map(str, per_sample))}: the graph's metadata says stride {stride}, "
+                         f"so height and width must be multiples of {stride} (e.g. --input-shape "
+                         f"{_example_shape(past_batch, exported_size(proto))})")
     if len(per_sample) != len(past_batch) or any(
         d.HasField("dim_value") and d.dim_value != size for d, size in zip(past_batch, per_sample, strict=False)
     ):
@@ -138,13 +145,15 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
     return pinned
 
 
-def _example_shape(past_batch: list) -> str:
+def _example_shape(past_batch: list, size: tuple[int, int] | None = None) -> str:
     """A per-sample shape to suggest for free dimensions: 3 channels first for an NCHW image (unless the
-    last dimension is a fixed channel count, channels last), 224 for the others."""
+    last dimension is a fixed channel count, channels last), the exporter's recorded ``size`` for height and
+    width (export/conventions.py), else 224."""
     fixed = [d.dim_value if d.HasField("dim_value") else None for d in past_batch]
     channels_last = len(fixed) == 3 and fixed[-1] is not None and fixed[-1] <= 4
-    return ",".join(str(size) if size is not None else "3" if position == 0 and len(fixed) == 3 and not channels_last
-                    else "224" for position, size in enumerate(fixed))
+    spatial = iter(size or (224, 224))
+    return ",".join(str(dim) if dim is not None else "3" if position == 0 and len(fixed) == 3 and not channels_last
+                    else str(next(spatial, 224)) for position, dim in enumerate(fixed))
 
 
 def topological_order(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:

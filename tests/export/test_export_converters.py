@@ -432,3 +432,17 @@ def test_a_block_holding_most_of_the_flops_is_noted(tmp_path: Path) -> None:
     notes = read_manifest(tmp_path / "models" / "skip" / "1").provenance.notes
     assert any(note.startswith("block ") and "% of the FLOPs: no single tensor separates its layers" in note
                for note in notes), notes
+
+
+def test_a_free_size_is_suggested_and_checked_from_the_exporters_metadata(tmp_path: Path) -> None:
+    """An Ultralytics export with dynamic=True: split suggested 224 for a model exported at 640, and a size its
+    stride does not divide ended in ONNX Runtime's shape-merge error."""
+    source = _stamped(_graph(tmp_path / "yolo.onnx", _nodes(), ["batch", 3, "height", "width"],
+                             ["batch", 8, "h2", "w2"]), "pytorch",
+                      {"author": "Ultralytics", "task": "detect", "imgsz": "[32, 32]", "stride": "8"})
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"))
+    assert code == 2 and "(e.g. --input-shape 3,32,32)" in shown, shown
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"), "--input-shape", "3,20,20")
+    assert code == 2 and "the graph's metadata says stride 8, so height and width must be multiples of 8" in shown
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"), "--input-shape", "3,16,24")
+    assert code == 0, shown
