@@ -24,14 +24,14 @@ import onnx
 
 from layerserve.proto import triton
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
-from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
+from layerserve.proto.tensors import ONNX_ELEM_TYPES, TensorSpec, numpy_dtype
 
 from .conventions import exporter_defaults
 from .foreign import probe_input
 from .graph import LoadedModel, load_model
 from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks
 from .preprocessing import image_preprocessing
-from .repository import write_repository
+from .repository import tensor_spec, write_repository
 from .split import SplitResult, split
 
 CHECK_SEED = 0
@@ -154,6 +154,12 @@ def split_triton_repository(
         for version_dir in triton.served_versions(folder, config):
             source = version_dir / triton.model_file(config)
             model = load_model(source, options.make_dynamic)
+            try:  # what the server would refuse the model for: nothing is written for it
+                triton.served_io(config, source.name, [_spec(i) for i in model.proto.graph.input],
+                                 [_spec(o) for o in model.proto.graph.output])
+            except triton.ConfigError as error:
+                done.append((folder.name, version_dir.name, None, str(error)))
+                continue
             result, report = checked_split(model, options)
             manifest = write_repository(
                 folder.parent, folder.name, model.proto, result, _provenance(source, model, result, report),
@@ -163,3 +169,7 @@ def split_triton_repository(
             )
             done.append((folder.name, version_dir.name, manifest, f"{len(manifest.blocks)} blocks"))
     return done
+
+
+def _spec(info: onnx.ValueInfoProto) -> TensorSpec:
+    return TensorSpec.from_proto(tensor_spec(info))

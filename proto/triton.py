@@ -136,6 +136,40 @@ def config_specs(config: ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[Ten
     return tuple(spec(t) for t in config.input), tuple(spec(t) for t in config.output)
 
 
+def served_io(config: ModelConfig, file_name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+              ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The inputs and outputs a Triton model serves: config.pbtxt's (every input, any outputs), checked against
+    the model file's ``inputs`` and ``outputs``; the file's own when the config lists none. With
+    ``max_batch_size`` > 0 the file's first dimension must be a free batch dimension, as Triton requires.
+    ConfigError (one line, naming ``file_name``) when they disagree: the server and ``split --triton`` say the same."""
+    declared_in, declared_out = config_specs(config)
+    label = f"{CONFIG_FILE} vs {file_name}"
+    if config.max_batch_size > 0:
+        for spec in [*inputs, *outputs]:
+            if spec.shape[:1] != (-1,):
+                raise ConfigError(f"{label}: max_batch_size {config.max_batch_size} needs a free batch dimension "
+                                  f"first, but {spec.name!r} is {spec}")
+
+    def served(side: str, declared: tuple[TensorSpec, ...], actual: Sequence[TensorSpec], every: bool) -> tuple:
+        if not declared:
+            return tuple(actual)
+        by_name = {spec.name: spec for spec in actual}
+        for spec in declared:
+            real = by_name.get(spec.name)
+            if real is None:
+                raise ConfigError(f"{label}: {side} {spec.name!r} is declared, the file has "
+                                  f"{', '.join(repr(s.name) for s in actual)}")
+            if spec.datatype != real.datatype or len(spec.shape) != len(real.shape) or any(
+                    want != got and got != -1 for want, got in zip(spec.shape, real.shape, strict=True)):
+                raise ConfigError(f"{label}: {side} {spec.name!r} declared {spec}, the file has {real}")
+        missing = [spec.name for spec in actual if spec.name not in {s.name for s in declared}]
+        if every and missing:
+            raise ConfigError(f"{label}: the file's {side}s {missing} are not declared")
+        return declared
+
+    return served("input", declared_in, inputs, True), served("output", declared_out, outputs, False)
+
+
 def model_config(
     name: str,
     inputs: Sequence[TensorSpec],

@@ -279,35 +279,12 @@ def _triton_labels(folder: Path, config: ModelConfig) -> dict[str, list[str]]:
 
 
 def _triton_io(config: ModelConfig, graph: runtime.Graph) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The inputs and outputs a Triton model serves: config.pbtxt's (every input, any outputs), checked
-    against the ONNX file; the file's own when the config lists none. With ``max_batch_size`` > 0,
-    the file's first dimension must be a free batch dimension, as Triton requires."""
-    declared_in, declared_out = triton.config_specs(config)
-    label = f"{triton.CONFIG_FILE} vs {graph.path.name}"
-    if config.max_batch_size > 0:
-        for spec in [*graph.inputs, *graph.outputs]:
-            if spec.shape[:1] != (-1,):
-                raise LoadError(f"{label}: max_batch_size {config.max_batch_size} needs a free batch dimension "
-                                f"first, but {spec.name!r} is {spec}")
-
-    def served(side: str, declared: tuple[TensorSpec, ...], actual: list[TensorSpec], every: bool) -> tuple:
-        if not declared:
-            return tuple(actual)
-        by_name = {spec.name: spec for spec in actual}
-        for spec in declared:
-            real = by_name.get(spec.name)
-            if real is None:
-                raise LoadError(f"{label}: {side} {spec.name!r} is declared, the file has "
-                                f"{', '.join(repr(s.name) for s in actual)}")
-            if spec.datatype != real.datatype or len(spec.shape) != len(real.shape) or any(
-                    want != got and got != -1 for want, got in zip(spec.shape, real.shape, strict=True)):
-                raise LoadError(f"{label}: {side} {spec.name!r} declared {spec}, the file has {real}")
-        missing = [spec.name for spec in actual if spec.name not in {s.name for s in declared}]
-        if every and missing:
-            raise LoadError(f"{label}: the file's {side}s {missing} are not declared")
-        return declared
-
-    return served("input", declared_in, graph.inputs, True), served("output", declared_out, graph.outputs, False)
+    """The inputs and outputs a Triton model serves (proto/triton.py's ``served_io``); LoadError when config.pbtxt
+    and the file disagree."""
+    try:
+        return triton.served_io(config, graph.path.name, graph.inputs, graph.outputs)
+    except triton.ConfigError as error:
+        raise LoadError(str(error)) from None
 
 
 def load_triton_model(

@@ -137,3 +137,9 @@ def test_config_io_must_match_the_onnx_file(triton_repository: Path, tmp_path: P
         config = client.get_model_config("ok").config
         assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 1, 32, 32]
         assert client.is_model_ready("ok")
+    # split --triton says the same before anything is written (it split such a model and exited 0).
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["split", "--triton", str(root)]) == 0
+    assert "wrong: skipped: config.pbtxt vs model.onnx: input 'x' declared FP32 [-1,3,32,32], the file has " \
+        "FP32 [-1,1,32,32]" in printed.getvalue()
+    assert not (root / "wrong" / "1" / "blocks").exists() and (root / "ok" / "1" / "blocks").is_dir()
