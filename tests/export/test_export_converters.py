@@ -49,6 +49,14 @@ def _split(*args: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
+def _assert_served(models: Path, name: str, x: np.ndarray, want: np.ndarray) -> None:
+    """``name`` served from ``models`` answers ``want`` for ``x``, whole and as the server's chain."""
+    with ServerProcess(models, extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
+            LayerClient(server.address) as client:
+        np.testing.assert_allclose(client.infer_array(name, x), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(client.chain(name, x, where="server").output, want, rtol=1e-5, atol=1e-6)
+
+
 def test_nodes_out_of_topological_order_are_sorted_and_split(tmp_path: Path) -> None:
     """Some old converters listed nodes in any order; ONNX Runtime sorts them itself, so split does too
     (before, the cut search read the list as ordered and found no cut)."""
@@ -213,10 +221,7 @@ def test_a_hugging_face_cache_snapshot_with_linked_weights_splits(tmp_path: Path
     assert code == 0, shown
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
     want = cpu_session(onnx.load(str(real)).SerializeToString()).run(None, {"x": x})[0]
-    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
-            LayerClient(server.address) as client:
-        np.testing.assert_allclose(client.infer_array("linked", x), want, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(client.chain("linked", x, where="server").output, want, rtol=1e-5, atol=1e-6)
+    _assert_served(tmp_path / "models", "linked", x, want)
 
 
 @pytest.mark.parametrize(("location", "says"), [
@@ -276,10 +281,7 @@ def test_a_dynamo_upsample_exported_at_batch_one_is_made_dynamic(tmp_path: Path)
     x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
     session = cpu_session(proto.SerializeToString())
     want = np.concatenate([session.run(None, {"image": x[row:row + 1]})[0] for row in range(3)])
-    with ServerProcess(tmp_path / "models", extra_args=["--metrics-port", "-1", "--workers", "1"]) as server, \
-            LayerClient(server.address) as client:
-        np.testing.assert_allclose(client.infer_array("unet", x), want, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(client.chain("unet", x, where="server").output, want, rtol=1e-5, atol=1e-6)
+    _assert_served(tmp_path / "models", "unet", x, want)
 
 
 @pytest.mark.parametrize(("made", "says"), [
