@@ -256,20 +256,25 @@ def _describe(name: str, value: np.ndarray) -> list[str]:
             f"{value.mean():.4g}"]
 
 
-def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: str) -> None:
-    """Print top-3 classes per sample when the output looks like logits, else tensor statistics."""
+def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: str, scores: bool = True) -> None:
+    """Print top-3 classes per sample when the output looks like logits, else tensor statistics. ``scores``: the
+    outputs are the model's own (a chain that stopped early gives activations), so without class names the
+    first 2-D output's classes are numbered."""
     from rich.table import Table
 
     from .experiment import gives_probabilities, probabilities
 
     console = _console()
-    for name, value in outputs.items():
-        if value.ndim == 2 and value.shape[1] == len(class_names) and len(value) <= 64:
+    for position, (name, value) in enumerate(outputs.items()):
+        names = class_names
+        if scores and not class_names and position == 0 and value.ndim == 2 and value.shape[1] > 1:
+            names = [str(index) for index in range(value.shape[1])]  # no labels: the first output, numbered
+        if value.ndim == 2 and value.shape[1] == len(names) and len(value) <= 64:
             table = Table("sample", "top-1", "p", "top-3", title=f"{title}: {name} {list(value.shape)}")
             for row, p in enumerate(probabilities(value, gives_probabilities(value))):
                 order = np.argsort(p)[::-1][:3]
-                table.add_row(str(row), class_names[order[0]], f"{p[order[0]]:.1%}",
-                              "  ".join(f"{class_names[k]} {p[k]:.1%}" for k in order))
+                table.add_row(str(row), names[order[0]], f"{p[order[0]]:.1%}",
+                              "  ".join(f"{names[k]} {p[k]:.1%}" for k in order))
             console.print(table)
         else:
             table = Table("tensor", "shape", "dtype", "min", "max", "mean", title=title)
@@ -278,14 +283,14 @@ def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: 
 
 
 def _class_names(client, model: str) -> list[str]:
-    """The manifest's labels of the model serving ``model`` (ListBlocks resolves any served name)."""
+    """The manifest's labels of the model serving ``model`` (ListBlocks resolves any served name); [] when it has
+    none, or the server has no layer extension (the first output's classes are then numbered)."""
     from .errors import ServerError
 
     try:
-        labels = list(client.blocks(model).manifest.labels)
-    except ServerError:  # a server without the extension: numbered classes
-        labels = []
-    return labels or [str(i) for i in range(10)]
+        return list(client.blocks(model).manifest.labels)
+    except ServerError:
+        return []
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -347,7 +352,9 @@ def _chain(args: argparse.Namespace) -> int:
                 for name, value in outputs.items():
                     kept.add_row(block, *_describe(name, value))
             _console().print(kept)
-        _predictions(result.outputs, _class_names(client, args.model), f"output of {result.blocks_run[-1]}")
+        to_the_end = stop == len(found)
+        _predictions(result.outputs, _class_names(client, args.model), f"output of {result.blocks_run[-1]}",
+                     scores=to_the_end)
     return 0
 
 
@@ -390,6 +397,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         found = client.blocks(args.model)
+        scores = list(found.manifest.outputs[0].shape[1:]) if found.manifest.outputs else []
+        if scores and min(scores) > 0:  # a detector or a segmenter: refused before its pictures are read
+            experiment.as_logits(np.zeros([1, *scores], np.float32))
         images, labels = _samples(args, found)
         start = None if args.start is None else found.index(args.start)
         with _progress(experiment.compare_steps(FITS), "paths", client) as step:

@@ -77,10 +77,10 @@ def test_compare_refusals_are_one_line(served_foreign: str, tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def served_byo(foreign_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The end-to-end export (UINT8 pixels, two outputs), the INT8-quantized model and the Keras export
-    (channels last), served with defaults."""
+    """The end-to-end export (UINT8 pixels, two outputs), the INT8-quantized model, the Keras export
+    (channels last) and a segmentation model, served with defaults."""
     root = tmp_path_factory.mktemp("byo-models")
-    for name in ("uint8_two_outputs", "qoperator_int8", "keras_nhwc"):
+    for name in ("uint8_two_outputs", "qoperator_int8", "keras_nhwc", "segmentation_fcn"):
         (root / name).symlink_to(foreign_repository / name, target_is_directory=True)
     log = tmp_path_factory.mktemp("byo-server") / "server.log"
     with ServerProcess(root, extra_args=["--metrics-port", "-1", "--log-format", "text"], log_path=log) as server:
@@ -184,3 +184,13 @@ def test_forced_fits_into_a_quantized_block_are_int8_and_the_raw_image_is_refuse
     for method in ("resize", "pad", "project"):
         assert paths[f"final only, {method}"]["error"] is None and paths[f"final only, {method}"]["accuracy"] is not None
     assert all(value is not None for value in report["skip_curve"]["accuracy"]["resize"])
+
+
+@pytest.mark.slow
+def test_compare_refuses_a_segmentation_model_before_reading_pictures(served_byo: str, tmp_path: Path) -> None:
+    """It read and preprocessed every picture, printed a note on their folders, ran the full graph, then refused."""
+    pictures = _pictures(tmp_path / "pictures")
+    shown = layerserve("compare", "segmentation_fcn", "--images", str(pictures), server=served_byo)
+    assert shown.returncode == 2, shown.stderr
+    lines = shown.stderr.strip().splitlines()
+    assert len(lines) == 1 and "comparing paths needs class scores [N, classes]" in lines[0], shown.stderr
