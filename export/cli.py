@@ -41,8 +41,10 @@ def _add_image_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resize", type=int, help="shorter side before the centre crop, 0 to resize straight to the "
                        "input's size (default: crop/0.875 for RGB, the crop for grey; Keras and Ultralytics graphs: "
                        "docs/bring-your-own-cnn.md)")
-    group.add_argument("--mean", help="per-channel mean of [0,1] pixels (default: ImageNet's for RGB, 0 for grey)")
-    group.add_argument("--std", help="per-channel std (default: ImageNet's for RGB, 1 for grey)")
+    group.add_argument("--mean", help="per-channel mean of [0,1] pixels (default: ImageNet's for RGB, 0 for grey; "
+                       "0 for Keras and Ultralytics graphs)")
+    group.add_argument("--std", help="per-channel std (default: ImageNet's for RGB, 1 for grey; 1 for Keras and "
+                       "Ultralytics graphs, 1/255 for a graph that scales its input by 1/255 itself)")
     group.add_argument("--labels", help="class names: a text file with one per line, or a comma-separated list")
 
 

@@ -9,6 +9,8 @@ graphs users bring are made otherwise, and say so in the file:
   their shorter side to the input and centre-cropped (its ``classify_transforms``). A detector
   letterboxes instead, which the manifest cannot say: the same resize and crop is recorded, and
   noted. The names become the model's labels.
+* A graph that scales its own input by 1/255 or so before anything else (a Keras ``Rescaling``
+  layer, ``x / 255`` at the top of ``forward``) takes 0-255 values: recorded as std 1/255.
 * **tf2onnx** (Keras) writes no metadata, and each Keras application scales its pictures its own
   way ([-1, 1] for MobileNetV2, 0-255 for EfficientNet, caffe's BGR for ResNet50). No
   normalisation is assumed, whichever layout the export chose (``--inputs-as-nchw`` or not):
@@ -22,6 +24,7 @@ import ast
 from dataclasses import dataclass
 
 import onnx
+from onnx import numpy_helper
 
 from layerserve.proto.repository_pb2 import Preprocessing
 
@@ -59,13 +62,64 @@ def exporter_defaults(proto: onnx.ModelProto, per_sample: list[int]) -> Exporter
         return ExporterDefaults(plain, labels,
                                 f"preprocessing from the Ultralytics metadata: RGB in [0, 1], no mean or std{named}"
                                 f"{letterbox}")
+    rescaled = input_rescaled(proto)
     if proto.producer_name in _KERAS_PRODUCERS:
         # Keras' image.load_img(target_size=...) squashes the picture to the input's size: no crop.
-        plain = image_preprocessing(per_sample, resize=0, mean=[0.0] * channels, std=[1.0] * channels)
+        plain = image_preprocessing(per_sample, resize=0, mean=[0.0] * channels,
+                                    std=[PIXEL if rescaled else 1.0] * channels)
+        if rescaled:
+            return ExporterDefaults(plain, None, f"preprocessing: the graph scales its input by {rescaled:.6g} itself "
+                                    "(a Keras Rescaling layer), so pictures go in as 0-255 values (recorded as std 1/255)")
         return ExporterDefaults(plain, None,
                                 f"preprocessing: a {proto.producer_name} graph (Keras scales pictures per model), so "
                                 "pictures go in [0, 1] with no mean or std; name the model's with --mean/--std "
-                                "(MobileNetV2: 0.5,0.5,0.5 and 0.5,0.5,0.5)")
+                                "(e.g. Keras' MobileNetV2 takes [-1, 1]: --mean 0.5,0.5,0.5 --std 0.5,0.5,0.5)")
+    if rescaled:
+        return ExporterDefaults(image_preprocessing(per_sample, mean=[0.0] * channels, std=[PIXEL] * channels), None,
+                                f"preprocessing: the graph scales its input by {rescaled:.6g} itself, so pictures "
+                                "go in as 0-255 values (recorded as std 1/255)")
+    return None
+
+
+# The std that turns [0, 1] pixels into 0-255 ones: (pixel - 0) / (1/255).
+PIXEL = 1 / 255
+# Operators that move or retype the input without changing its values.
+_LAYOUT_OPS = frozenset({"Transpose", "Cast", "Identity", "Reshape", "Unsqueeze"})
+
+
+def input_rescaled(proto: onnx.ModelProto) -> float | None:
+    """The factor by which the graph itself scales its input to [0, 1]-ish values before anything else (a Keras
+    ``Rescaling(1/255)``, a ``x / 255`` at the top of ``forward``): a Mul by a constant of at most 1/100 or a Div
+    by one of at least 100, after layout operators only; None otherwise."""
+    graph = proto.graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = numpy_helper.to_array(value)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    current = graph.input[0].name if graph.input else ""
+    for _ in range(8):
+        following = readers.get(current, [])
+        if len(following) != 1:
+            return None
+        node = following[0]
+        if node.op_type in _LAYOUT_OPS:
+            current = node.output[0]
+            continue
+        if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+            return None
+        other = node.input[1] if node.input[0] == current else node.input[0]
+        value = constants.get(other)
+        if value is None or value.size != 1 or (node.op_type == "Div" and other == node.input[0]):
+            return None
+        factor = float(value.reshape(-1)[0])
+        factor = 1 / factor if node.op_type == "Div" and factor else factor
+        return factor if 0 < factor <= 0.01 else None
     return None
 
 

@@ -79,9 +79,15 @@ def plan_cuts(
     if any(scopes.values()):
         labels = _segment_labels(segments, scopes)
         return [cut for i, cut in enumerate(cuts) if labels[i] != labels[i + 1]]
-    # No scopes: close a block before each weighted op, so each block holds one layer;
-    # a graph without weighted ops falls back to every cut.
-    per_layer = [cut for i, cut in enumerate(cuts) if any(n.op_type in WEIGHTED_OPS for n in segments[i + 1])]
+    # No scopes: close a block before each weighted op once the block holds one, so each block holds one
+    # layer and what comes before the first (tf2onnx's NHWC-to-NCHW Transpose) joins it rather than making
+    # a block of its own (a hop for nothing); a graph without weighted ops falls back to every cut.
+    weighted = [any(n.op_type in WEIGHTED_OPS for n in segment) for segment in segments]
+    per_layer, holds_one = [], weighted[0]
+    for i, cut in enumerate(cuts):
+        if weighted[i + 1] and holds_one:
+            per_layer.append(cut)
+        holds_one = holds_one or weighted[i + 1]
     return per_layer or cuts
 
 

@@ -402,7 +402,8 @@ def test_a_keras_export_is_preprocessed_alike_in_either_layout_and_takes_mean_an
 
 
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
-    """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``)."""
+    """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
+    NHWC-to-NCHW Transpose before the first layer was a block of its own."""
     source = _channels_last(tmp_path / "keras.onnx")
     proto = onnx.load(str(source))
     layer_of = {"Transpose": "stem_conv/Conv2D__6", "Conv": None, "Relu": None, "MaxPool": "pool/MaxPool"}
@@ -415,7 +416,8 @@ def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> 
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "keras"))
     assert code == 0, shown
     names = [block.name for block in read_manifest(tmp_path / "models" / "keras" / "1").blocks]
-    assert names[-2:] == ["01_stem_conv", "02_block_1_conv"], names
+    # The leading Transpose joins the first layer: a block of its own was a hop for nothing.
+    assert names == ["00_stem_conv", "01_block_1_conv"], names
 
 
 def test_a_block_holding_most_of_the_flops_is_noted(tmp_path: Path) -> None:
@@ -448,3 +450,24 @@ def test_a_free_size_is_suggested_and_checked_from_the_exporters_metadata(tmp_pa
     assert code == 2 and "the graph's metadata says stride 8, so height and width must be multiples of 8" in shown
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"), "--input-shape", "3,16,24")
     assert code == 0, shown
+
+
+@pytest.mark.parametrize("producer", ["tf2onnx", "pytorch"])
+def test_a_graph_that_scales_its_own_input_by_1_over_255_takes_0_255_pixels(tmp_path: Path, producer: str) -> None:
+    """Keras' EfficientNet starts with Rescaling(1/255): the recorded [0, 1] pixels reached it 255 times too small."""
+    nodes = [helper.make_node("Mul", ["x_nhwc", "scale"], ["scaled"]),
+             helper.make_node("Transpose", ["scaled"], ["x"], perm=[0, 3, 1, 2]), *_nodes()]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    weights.append(numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, ["n", 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])], weights)
+    source = tmp_path / "rescaling.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    _stamped(source, producer)
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "rescaling"))
+    assert code == 0, shown
+    assert "the graph scales its input by 0.00392157 itself" in shown, shown
+    recorded = read_manifest(tmp_path / "models" / "rescaling" / "1").preprocessing
+    assert list(recorded.mean) == [0, 0, 0] and np.allclose(list(recorded.std), [1 / 255] * 3)
