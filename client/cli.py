@@ -460,7 +460,7 @@ def _print_compare(report) -> None:
             continue
         if p.name.endswith("chain") or p.name == "full graph":
             same = p.agreement == 1.0
-            result = f"{'[green]=' if same else '[red]≠'} full graph[/] (max |Δlogit| {p.max_abs_diff:.1e})"
+            result = f"{'[green]=' if same else '[red]≠'} full graph[/] (max |Δoutput| {p.max_abs_diff:.1e})"
         else:
             result = most_common_answer(p.predictions, report.class_names)
         table.add_row(p.name, p.blocks, f"{p.accuracy:.1%}", f"{p.agreement:.1%}", f"{p.kl:.3f}", f"{p.confidence:.1%}",

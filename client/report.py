@@ -224,7 +224,7 @@ def _table(report: CompareReport) -> str:
             cells = f"<td colspan=4>&mdash;</td><td class=err>{html.escape(p.error)}</td>"
         else:
             result = (
-                f"max |&Delta;logit| vs full {p.max_abs_diff:.1e}"
+                f"max |&Delta;output| vs full {p.max_abs_diff:.1e}"
                 if p.fit is None
                 else html.escape(most_common_answer(p.predictions, report.class_names))
             )
