@@ -145,6 +145,18 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
     return pinned
 
 
+def _recorded_shape(proto: onnx.ModelProto) -> tuple[int, int, int] | None:
+    """The per-sample shape [C, H, W] for an input whose height and width are free and whose channels are fixed,
+    from the size its exporter recorded (export/conventions.py); None when anything else is free or unknown."""
+    dims = list(proto.graph.input[0].type.tensor_type.shape.dim)[1:]
+    size = exported_size(proto)
+    if size is None or len(dims) != 3 or not dims[0].HasField("dim_value") or dims[0].dim_value not in (1, 3):
+        return None
+    if any(d.HasField("dim_value") for d in dims[1:]):
+        return None
+    return (int(dims[0].dim_value), *size)
+
+
 def _example_shape(past_batch: list, size: tuple[int, int] | None = None) -> str:
     """A per-sample shape to suggest for free dimensions: 3 channels first for an NCHW image (unless the
     last dimension is a fixed channel count, channels last), the exporter's recorded ``size`` for height and
@@ -221,6 +233,11 @@ def load_model(
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
         raise SplitError(f"the graph has {len(inputs)} inputs ({listed}); splitting needs exactly one image input")
+    if input_shape is None:
+        input_shape = _recorded_shape(proto)
+        if input_shape is not None:
+            notes.append(f"free height and width pinned to the size the exporter recorded ({input_shape[1]}x"
+                         f"{input_shape[2]}, Ultralytics' imgsz); --input-shape picks another")
     proto = pin_input_shape(proto, input_shape)
     resolution = resolve_batch(proto, make_dynamic)
     proto = infer_types(resolution.proto, check_sizes(resolution.fixed))

@@ -439,12 +439,17 @@ def test_a_block_holding_most_of_the_flops_is_noted(tmp_path: Path) -> None:
 
 
 def test_a_free_size_is_suggested_and_checked_from_the_exporters_metadata(tmp_path: Path) -> None:
-    """An Ultralytics export with dynamic=True: split suggested 224 for a model exported at 640, and a size its
-    stride does not divide ended in ONNX Runtime's shape-merge error."""
+    """An Ultralytics export with dynamic=True: split asked for --input-shape and suggested 224 for a model
+    exported at 640, and a size its stride does not divide ended in ONNX Runtime's shape-merge error."""
+    metadata = {"author": "Ultralytics", "task": "detect", "imgsz": "[32, 32]", "stride": "8"}
     source = _stamped(_graph(tmp_path / "yolo.onnx", _nodes(), ["batch", 3, "height", "width"],
-                             ["batch", 8, "h2", "w2"]), "pytorch",
-                      {"author": "Ultralytics", "task": "detect", "imgsz": "[32, 32]", "stride": "8"})
+                             ["batch", 8, "h2", "w2"]), "pytorch", metadata)
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"))
+    assert code == 0 and "free height and width pinned to the size the exporter recorded (32x32" in shown, shown
+    assert read_manifest(tmp_path / "models" / "yolo" / "1").inputs[0].shape == [-1, 3, 32, 32]
+    free_channels = _stamped(_graph(tmp_path / "free.onnx", _nodes(), ["batch", "c", "height", "width"],
+                                    ["batch", 8, "h2", "w2"]), "pytorch", metadata)
+    code, shown = _split(str(free_channels), "--out", str(tmp_path / "models" / "free"))
     assert code == 2 and "(e.g. --input-shape 3,32,32)" in shown, shown
     code, shown = _split(str(source), "--out", str(tmp_path / "models" / "yolo"), "--input-shape", "3,20,20")
     assert code == 2 and "the graph's metadata says stride 8, so height and width must be multiples of 8" in shown
