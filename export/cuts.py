@@ -6,6 +6,11 @@ never stop a cut. In a topologically ordered graph, tensor ``t`` (produced by no
 ``i``) is a single-tensor cut exactly when, right after node ``i``, ``t`` is the
 only input-dependent tensor still waiting for a consumer (or being a graph output).
 Any other waiting tensor would be a path around ``t``.
+
+A graph ONNX Runtime saved after its layout optimization (``ORT_ENABLE_ALL``) holds tensors in a
+channel-blocked layout (NCHWc: channels padded and interleaved) between ``ReorderInput`` and
+``ReorderOutput`` (domain ``com.microsoft.nchwc``). Typed as plain NCHW, such a tensor would be
+served under a shape it does not have, so it is never a cut: the graph is cut where it is plain.
 """
 
 from __future__ import annotations
@@ -34,9 +39,18 @@ def single_tensor_cuts(model: LoadedModel) -> list[ir.Value]:
         live.difference_update([v for v in list(live) if last_use[v] <= i])
         if len(live) == 1:
             (only,) = live
-            if only.producer() is node and not only.is_graph_output():
+            if only.producer() is node and not only.is_graph_output() and not channel_blocked(only):
                 cuts.append(only)
     return cuts
+
+
+NCHWC_DOMAIN = "com.microsoft.nchwc"
+
+
+def channel_blocked(value: ir.Value) -> bool:
+    """Whether ``value`` is in ONNX Runtime's NCHWc layout: made by an NCHWc operator other than ReorderOutput."""
+    producer = value.producer()
+    return producer is not None and producer.domain == NCHWC_DOMAIN and producer.op_type != "ReorderOutput"
 
 
 def crossing_tensors(model: LoadedModel, value: ir.Value) -> list[str]:
@@ -68,6 +82,10 @@ def require_cuts(model: LoadedModel, names: list[str]) -> list[ir.Value]:
     for value in values:
         if value in model.graph.inputs or value.is_graph_output():
             raise SplitError(f"tensor {value.name!r} is a graph input or output; cut at the tensors between them")
+        if channel_blocked(value):
+            raise SplitError(f"tensor {value.name!r} is in ONNX Runtime's channel-blocked layout (NCHWc, made by "
+                             f"{value.producer().op_type}); cut where the graph is plain NCHW, or split the graph "
+                             "saved before ONNX Runtime's layout optimization")
         others = crossing_tensors(model, value)
         if others:
             listed = ", ".join(repr(name) for name in others)

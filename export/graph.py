@@ -229,6 +229,9 @@ def load_model(
         sorted_proto.graph.node.extend(ordered)
         proto = sorted_proto
         notes.append("nodes put in topological order (the file lists some before the tensors they read)")
+    if any(node.domain == "com.microsoft.nchwc" for node in proto.graph.node):
+        notes.append("ONNX Runtime's channel-blocked layout (NCHWc, saved after ORT_ENABLE_ALL) runs through the "
+                     "graph: it is cut only where plain NCHW; a file saved at ORT_ENABLE_EXTENDED splits finer")
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")

@@ -32,6 +32,9 @@ from .layers import WEIGHTED_OPS
 
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
 _UNSAFE = re.compile(r"[^A-Za-z0-9]+")
+# Tools that insert or rewrite nodes prefix the TorchScript name they came from: ONNX Runtime's saved
+# optimized graph of an FP16 model names them ``InsertedPrecisionFreeCast_/layer1/layer1.0/conv1/Conv``.
+_INSERTED = re.compile(r"^[A-Za-z][A-Za-z0-9]*_(?=/)")
 
 
 def module_path(node: ir.Node) -> list[str]:
@@ -43,7 +46,7 @@ def module_path(node: ir.Node) -> list[str]:
         except (ValueError, SyntaxError):
             scopes = []
         return [s for s in scopes[:-1] if isinstance(s, str) and s]
-    name = node.name or ""
+    name = _INSERTED.sub("", node.name or "")
     if name.startswith("/"):
         return _dotted([p for p in name.split("/") if p][:-1])
     return []

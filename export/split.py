@@ -76,7 +76,10 @@ def plan_cuts(
         return cuts
     segments = _segments(model, cuts)
     scopes = scope_labels(list(model.graph), depth)
-    if any(scopes.values()):
+    layers = [node for node in model.graph if node.op_type in WEIGHTED_OPS]
+    scoped = sum(1 for node in layers if scopes[node])
+    # Scopes on a few layers only (a tool renamed the rest) would make the unscoped ones one block.
+    if 2 * scoped > len(layers) or (not layers and any(scopes.values())):
         labels = _segment_labels(segments, scopes)
         return [cut for i, cut in enumerate(cuts) if labels[i] != labels[i + 1]]
     # No scopes: close a block before each weighted op once the block holds one, so each block holds one

@@ -476,3 +476,59 @@ def test_a_graph_that_scales_its_own_input_by_1_over_255_takes_0_255_pixels(tmp_
     assert "the graph scales its input by 0.00392157 itself" in shown, shown
     recorded = read_manifest(tmp_path / "models" / "rescaling" / "1").preprocessing
     assert list(recorded.mean) == [0, 0, 0] and np.allclose(list(recorded.std), [1 / 255] * 3)
+
+
+def test_names_a_tool_prefixed_still_give_the_modules(tmp_path: Path) -> None:
+    """ONNX Runtime's saved optimized graph of an FP16 model names nodes ``InsertedPrecisionFreeCast_/layer1/...``:
+    only the head's unprefixed names gave scopes, and the whole trunk became one block."""
+    nodes = _nodes()
+    for node in nodes[:-1]:
+        node.name = "InsertedPrecisionFreeCast_" + node.name
+    source = _graph(tmp_path / "prefixed.onnx", nodes, ["n", 3, 16, 16], ["n", 8, 8, 8])
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "prefixed"))
+    assert code == 0, shown
+    assert [b.name for b in read_manifest(tmp_path / "models" / "prefixed" / "1").blocks] == ["00_stem", "01_body"]
+    for node in nodes[:-1]:  # names no module path can be read from, but for the last node's
+        node.name = f"node_{id(node)}"
+    code, shown = _split(str(_graph(tmp_path / "few.onnx", nodes, ["n", 3, 16, 16], ["n", 8, 8, 8])),
+                         "--out", str(tmp_path / "models" / "few"))
+    assert code == 0, shown
+    assert len(read_manifest(tmp_path / "models" / "few" / "1").blocks) == 2  # one per layer, not one block
+
+
+def test_onnx_runtimes_channel_blocked_tensors_are_never_cuts(tmp_path: Path) -> None:
+    """A graph saved after ORT_ENABLE_ALL runs its convolutions in NCHWc (channels blocked and padded): cut there,
+    a block's output was declared [N, 24, 16, 16] and held a blocked [N, 32, 16, 16]."""
+    import onnxruntime as ort
+
+    from layerserve.export.graph import load_model
+    from layerserve.export.split import split
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["y"]),
+    ]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (16, 3, 3, 3)), ("w2", (24, 16, 3, 3)), ("w3", (24, 24, 3, 3)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 24, 16, 16])], weights)
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(plain))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "all.onnx")
+    ort.InferenceSession(str(plain), options, providers=["CPUExecutionProvider"])
+    saved = onnx.load(str(tmp_path / "all.onnx"))
+    if not any(node.domain == "com.microsoft.nchwc" for node in saved.graph.node):
+        pytest.skip("ONNX Runtime wrote no NCHWc layout on this CPU")
+    model = load_model(saved)
+    producers = {output: node for node in model.proto.graph.node for output in node.output}
+    for cut in split(model, "cut").cuts:
+        producer = producers[cut]
+        assert producer.domain != "com.microsoft.nchwc" or producer.op_type == "ReorderOutput", (cut, producer)
+    assert any("channel-blocked layout (NCHWc" in note for note in model.notes)
