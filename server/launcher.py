@@ -65,6 +65,7 @@ class ServerProcess:
         self.credentials = credentials
         self.metadata = tuple(metadata)
         self.process: subprocess.Popen[bytes] | None = None
+        self._own_log: Path | None = None
 
     def command(self) -> list[str]:
         """The command line that starts the server (subclasses start peers the same way)."""
@@ -85,10 +86,10 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the process and wait until it is ready."""
-        if self.log_path is None:
+        if self.log_path is None:  # a log of its own, removed when the server stops (2,594 were left in /tmp)
             handle, name = tempfile.mkstemp(prefix="layerserve-", suffix=".log")
             os.close(handle)
-            self.log_path = Path(name)
+            self.log_path = self._own_log = Path(name)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(),
@@ -117,8 +118,9 @@ class ServerProcess:
                 except grpc.RpcError:
                     pass
                 time.sleep(0.1)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"server not ready after {self.ready_timeout}s:\n{self.log_tail()}")
+        raise RuntimeError(f"server not ready after {self.ready_timeout}s:\n{tail}")
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines the server wrote."""
@@ -137,6 +139,9 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._own_log is not None:
+            self._own_log.unlink(missing_ok=True)
+            self.log_path = self._own_log = None
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:

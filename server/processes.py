@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import multiprocessing
 import os
@@ -94,11 +95,19 @@ def run(settings: Settings) -> int:
         log.info("stopped before serving")
     except (DeviceUnavailable, ValueError, OSError) as error:
         prefix, code = _failure(error)
-        log.error("%s: %s", prefix, error)
+        log.error("%s: %s%s", prefix, error, _where_space_ran_out(error, optimized_dir))
         return code
     finally:
         shutil.rmtree(optimized_dir, ignore_errors=True)
     return 0
+
+
+def _where_space_ran_out(error: BaseException, optimized_dir: Path) -> str:
+    """For a full disk: where the server writes (its optimized graphs, under TMPDIR), else ""."""
+    if not isinstance(error, OSError) or error.errno != errno.ENOSPC:
+        return ""
+    return (f" (the optimized copy of every served graph goes to {optimized_dir.parent}: free space there, or set "
+            "TMPDIR to a folder that has it)")
 
 
 def _failure(error: BaseException) -> tuple[str, int]:
