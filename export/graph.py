@@ -21,6 +21,9 @@ from .errors import SplitError
 from .model_file import read_model
 
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+# Said of a graph ONNX Runtime saved in its channel-blocked layout (export/cuts.py).
+NCHWC_NOTE = ("ONNX Runtime's channel-blocked layout (NCHWc, saved after ORT_ENABLE_ALL) runs through the graph: it "
+              "is cut only where plain NCHW; a file saved at ORT_ENABLE_EXTENDED splits finer")
 
 __all__ = ["LoadedModel", "SplitError", "ancestor_nodes", "constant_values", "consumers", "descendants", "load_model"]
 
@@ -230,8 +233,7 @@ def load_model(
         proto = sorted_proto
         notes.append("nodes put in topological order (the file lists some before the tensors they read)")
     if any(node.domain == "com.microsoft.nchwc" for node in proto.graph.node):
-        notes.append("ONNX Runtime's channel-blocked layout (NCHWc, saved after ORT_ENABLE_ALL) runs through the "
-                     "graph: it is cut only where plain NCHW; a file saved at ORT_ENABLE_EXTENDED splits finer")
+        notes.append(NCHWC_NOTE)
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")

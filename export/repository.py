@@ -32,6 +32,7 @@ from layerserve.proto.repository_pb2 import (
 )
 from layerserve.proto.tensors import ONNX_ELEM_TYPES
 
+from .graph import NCHWC_NOTE
 from .split import SplitResult
 from .stats import bytes_per_sample, flops_per_sample, parameter_count
 from .weights import share_weights
@@ -179,5 +180,7 @@ def heaviest_block_note(manifest: ModelManifest) -> str:
     share = heaviest.flops / total
     if share <= HEAVY_BLOCK_SHARE:
         return ""
-    return (f"block {heaviest.name} holds {share:.0%} of the FLOPs: no single tensor separates its layers (a skip "
-            f"connection or a branch crosses every point inside it); --granularity cut lists every cut there is")
+    why = ("ONNX Runtime's channel-blocked layout runs through it" if NCHWC_NOTE in manifest.provenance.notes
+           else "a skip connection or a branch crosses every point inside it")
+    return (f"block {heaviest.name} holds {share:.0%} of the FLOPs: no single tensor separates its layers ({why}); "
+            "--granularity cut lists every cut there is")
