@@ -86,7 +86,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the process and wait until it is ready."""
-        if self.log_path is None:  # a log of its own, removed when the server stops (2,594 were left in /tmp)
+        if self.log_path is None:  # a log of its own, removed when the ``with`` block ends (2,594 were left in /tmp)
             handle, name = tempfile.mkstemp(prefix="layerserve-", suffix=".log")
             os.close(handle)
             self.log_path = self._own_log = Path(name)
@@ -139,9 +139,6 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._own_log is not None:
-            self._own_log.unlink(missing_ok=True)
-            self.log_path = self._own_log = None
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
@@ -151,3 +148,6 @@ class ServerProcess:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.stop()
+        if self._own_log is not None:  # read after stop() inside the block (shutdown lines), gone after it
+            self._own_log.unlink(missing_ok=True)
+            self.log_path = self._own_log = None
