@@ -28,7 +28,7 @@ from onnx import numpy_helper
 
 from layerserve.proto.repository_pb2 import Preprocessing
 
-from .preprocessing import image_preprocessing
+from .preprocessing import image_layout, image_preprocessing
 
 # A names dict larger than this is not a class list (Ultralytics' largest, Open Images V7, has 601).
 MOST_NAMES = 100_000
@@ -48,11 +48,12 @@ def exporter_defaults(proto: onnx.ModelProto, per_sample: list[int]) -> Exporter
     """What ``proto``'s exporter implies for an input of ``per_sample`` shape (module docstring); None when
     the graph does not say who made it, or its exporter needs nothing but the defaults."""
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
-    channels = _channels(per_sample)
-    if channels is None:
+    layout = image_layout(per_sample)
+    if layout is None:
         return None
+    channels, height, width = layout
     if metadata.get("author", "").startswith("Ultralytics"):
-        plain = image_preprocessing(per_sample, resize=_crop(per_sample), mean=[0.0] * channels,
+        plain = image_preprocessing(per_sample, resize=min(height, width), mean=[0.0] * channels,
                                     std=[1.0] * channels)
         labels = ultralytics_names(metadata.get("names", ""))
         task = metadata.get("task", "")
@@ -92,12 +93,6 @@ def input_rescaled(proto: onnx.ModelProto) -> float | None:
     ``Rescaling(1/255)``, a ``x / 255`` at the top of ``forward``): a Mul by a constant of at most 1/100 or a Div
     by one of at least 100, after layout operators only; None otherwise."""
     graph = proto.graph
-    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.output:
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                constants[node.output[0]] = numpy_helper.to_array(value)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -114,27 +109,25 @@ def input_rescaled(proto: onnx.ModelProto) -> float | None:
         if node.op_type not in ("Mul", "Div") or len(node.input) != 2:
             return None
         other = node.input[1] if node.input[0] == current else node.input[0]
-        value = constants.get(other)
-        if value is None or value.size != 1 or (node.op_type == "Div" and other == node.input[0]):
+        value = _scalar(graph, other)
+        if value is None or (node.op_type == "Div" and other == node.input[0]):
             return None
-        factor = float(value.reshape(-1)[0])
-        factor = 1 / factor if node.op_type == "Div" and factor else factor
+        factor = 1 / value if node.op_type == "Div" and value else value
         return factor if 0 < factor <= 0.01 else None
     return None
 
 
-def _channels(per_sample: list[int]) -> int | None:
-    """The channels of an image input of ``per_sample`` shape, [C,H,W] or [H,W,C]; None for anything else."""
-    if len(per_sample) != 3 or min(per_sample) <= 0:
+def _scalar(graph: onnx.GraphProto, name: str) -> float | None:
+    """The value of the one-element constant ``name`` (an initializer or a Constant node), looked up alone: the
+    weights are not read."""
+    tensor = next((t for t in graph.initializer if t.name == name), None)
+    if tensor is None:
+        node = next((n for n in graph.node if n.op_type == "Constant" and list(n.output) == [name]), None)
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
+    if tensor is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
         return None
-    if per_sample[0] in (1, 3):
-        return per_sample[0]
-    return per_sample[2] if per_sample[2] in (1, 3) else None
-
-
-def _crop(per_sample: list[int]) -> int:
-    """The shorter side of the picture an input of ``per_sample`` takes ([C,H,W] or [H,W,C])."""
-    return min(per_sample[1:]) if per_sample[0] in (1, 3) else min(per_sample[:2])
+    value = numpy_helper.to_array(tensor)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
 def ultralytics_names(text: str) -> list[str] | None:

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from .conventions import exported_size, exported_stride
 from .errors import SplitError
 from .model_file import read_model
+from .preprocessing import image_layout
 
 _GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 # Said of a graph ONNX Runtime saved in its channel-blocked layout (export/cuts.py).
@@ -120,9 +121,8 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
                              f"one image size, so name it with --input-shape (e.g. --input-shape "
                              f"{_example_shape(past_batch, exported_size(proto))})")
         return proto
-    stride = exported_stride(proto)
-    spatial = per_sample[1:] if len(per_sample) == 3 and per_sample[0] in (1, 3) else per_sample[:2]
-    if stride and len(per_sample) == 3 and any(size % stride for size in spatial):
+    stride, layout = exported_stride(proto), image_layout(per_sample)
+    if stride and layout is not None and any(size % stride for size in layout[1:]):
         raise SplitError(f"--input-shape {','.join(map(str, per_sample))}: the graph's metadata says stride {stride}, "
                          f"so height and width must be multiples of {stride} (e.g. --input-shape "
                          f"{_example_shape(past_batch, exported_size(proto))})")

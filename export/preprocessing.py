@@ -22,6 +22,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 224 / 256
 
 
+def image_layout(per_sample: Sequence[int]) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of an image input's per-sample shape, channels first ``[C, H, W]`` or last ``[H, W, C]``
+    (Keras through tf2onnx) with 1 or 3 channels and a fixed size; None for anything else."""
+    shape = [int(d) for d in per_sample]
+    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
+        shape = [shape[2], shape[0], shape[1]]
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) <= 0:
+        return None
+    return shape[0], shape[1], shape[2]
+
+
 def image_preprocessing(
     input_shape: Sequence[int],
     resize: int | None = None,
@@ -34,15 +45,13 @@ def image_preprocessing(
 
     Raises ExportError when ``mean``/``std`` do not have one value per channel, or a std is 0.
     """
-    shape = list(input_shape)
-    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
-        shape = [shape[2], shape[0], shape[1]]
-    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) <= 0:
+    layout = image_layout(input_shape)
+    if layout is None:
         if resize is not None or mean is not None or std is not None:
             raise ExportError(f"--resize/--mean/--std describe image inputs [C,H,W] or [H,W,C] with 1 or 3 channels; "
                               f"this input is {list(input_shape)}")
         return None
-    channels, height, width = (int(d) for d in shape)
+    channels, height, width = layout
     grey = channels == 1
     if resize is None:
         resize = min(height, width) if grey else round(min(height, width) / CROP_FRACTION)
