@@ -421,10 +421,11 @@ class LayerClient:
         endpoint = self._endpoint(address)
         metadata = self.model_metadata(model, version, address)
         answer = [spec for spec in metadata.outputs if not outputs or spec.name in outputs]
-        _refuse_oversized_row(model, named, self.message_limit(model, address), metadata.inputs)
+        limit = self.message_limit(model, address)
+        _refuse_oversized_row(model, named, limit, metadata.inputs)
         rows = rows_per_request(
             self._rows_cap(model, version, address),
-            self.message_limit(model, address),
+            limit,
             _row_bytes(named),
             total_row_bytes(spec.row_bytes() for spec in answer),
             fixed_batch(metadata.inputs),
@@ -533,11 +534,11 @@ class LayerClient:
             feed = _as_declared(current, spec.datatype)
             segment_keep = sorted(k for k in kept if segment.start <= k < segment.stop)
             answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
-            _refuse_oversized_row(blocks.block_model_names[segment.start], {spec.name: feed},
-                                  self.message_limit(model, segment.address), [spec])
+            first_block, limit = blocks.block_model_names[segment.start], self.message_limit(model, segment.address)
+            _refuse_oversized_row(first_block, {spec.name: feed}, limit, [spec])
             rows = rows_per_request(
-                self._rows_cap(blocks.block_model_names[segment.start], version, segment.address),
-                self.message_limit(model, segment.address),
+                self._rows_cap(first_block, version, segment.address),
+                limit,
                 _row_bytes({spec.name: feed}),
                 total_row_bytes(s.row_bytes() for index in answered for s in blocks.output_specs(index)),
                 fixed_batch([blocks.input_spec(segment.start)]),
