@@ -5,9 +5,12 @@ as graph inputs, or IR 3 without them, which the checker refuses although ONNX
 Runtime runs it), graphs whose tensors ONNX's shape inference cannot type, and
 weights stored as external data. What ONNX Runtime runs, splitting should accept:
 
-* :func:`modernize` drops initializers from the graph inputs and raises the IR
-  version to at least 4 (where initializers need not be inputs). Nothing about
-  the computation changes.
+* :func:`modernize` drops initializers from the graph inputs, raises the IR
+  version to at least 4 (where initializers need not be inputs), reads dimensions
+  declared as -1 (PaddlePaddle's exporter writes that for "any size") as free, and
+  makes weights held in ``Constant`` nodes (PaddlePaddle's exporter again)
+  initializers, so they count as parameters and are stored once with the others.
+  Nothing about the computation changes.
 * :func:`infer_types` runs ONNX's shape inference and, for the tensors it leaves
   untyped, asks ONNX Runtime: the probe graph outputs those tensors, and their
   types and shapes come from running it at two batch sizes (a dimension that
@@ -36,7 +39,8 @@ BATCH_DIM = "batch"
 
 
 def modernize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy with initializers removed from the inputs and IR version >= 4; notes say what changed."""
+    """A copy with initializers removed from the inputs, IR version >= 4, negative dimensions free and
+    weights in ``Constant`` nodes made initializers; notes say what changed."""
     notes: list[str] = []
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is not None and opset < MIN_OPSET:
@@ -55,7 +59,60 @@ def modernize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if proto.ir_version < MIN_IR_VERSION:
         notes.append(f"IR version {proto.ir_version} raised to {MIN_IR_VERSION}")
         proto.ir_version = MIN_IR_VERSION
+    freed = _free_negative_dims(proto.graph)
+    if freed:
+        notes.append(f"{freed} dimension{'s' if freed != 1 else ''} declared -1 read as free")
+    lifted = _lift_constant_weights(proto.graph)
+    if lifted:
+        notes.append(f"{lifted} weight tensor{'s' if lifted != 1 else ''} held in Constant nodes made "
+                     f"initializer{'s' if lifted != 1 else ''}")
     return proto, notes
+
+
+def _free_negative_dims(graph: onnx.GraphProto) -> int:
+    """Clear every dimension declared as a negative number (ONNX's are >= 0; exporters that write -1 mean
+    "any", as ONNX Runtime reads it); how many there were. Left in place, -1 would be taken for a size."""
+    freed = 0
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for dim in info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.ClearField("dim_value")
+                freed += 1
+    return freed
+
+
+# A Constant node's tensor is a weight when it is floating point or 8-bit (as export/stats.py counts
+# initializers) and holds at least this many elements: shapes, axes and scalars stay nodes.
+LIFTED_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+})
+LIFT_MIN_ELEMENTS = 16
+
+
+def _lift_constant_weights(graph: onnx.GraphProto) -> int:
+    """Make each weight a ``Constant`` node holds an initializer of the same name; how many were made.
+
+    Weights as initializers are what the rest of the export reads: parameter counts, the one weights
+    file the full graph and the blocks share, the server's shared weights."""
+    outputs = {value.name for value in graph.output}
+    lifted, kept = [], []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None
+                and len(node.output) == 1 and node.output[0] not in outputs and value.data_type in LIFTED_TYPES
+                and int(np.prod(value.dims)) >= LIFT_MIN_ELEMENTS):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            lifted.append(tensor)
+        else:
+            kept.append(node)
+    if lifted:
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(lifted)
+    return len(lifted)
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

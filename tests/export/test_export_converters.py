@@ -67,6 +67,33 @@ def test_nodes_out_of_topological_order_are_sorted_and_split(tmp_path: Path) -> 
     assert [b.name for b in read_manifest(tmp_path / "models" / "reversed" / "1").blocks] == ["00_stem", "01_body"]
 
 
+def test_a_paddle_export_with_weights_in_constant_nodes_and_minus_one_dims_splits(tmp_path: Path) -> None:
+    """PaddlePaddle's exporter (RapidOCR's models) keeps every weight in a Constant node and writes -1 for a free
+    batch. Before, -1 was taken for a size ("declares [-1,8,24,96] but computes [1,8,24,96]") and, with no
+    initializers, every block showed 0 parameters and the weights were stored in each block and the full graph."""
+    source = _graph(tmp_path / "paddle.onnx", _nodes(), [1, 3, 16, 16], [1, 8, 8, 8])
+    proto = onnx.load(str(source))
+    constants = [helper.make_node("Constant", [], [t.name], value=t, name=f"{t.name}_const") for t in proto.graph.initializer]
+    nodes = [*constants, *proto.graph.node]
+    del proto.graph.initializer[:], proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    for value in (proto.graph.input[0], proto.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = -1
+    onnx.save(proto, str(source))
+    out = tmp_path / "models" / "paddle"
+    code, shown = _split(str(source), "--out", str(out))
+    assert code == 0, shown
+    assert "2 dimensions declared -1 read as free" in shown
+    assert "2 weight tensors held in Constant nodes made initializers" in shown
+    manifest = read_manifest(out / "1")
+    assert [(b.name, b.parameters) for b in manifest.blocks] == [("00_stem", 8 * 3 * 3 * 3), ("01_body", 8 * 8 * 3 * 3)]
+    assert [d.dim_value for d in onnx.load(str(out / "1" / "model.onnx"), load_external_data=False)
+            .graph.input[0].type.tensor_type.shape.dim][1:] == [3, 16, 16]
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    want = cpu_session(source.read_bytes()).run(None, {"x": x})[0]
+    _assert_served(tmp_path / "models", "paddle", x, want)
+
+
 def test_fixed_output_sizes_recorded_for_another_image_size_are_recomputed(tmp_path: Path) -> None:
     """optimum exports with free height and width but writes the outputs' sizes for its own 64x64 example;
     split at another size must declare what the graph computes there, or the server refuses the model."""
