@@ -11,6 +11,11 @@ A graph ONNX Runtime saved after its layout optimization (``ORT_ENABLE_ALL``) ho
 channel-blocked layout (NCHWc: channels padded and interleaved) between ``ReorderInput`` and
 ``ReorderOutput`` (domain ``com.microsoft.nchwc``). Typed as plain NCHW, such a tensor would be
 served under a shape it does not have, so it is never a cut: the graph is cut where it is plain.
+
+A QDQ-quantized graph (``quantize_static`` in the QDQ format) is cut at the quantized tensor between a
+``QuantizeLinear`` and its ``DequantizeLinear``, not at the float tensor after them
+(:func:`on_quantized_side`): ONNX Runtime runs ``DequantizeLinear -> Conv -> QuantizeLinear`` as one integer
+operator, and a cut inside that pattern made the next block run the float Conv instead.
 """
 
 from __future__ import annotations
@@ -51,6 +56,46 @@ def channel_blocked(value: ir.Value) -> bool:
     """Whether ``value`` is in ONNX Runtime's NCHWc layout: made by an NCHWc operator other than ReorderOutput."""
     producer = value.producer()
     return producer is not None and producer.domain == NCHWC_DOMAIN and producer.op_type != "ReorderOutput"
+
+
+QUANTIZE_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+def on_quantized_side(cuts: list[ir.Value], single: set[ir.Value]) -> list[ir.Value]:
+    """``cuts`` with each one on the float side of a ``QuantizeLinear -> DequantizeLinear`` pair moved to the
+    quantized tensor between them, where that is a cut too (in ``single``): the float tensor a
+    ``QuantizeLinear`` alone reads, or the float tensor a ``DequantizeLinear`` makes of it.
+
+    ONNX Runtime fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` into one integer operator (QLinearConv).
+    A block ending or starting inside that pattern runs the Conv in float instead: on a CPU without VNNI,
+    whose integer kernels saturate, such a chain differed from the full graph by 10 % of the output's scale.
+    At the quantized tensor every block holds whole patterns, and a quarter of the bytes cross."""
+    moved: list[ir.Value] = []
+    for cut in cuts:
+        quantized = _quantized_twin(cut)
+        cut = quantized if quantized is not None and quantized in single else cut
+        if cut not in moved:
+            moved.append(cut)
+    return moved
+
+
+def _quantized_twin(value: ir.Value) -> ir.Value | None:
+    """The quantized tensor ``value`` is the float side of: the output of the ``QuantizeLinear`` that alone
+    reads it, or the input of the ``DequantizeLinear`` that makes it, when a ``QuantizeLinear`` made that."""
+    readers = list(consumers(value))
+    if len(readers) == 1 and _is(readers[0], "QuantizeLinear") and not value.is_graph_output():
+        return readers[0].outputs[0]
+    producer = value.producer()
+    if producer is not None and _is(producer, "DequantizeLinear"):
+        quantized = producer.inputs[0]
+        source = quantized.producer() if quantized is not None else None
+        if source is not None and _is(source, "QuantizeLinear") and len(list(consumers(quantized))) == 1:
+            return quantized
+    return None
+
+
+def _is(node: ir.Node, op_type: str) -> bool:
+    return node.op_type == op_type and node.domain in QUANTIZE_DOMAINS
 
 
 def crossing_tensors(model: LoadedModel, value: ir.Value) -> list[str]:

@@ -7,7 +7,8 @@ Granularities:
   opens containers such as ``features``) when the exporter recorded scopes; without
   scopes, one block per weighted layer (a Conv/Gemm/MatMul with the ops that follow
   it up to the next one).
-* ``cut``: a block between every pair of consecutive single-tensor cuts.
+* ``cut``: a block between every pair of consecutive single-tensor cuts (in a QDQ graph, at the quantized
+  tensor of each QuantizeLinear/DequantizeLinear pair: export/cuts.py).
 * ``at``: cut exactly at the named tensors (refused, naming the crossing tensors,
   when one is not a single-tensor cut).
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import onnx
 import onnx_ir as ir
 
-from .cuts import require_cuts, single_tensor_cuts
+from .cuts import on_quantized_side, require_cuts, single_tensor_cuts
 from .extract import extract
 from .graph import LoadedModel, SplitError, descendants
 from .layers import WEIGHTED_OPS
@@ -71,7 +72,8 @@ def plan_cuts(
         raise SplitError(f"unknown granularity {granularity!r} (use one of {', '.join(GRANULARITIES)})")
     if depth is not None and depth < 1:
         raise SplitError(f"depth must be 1 (top-level modules) or more, or auto; got {depth}")
-    cuts = single_tensor_cuts(model)
+    every = single_tensor_cuts(model)
+    cuts = on_quantized_side(every, set(every))
     if granularity == "cut" or not cuts:
         return cuts
     segments = _segments(model, cuts)

@@ -94,6 +94,32 @@ def test_a_paddle_export_with_weights_in_constant_nodes_and_minus_one_dims_split
     _assert_served(tmp_path / "models", "paddle", x, want)
 
 
+def test_a_qdq_graph_with_int8_activations_splits_exactly_or_is_refused_saying_how_to_quantize(tmp_path: Path) -> None:
+    """On a CPU without VNNI, ONNX Runtime runs a QDQ graph with INT8 activations through fused integer
+    operators that differ from what its blocks compute by 10 % of the output's scale. The chain check compared
+    the blocks with a copy of the graph that outputs every cut, which ONNX Runtime does not fuse, and
+    passed: the served chain then differed from the served model. Now the split either reproduces the file as
+    ONNX Runtime runs it (a CPU with VNNI) or is refused naming UINT8 activations, which split exactly."""
+    import foreign_graphs
+
+    source = foreign_graphs.qdq_int8_activations(tmp_path / "qdq_s8.onnx")
+    out = tmp_path / "models" / "qdq_s8"
+    code, shown = _split(str(source), "--out", str(out))
+    if code != 0:
+        assert code == 2 and "activation_type=QuantType.QUInt8" in shown and "Traceback" not in shown, shown
+        assert len(shown.strip().splitlines()) == 1 and not out.exists()
+        return
+    manifest = read_manifest(out / "1")
+    x = foreign_graphs.example_input(source, 2)[1]
+    want = cpu_session(str(source)).run(None, {manifest.inputs[0].name: x})[0]
+    values = {manifest.inputs[0].name: x}
+    for block in manifest.blocks:
+        session = cpu_session(str(out / "1" / block.file.path))
+        values.update(zip([o.name for o in session.get_outputs()],
+                          session.run(None, {i.name: values[i.name] for i in session.get_inputs()}), strict=True))
+    np.testing.assert_allclose(values[manifest.outputs[0].name], want, rtol=0, atol=1e-4 * max(1.0, np.abs(want).max()))
+
+
 def test_fixed_output_sizes_recorded_for_another_image_size_are_recomputed(tmp_path: Path) -> None:
     """optimum exports with free height and width but writes the outputs' sizes for its own 64x64 example;
     split at another size must declare what the graph computes there, or the server refuses the model."""

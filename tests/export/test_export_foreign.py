@@ -159,9 +159,10 @@ def test_a_quantized_model_hands_int8_activations_between_blocks(foreign_reposit
     between = [block.inputs[0].datatype for block in manifest.blocks[1:]]
     assert between and set(between) == {"INT8"}, between
     assert manifest.inputs[0].datatype == manifest.outputs[0].datatype == "FP32"
-    # QDQ: every cut is a DequantizeLinear's FP32 output.
+    # QDQ: every cut is the quantized tensor between a QuantizeLinear and its DequantizeLinear (export/cuts.py).
     qdq = read_manifest(foreign_repository / "qdq_int8" / "1")
-    assert len(qdq.blocks) >= 3 and {block.inputs[0].datatype for block in qdq.blocks} == {"FP32"}
+    between = [block.inputs[0].datatype for block in qdq.blocks[1:]]
+    assert len(qdq.blocks) >= 3 and set(between) == {"UINT8"}, between
 
 
 @pytest.mark.slow

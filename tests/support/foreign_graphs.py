@@ -18,7 +18,8 @@
 * an end-to-end export: UINT8 pixels [N, H, W, 3] in, the normalisation inside the
   graph, and two outputs (logits, then the embedding);
 * a model quantized by ONNX Runtime's static quantization, in the QOperator format
-  (INT8 activations from block to block) and in the QDQ format; the zoo's MobileNet-v3 quantized
+  (INT8 activations from block to block) and in the QDQ format (UINT8 activations, and
+  ``qdq_int8_activations`` with INT8 ones, tried on its own); the zoo's MobileNet-v3 quantized
   dynamically (``quantize_dynamic``, as ``optimum-cli onnxruntime quantize`` does: ConvInteger and
   MatMulInteger, weights' bias Reshapes gathered at the top of the graph);
 * the zoo's ResNet converted to FP16 (weights, constants, input and output), as
@@ -255,12 +256,19 @@ def qoperator_int8(path: Path) -> Path:
 
 
 def qdq_int8(path: Path) -> Path:
-    """The same in the QDQ format: QuantizeLinear/DequantizeLinear pairs around float operators."""
+    """The same in the QDQ format: QuantizeLinear/DequantizeLinear pairs around float operators, UINT8
+    activations and INT8 weights (ONNX Runtime's advice for x86)."""
+    return _quantized(path, "QDQ", activations="QUInt8")
+
+
+def qdq_int8_activations(path: Path) -> Path:
+    """The QDQ format with INT8 activations (quantize_static's default): on a CPU without VNNI, ONNX Runtime
+    fuses these only where each QuantizeLinear/DequantizeLinear pair lies in one graph."""
     return _quantized(path, "QDQ")
 
 
-def _quantized(path: Path, quant_format: str) -> Path:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+def _quantized(path: Path, quant_format: str, activations: str | None = None) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     proto = _small_torchscript_cnn(path, opset=13)
     source = path.with_name(path.stem + "_float.onnx")
@@ -279,7 +287,8 @@ def _quantized(path: Path, quant_format: str) -> Path:
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # the quantizer's advice ("consider pre-processing") is noise here
     try:
-        quantize_static(str(source), str(path), Images(), quant_format=QuantFormat[quant_format])
+        chosen = {"activation_type": QuantType[activations]} if activations else {}
+        quantize_static(str(source), str(path), Images(), quant_format=QuantFormat[quant_format], **chosen)
     finally:
         root.setLevel(level)
         source.unlink()
