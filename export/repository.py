@@ -33,6 +33,7 @@ from layerserve.proto.repository_pb2 import (
 from layerserve.proto.tensors import ONNX_ELEM_TYPES
 
 from .graph import NCHWC_NOTE
+from .layers import WEIGHTED_OPS
 from .split import SplitResult
 from .stats import bytes_per_sample, flops_per_sample, parameter_count
 from .weights import share_weights
@@ -154,7 +155,7 @@ def write_repository(
                 last_node=block.last_node,
             )
         )
-    heavy = heaviest_block_note(manifest)
+    heavy = heaviest_block_note(manifest, {block.name for block in result.blocks if _several_layers(block.proto)})
     if heavy:
         manifest.provenance.notes.append(heavy)
     if samples is not None:
@@ -170,17 +171,34 @@ def write_repository(
 HEAVY_BLOCK_SHARE = 0.6
 
 
-def heaviest_block_note(manifest: ModelManifest) -> str:
-    """A note when one of several blocks holds most of the FLOPs (a NASNet's cells each read the two before
-    them; a detector's neck and head; a U-Net's decoder), else ""."""
+def heaviest_block_note(manifest: ModelManifest, several: set[str]) -> str:
+    """A note when one of several blocks holds most of the FLOPs and could have been finer (a NASNet's cells
+    each read the two before them; a detector's neck and head; a U-Net's decoder), else "". ``several``: the
+    blocks holding more than one layer or a join of branches (:func:`_several_layers`); a block that is one
+    heavy layer (a 1-D CNN's wide Conv1d) is as fine as a split goes, and saying otherwise misled."""
     total = sum(block.flops for block in manifest.blocks)
     if len(manifest.blocks) < 2 or not total:
         return ""
     heaviest = max(manifest.blocks, key=lambda block: block.flops)
     share = heaviest.flops / total
-    if share <= HEAVY_BLOCK_SHARE:
+    if share <= HEAVY_BLOCK_SHARE or heaviest.name not in several:
         return ""
     why = ("ONNX Runtime's channel-blocked layout runs through it" if NCHWC_NOTE in manifest.provenance.notes
            else "a skip connection or a branch crosses every point inside it")
     return (f"block {heaviest.name} holds {share:.0%} of the FLOPs: no single tensor separates its layers ({why}); "
             "--granularity cut lists every cut there is")
+
+
+def _several_layers(block: onnx.ModelProto) -> bool:
+    """Whether ``block`` holds more than one weighted layer, or a node joining two tensors computed from its
+    inputs (a skip connection or branches meeting): what a finer split would have separated."""
+    dependent = {value.name for value in block.graph.input}
+    layers = 0
+    for node in block.graph.node:
+        reads = {name for name in node.input if name in dependent}
+        if reads:
+            dependent.update(node.output)
+            layers += node.op_type in WEIGHTED_OPS
+            if len(reads) > 1 or layers > 1:
+                return True
+    return False

@@ -491,6 +491,27 @@ def test_a_block_holding_most_of_the_flops_is_noted(tmp_path: Path) -> None:
                for note in notes), notes
 
 
+def test_a_block_that_is_one_heavy_layer_is_not_called_coarse(tmp_path: Path) -> None:
+    """A 1-D CNN whose second Conv holds 92 % of the FLOPs was told "no single tensor separates its layers (a
+    skip connection or a branch crosses every point inside it)" of a block holding that Conv alone."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (4, 1, 3)), ("w2", (64, 4, 7)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1], name="/stem/Conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="/stem/Relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[3, 3], name="/wide/Conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 500])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64, 500])], weights)
+    source = tmp_path / "signal.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "signal"))
+    assert code == 0, shown
+    manifest = read_manifest(tmp_path / "models" / "signal" / "1")
+    assert [b.name for b in manifest.blocks] == ["00_stem", "01_wide"]
+    assert manifest.blocks[1].flops > 0.9 * sum(b.flops for b in manifest.blocks)
+    assert not any("of the FLOPs" in note for note in manifest.provenance.notes), manifest.provenance.notes
+
+
 def test_a_free_size_is_suggested_and_checked_from_the_exporters_metadata(tmp_path: Path) -> None:
     """An Ultralytics export with dynamic=True: split asked for --input-shape and suggested 224 for a model
     exported at 640, and a size its stride does not divide ended in ONNX Runtime's shape-merge error."""
