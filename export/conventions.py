@@ -15,7 +15,8 @@ graphs users bring are made otherwise, and say so in the file:
   way ([-1, 1] for MobileNetV2, 0-255 for EfficientNet, caffe's BGR for ResNet50). No
   normalisation is assumed, whichever layout the export chose (``--inputs-as-nchw`` or not):
   pictures are resized to the input in [0, 1] as Keras' ``load_img(target_size=...)`` does (no crop),
-  and ``--mean``/``--std`` name the model's.
+  and ``--mean``/``--std`` name the model's. A tf2onnx graph taking integer pixels (a TFLite int8
+  model through ``tf2onnx --tflite``) takes its 0-255 values as they are, resized the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from .preprocessing import image_layout, image_preprocessing
 # A names dict larger than this is not a class list (Ultralytics' largest, Open Images V7, has 601).
 MOST_NAMES = 100_000
 _KERAS_PRODUCERS = frozenset({"tf2onnx", "keras2onnx"})
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.BFLOAT16})
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,12 @@ def exporter_defaults(proto: onnx.ModelProto, per_sample: list[int]) -> Exporter
                                 f"preprocessing from the Ultralytics metadata: RGB in [0, 1], no mean or std{named}"
                                 f"{letterbox}")
     rescaled = input_rescaled(proto)
+    integer = bool(proto.graph.input) and proto.graph.input[0].type.tensor_type.elem_type not in _FLOAT_TYPES
+    if proto.producer_name in _KERAS_PRODUCERS and integer:
+        # A TFLite int8 model through tf2onnx --tflite: quantized pixels, which the client sends as they are.
+        return ExporterDefaults(image_preprocessing(per_sample, resize=0, mean=[0.0] * channels, std=[1.0] * channels),
+                                None, f"preprocessing: a {proto.producer_name} graph taking integer pixels, so pictures "
+                                "go in as their 0-255 values, resized to the input (no crop)")
     if proto.producer_name in _KERAS_PRODUCERS:
         # Keras' image.load_img(target_size=...) squashes the picture to the input's size: no crop.
         plain = image_preprocessing(per_sample, resize=0, mean=[0.0] * channels,

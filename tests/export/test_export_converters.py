@@ -454,6 +454,27 @@ def test_a_keras_export_is_preprocessed_alike_in_either_layout_and_takes_mean_an
     assert "preprocessing: resize to 16x16 (no crop), RGB, mean 0.5,0.5,0.5, std 0.5,0.5,0.5" in shown, shown
 
 
+def test_a_tflite_int8_model_through_tf2onnx_says_its_pixels_go_in_as_0_to_255(tmp_path: Path) -> None:
+    """``tf2onnx --tflite`` of a full-integer TFLite model takes UINT8 pixels, which the client sends as their
+    0-255 values. Split printed "pictures go in [0, 1] with no mean or std; name the model's with --mean/--std"
+    and "mean 0,0,0, std 1,1,1", neither of which applies to it."""
+    nodes = [helper.make_node("Cast", ["pixels"], ["x_float"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["x_float"], ["x"], perm=[0, 3, 1, 2]), *_nodes()]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", 16, 16, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])], weights)
+    source = tmp_path / "tflite_int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    _stamped(source, "tf2onnx")
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "tflite_int8"))
+    assert code == 0, shown
+    assert "taking integer pixels, so pictures go in as their 0-255 values" in shown, shown
+    assert "preprocessing: resize to 16x16 (no crop), RGB, pixel values 0-255 as they are" in shown, shown
+    assert "--mean/--std" not in shown and "[0, 1]" not in shown, shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
