@@ -236,7 +236,32 @@ def run_probes(
     except SplitError:
         raise
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        custom = custom_operators(proto)
+        if custom:
+            raise SplitError(f"ONNX Runtime cannot run the graph: it uses {custom}, which need a custom-op library ONNX "
+                             "Runtime has not loaded (com.microsoft.extensions is onnxruntime-extensions', added by its "
+                             "pre/post-processing tools); split the model without them (before "
+                             "add_pre_post_processing_to_model)") from None
         raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
+
+
+# Domains ONNX Runtime's CPU build runs without a custom-op library.
+BUILT_IN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                              "ai.onnx.preview.training", "com.ms.internal.nhwc"})
+
+
+def custom_operators(proto: onnx.ModelProto) -> str:
+    """``operators of domain 'D' (Op, ...)`` for the graph's nodes outside ONNX Runtime's built-in domains
+    and the model's own functions, or ""."""
+    functions = {(function.domain, function.name) for function in proto.functions}
+    found: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.domain not in BUILT_IN_DOMAINS and (node.domain, node.op_type) not in functions:
+            ops = found.setdefault(node.domain, [])
+            if node.op_type not in ops:
+                ops.append(node.op_type)
+    return "; ".join(f"operators of domain {domain!r} ({', '.join(ops[:4])}{', ...' if len(ops) > 4 else ''})"
+                     for domain, ops in found.items())
 
 
 def _probes(proto: onnx.ModelProto, names: list[str], batches: Sequence[int]) -> list[dict[str, np.ndarray]]:

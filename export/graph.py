@@ -102,6 +102,14 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _one_picture(info: onnx.ValueInfoProto) -> bool:
+    """Whether ``info`` reads as a single picture [H, W, C]: three dimensions, height and width free, 1 to 4
+    channels last (onnxruntime-extensions' pre-processing takes one picture like this)."""
+    dims = list(info.type.tensor_type.shape.dim)
+    return (len(dims) == 3 and not any(d.HasField("dim_value") for d in dims[:2])
+            and dims[2].HasField("dim_value") and 1 <= dims[2].dim_value <= 4)
+
+
 def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) -> onnx.ModelProto:
     """``proto`` with its input's free dimensions past the batch set from ``per_sample``.
 
@@ -117,9 +125,12 @@ def pin_input_shape(proto: onnx.ModelProto, per_sample: tuple[int, ...] | None) 
     free = [not d.HasField("dim_value") for d in past_batch]
     if per_sample is None:
         if any(free):
+            unbatched = (f"; if {shown} is one picture with no batch dimension, as onnxruntime-extensions' "
+                         "pre-processing takes, split the model before that pre-processing: a served model takes "
+                         "batches" if _one_picture(info) else "")
             raise SplitError(f"input {info.name!r} is {shown}: free dimensions past the batch; a served model takes "
                              f"one image size, so name it with --input-shape (e.g. --input-shape "
-                             f"{_example_shape(past_batch, exported_size(proto))})")
+                             f"{_example_shape(past_batch, exported_size(proto))}){unbatched}")
         return proto
     stride, layout = exported_stride(proto), image_layout(per_sample)
     if stride and layout is not None and any(size % stride for size in layout[1:]):

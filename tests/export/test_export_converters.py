@@ -475,6 +475,36 @@ def test_a_tflite_int8_model_through_tf2onnx_says_its_pixels_go_in_as_0_to_255(t
     assert "--mean/--std" not in shown and "[0, 1]" not in shown, shown
 
 
+def test_a_graph_with_onnxruntime_extensions_pre_processing_is_refused_saying_what_to_split(tmp_path: Path) -> None:
+    """``add_pre_post_processing_to_model`` puts onnxruntime-extensions' operators (DecodeImage, ...) in the graph,
+    and may leave it taking one picture [h, w, 3] with no batch. Split said only "DecodeImage(-1) is not a
+    registered function/op", and for [h, w, 3] suggested "--input-shape 224,3"."""
+    nodes = [helper.make_node("DecodeImage", ["image"], ["decoded"], domain="com.microsoft.extensions"),
+             helper.make_node("Cast", ["decoded"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["num_bytes"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["h", "w", 3])])
+    decoding = tmp_path / "decoding.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                      helper.make_opsetid("com.microsoft.extensions", 1)]), str(decoding))
+    code, shown = _split(str(decoding), "--out", str(tmp_path / "models" / "decoding"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert "operators of domain 'com.microsoft.extensions' (DecodeImage)" in shown and "custom-op library" in shown, shown
+
+    nodes = [helper.make_node("Transpose", ["pixels"], ["chw"], perm=[2, 0, 1]),
+             helper.make_node("Unsqueeze", ["chw", "axes"], ["x"]), *_nodes()]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    weights.append(numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["h", "w", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, "h2", "w2"])], weights)
+    unbatched = tmp_path / "unbatched.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(unbatched))
+    code, shown = _split(str(unbatched), "--out", str(tmp_path / "models" / "unbatched"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert "one picture with no batch dimension" in shown and "split the model before that pre-processing" in shown, shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
