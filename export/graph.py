@@ -90,16 +90,88 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """The value of every tensor the graph fixes, by name: its initializers and its ``Constant`` nodes'
-    ``value`` (the operands that batch rewriting and shape-read folding need to know)."""
-    arrays: dict[str, np.ndarray] = {}
+    """The value of every tensor the graph fixes, by name: its initializers, its ``Constant`` nodes'
+    ``value``, and small shape arithmetic on those (:data:`SHAPE_ARITHMETIC`: a TorchScript export without
+    constant folding builds ``x.view(1, -1)``'s target as ``Concat(Unsqueeze(1), Unsqueeze(-1))``). These are
+    the operands that batch rewriting and shape-read folding need to know."""
+    arrays: dict[str, np.ndarray] = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            if value is not None and node.output:
-                arrays[node.output[0]] = numpy_helper.to_array(value)
-    arrays.update({tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer})
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        if node.op_type == "Constant":
+            value = _constant_attribute(node)
+            if value is not None:
+                arrays[node.output[0]] = value
+        elif (node.op_type in SHAPE_ARITHMETIC and node.input
+              and all(name in arrays and arrays[name].size <= SHAPE_ELEMENTS for name in node.input if name)):
+            value = _shape_arithmetic(node, [arrays[name] if name else None for name in node.input])
+            if value is not None:
+                arrays[node.output[0]] = value
     return arrays
+
+
+def _constant_attribute(node: onnx.NodeProto) -> np.ndarray | None:
+    """A ``Constant`` node's value: its ``value`` tensor, or ``value_ints``/``value_int``/``value_floats``/
+    ``value_float`` (the dynamo exporter writes shapes as ``value_ints``)."""
+    for attribute in node.attribute:
+        if attribute.name == "value":
+            return numpy_helper.to_array(attribute.t)
+        if attribute.name in ("value_ints", "value_int"):
+            return np.array(onnx.helper.get_attribute_value(attribute), dtype=np.int64)
+        if attribute.name in ("value_floats", "value_float"):
+            return np.array(onnx.helper.get_attribute_value(attribute), dtype=np.float32)
+    return None
+
+
+SHAPE_ARITHMETIC = frozenset({"Unsqueeze", "Squeeze", "Concat", "Identity", "Cast"})
+# Operands larger than this are not shapes: weights are never computed here.
+SHAPE_ELEMENTS = 64
+
+
+def _shape_arithmetic(node: onnx.NodeProto, operands: list[np.ndarray | None]) -> np.ndarray | None:
+    """What ``node`` (one of SHAPE_ARITHMETIC) gives for constant ``operands``; None when unsure."""
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    first = operands[0]
+    if first is None:
+        return None
+    if node.op_type == "Identity":
+        return first
+    if node.op_type == "Cast":
+        return first.astype(onnx.helper.tensor_dtype_to_np_dtype(attributes["to"]))
+    if node.op_type == "Concat":
+        if any(operand is None for operand in operands):
+            return None
+        return np.concatenate(operands, axis=int(attributes.get("axis", 0)))
+    axes = attributes.get("axes")
+    if axes is None and len(operands) > 1 and operands[1] is not None:
+        axes = operands[1].tolist()
+    if node.op_type == "Squeeze":
+        if axes is None:
+            return np.squeeze(first)
+        return np.squeeze(first, axis=tuple(int(a) % first.ndim for a in axes))
+    if axes is None:
+        return None
+    rank = first.ndim + len(axes)
+    result = first
+    for axis in sorted(int(a) % rank for a in axes):
+        result = np.expand_dims(result, axis)
+    return result
+
+
+def training_mode_nodes(proto: onnx.ModelProto) -> str:
+    """``BatchNormalization with training_mode=1, Dropout with training_mode true`` for the nodes of ``proto`` that
+    compute as in training, or "": batch statistics make a row's answer depend on the rows beside it, and an
+    active Dropout makes it random."""
+    constants = constant_values(proto.graph)
+    found = []
+    for node in proto.graph.node:
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "BatchNormalization" and attributes.get("training_mode") == 1:
+            found.append("BatchNormalization with training_mode=1")
+        elif (node.op_type == "Dropout" and len(node.input) > 2 and node.input[2] in constants
+              and bool(np.asarray(constants[node.input[2]]).reshape(-1)[0])):
+            found.append("Dropout with training_mode true")
+    return ", ".join(dict.fromkeys(found))
 
 
 def _one_picture(info: onnx.ValueInfoProto) -> bool:
@@ -235,6 +307,11 @@ def load_model(
         # Subgraphs read outer tensors implicitly; cut finding does not follow those edges.
         raise SplitError(f"the graph has control-flow nodes ({', '.join(control_flow)}); splitting them is not supported")
     proto, notes = modernize(proto)
+    training = training_mode_nodes(proto)
+    if training:
+        raise SplitError(f"the graph was exported in training mode ({training}): its answers are random or depend on "
+                         "the other rows of the batch; export with model.eval() and torch.onnx.export's default "
+                         "training=TrainingMode.EVAL")
     ordered = topological_order(list(proto.graph.node))
     if any(a is not b for a, b in zip(ordered, proto.graph.node, strict=True)):
         sorted_proto = onnx.ModelProto()

@@ -505,6 +505,72 @@ def test_a_graph_with_onnxruntime_extensions_pre_processing_is_refused_saying_wh
     assert "one picture with no batch dimension" in shown and "split the model before that pre-processing" in shown, shown
 
 
+def _flattening_net():  # noqa: ANN202 - a torch module, imported late
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Dropout(0.2))
+            self.fc = nn.Linear(8 * 8 * 8, 10)
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            x = self.features(x)
+            return self.fc(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    return Net().eval(), torch.randn(1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("how", ["torchscript without constant folding", "dynamo without optimize"])
+def test_an_unfolded_flatten_at_batch_one_is_made_dynamic(tmp_path: Path, how: str) -> None:
+    """Without constant folding the exporters build ``x.view(1, -1)``'s target from constants: TorchScript as
+    Concat(Unsqueeze(Constant 1), Unsqueeze(Constant -1)), dynamo as Concat of ``value_ints`` Constants. Split
+    knew only a target stored as one constant, so the model was served fixed at one row."""
+    import warnings
+
+    import torch
+
+    net, x = _flattening_net()
+    source = tmp_path / "unfolded.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if how.startswith("torchscript"):
+            torch.onnx.export(net, x, str(source), dynamo=False, do_constant_folding=False, input_names=["x"])
+        else:
+            torch.onnx.export(net, (x,), str(source), dynamo=True, optimize=False, input_names=["x"])
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "unfolded"))
+    assert code == 0, shown
+    assert "batch made dynamic" in shown and "1 Reshape target shape rewritten" in shown, shown
+    rows = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    session = cpu_session(str(source))  # the dynamo exporter may keep the weights beside it, in unfolded.onnx.data
+    want = np.concatenate([session.run(None, {"x": row[None]})[0] for row in rows])
+    _assert_served(tmp_path / "models", "unfolded", rows, want)
+
+
+def test_a_graph_exported_in_training_mode_is_refused_saying_how_to_export(tmp_path: Path) -> None:
+    """``training=TrainingMode.TRAINING`` (or PRESERVE on a module in train mode) keeps Dropout active and
+    BatchNormalization on batch statistics. Split said "the chain of blocks does not reproduce the full graph:
+    max |diff| 0.444 ... block '07_features_7' is the first to diverge"."""
+    import warnings
+
+    import torch
+
+    net, x = _flattening_net()
+    net.train()
+    source = tmp_path / "training.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, x, str(source), dynamo=False, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False)
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "training"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert "exported in training mode (BatchNormalization with training_mode=1, Dropout with training_mode true)" in shown
+    assert "model.eval()" in shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
