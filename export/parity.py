@@ -166,17 +166,10 @@ def chain_checks(
     tolerance = tolerance_for(result, tolerance)
     boundary = [block.source_outputs for block in result.blocks]
     wanted = [name for names in boundary[:-1] for name in names]
-    session = cpu_session(_with_outputs(full, wanted).SerializeToString())
-    names = [o.name for o in session.get_outputs()]
-    references = [dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
-                  for inputs in batches]
-    del session
+    references = _full_outputs(_with_outputs(full, wanted), batches)
     if wanted:  # the last outputs from the graph as users run it (module docstring)
-        session = cpu_session(full.SerializeToString())
-        finals = [o.name for o in session.get_outputs()]
-        for reference, inputs in zip(references, batches, strict=True):
-            reference.update(zip(finals, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
-        del session
+        for reference, finals in zip(references, _full_outputs(full, batches), strict=True):
+            reference.update(finals)
     return [_compared(full, result, reference, outputs, tolerance)
             for reference, outputs in zip(references, run_chains(result, batches, keep=True), strict=True)]
 
@@ -194,6 +187,21 @@ def _int8_activations(full: onnx.ModelProto) -> bool:
     int8 = {t.name for t in full.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     return any(node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in int8
                for node in full.graph.node)
+
+
+def _full_outputs(graph: onnx.ModelProto, batches: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """``graph``'s outputs by name for each of ``batches``, one session; SplitError in one line when ONNX Runtime
+    cannot make or run it (a float64 CNN: its CPU provider has no float64 Conv)."""
+    try:
+        session = cpu_session(graph.SerializeToString())
+        names = [o.name for o in session.get_outputs()]
+        return [dict(zip(names, session.run(None, {session.get_inputs()[0].name: inputs}), strict=True))
+                for inputs in batches]
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        wide = graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+        hint = ("; ONNX Runtime's CPU provider runs few float64 operators: export the model in float32 (model.float())"
+                if wide else "")
+        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}{hint}") from None
 
 
 def _compared(full: onnx.ModelProto, result: SplitResult, reference: dict[str, np.ndarray],

@@ -571,6 +571,21 @@ def test_a_graph_exported_in_training_mode_is_refused_saying_how_to_export(tmp_p
     assert "model.eval()" in shown
 
 
+def test_a_float64_cnn_is_refused_in_one_line_saying_to_export_it_in_float32(tmp_path: Path) -> None:
+    """``model.double()`` exported: ONNX Runtime's CPU provider has no float64 Conv. Split ended in a traceback
+    from the chain check's session."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape) * 0.2, name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    graph = helper.make_graph(_nodes(), "g", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["n", 8, 8, 8])], weights)
+    source = tmp_path / "double.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "double"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1 and "Traceback" not in shown, shown
+    assert "ONNX Runtime cannot run the graph" in shown and "export the model in float32" in shown, shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
