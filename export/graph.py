@@ -174,6 +174,18 @@ def training_mode_nodes(proto: onnx.ModelProto) -> str:
     return ", ".join(dict.fromkeys(found))
 
 
+def _weights_as_inputs(proto: onnx.ModelProto) -> list[str]:
+    """The graph inputs that a layer reads as its weights or bias (past its first input), with no initializer."""
+    from .layers import WEIGHTED_OPS
+
+    inputs = {value.name for value in proto.graph.input} - {tensor.name for tensor in proto.graph.initializer}
+    found: list[str] = []
+    for node in proto.graph.node:
+        if node.op_type in WEIGHTED_OPS | {"BatchNormalization"}:
+            found.extend(name for name in node.input[1:] if name in inputs and name not in found)
+    return found
+
+
 def _one_picture(info: onnx.ValueInfoProto) -> bool:
     """Whether ``info`` reads as a single picture [H, W, C]: three dimensions, height and width free, 1 to 4
     channels last (onnxruntime-extensions' pre-processing takes one picture like this)."""
@@ -325,7 +337,11 @@ def load_model(
     inputs = [value.name for value in proto.graph.input]
     if len(inputs) != 1:
         listed = ", ".join(repr(name) for name in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
-        raise SplitError(f"the graph has {len(inputs)} inputs ({listed}); splitting needs exactly one image input")
+        weights = _weights_as_inputs(proto)
+        because = (f": {len(weights)} of them are layer weights without values (torch.onnx.export(..., "
+                   "export_params=False) leaves them so); export with the weights, export_params=True, the default"
+                   if weights and len(weights) == len(inputs) - 1 else "; splitting needs exactly one image input")
+        raise SplitError(f"the graph has {len(inputs)} inputs ({listed}){because}")
     if input_shape is None:
         input_shape = _recorded_shape(proto)
         if input_shape is not None:

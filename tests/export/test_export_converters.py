@@ -586,6 +586,21 @@ def test_a_float64_cnn_is_refused_in_one_line_saying_to_export_it_in_float32(tmp
     assert "ONNX Runtime cannot run the graph" in shown and "export the model in float32" in shown, shown
 
 
+def test_a_graph_exported_without_its_weights_is_refused_saying_to_export_them(tmp_path: Path) -> None:
+    """``export_params=False`` makes every weight a graph input with no value; split said only "splitting needs
+    exactly one image input"."""
+    graph = helper.make_graph(_nodes(), "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16]),
+                                              helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 3, 3, 3]),
+                                              helper.make_tensor_value_info("w2", TensorProto.FLOAT, [8, 8, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 8, 8])])
+    source = tmp_path / "no_params.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "no_params"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert "3 inputs ('x', 'w1', 'w2'): 2 of them are layer weights without values" in shown, shown
+    assert "export_params=True" in shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
