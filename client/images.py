@@ -11,7 +11,8 @@ model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``.
   Without one (a server that does not say): resized to the input's size, [0, 1].
   A channels-last input ([N, H, W, C], Keras's layout) gets the picture in that
   layout; an integer input (UINT8: an end-to-end export that normalises inside
-  its graph) gets the pixel values 0-255 themselves.
+  its graph) gets the pixel values 0-255 themselves, an INT8 one (a full-integer TFLite
+  model) those values minus 128.
 
 :func:`read_image_folder` reads torchvision's ImageFolder layout (one subfolder per
 class, pictures inside) into images and labels.
@@ -130,6 +131,10 @@ def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None
     dtype = tensors.numpy_dtype(spec.datatype)
     if dtype.kind in "iu":  # pixels for a graph that normalises them itself
         values = np.rint(pixels * 255.0)
+        if dtype.kind == "i" and dtype.itemsize == 1:
+            # INT8 holds -128..127: pixels shifted by 128 (a full-integer TFLite model's input quantization,
+            # scale 1/255 and zero point -128). Cast as they were, every pixel over 127 wrapped to a negative.
+            values -= 128.0
     else:
         mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
         std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)

@@ -322,7 +322,8 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
     if manifest.inputs and len(manifest.inputs[0].shape) == 4:
         from .preprocessing import describe
 
-        integer = manifest.inputs[0].datatype not in ("FP32", "FP16", "FP64", "BF16")
+        datatype = manifest.inputs[0].datatype
+        integer = "INT8" if datatype == "INT8" else datatype not in ("FP32", "FP16", "FP64", "BF16")
         console.print(f"preprocessing: {describe(manifest.preprocessing, integer)}")
     console.print(
         f"{exported} max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g} "

@@ -80,16 +80,18 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
         raise ExportError(f"{flag} takes comma-separated numbers like 0.485,0.456,0.406, not {text!r}") from None
 
 
-def describe(preprocessing: Preprocessing, integer: bool = False) -> str:
+def describe(preprocessing: Preprocessing, integer: bool | str = False) -> str:
     """One line for people: ``resize 256, centre crop 224x224, RGB, mean 0.485,0.456,0.406, std ...``.
     ``integer``: the model takes integer pixels (UINT8: an end-to-end or a TFLite int8 export), which the
-    client sends as their 0-255 values with no mean or std (client/images.py)."""
+    client sends as their 0-255 values with no mean or std, minus 128 for ``"INT8"`` (client/images.py)."""
     if not preprocessing.crop_height:
         values = "0-255" if integer else "in [0, 1]"
         return f"none recorded (pictures are resized to the input's size, {values})"
     size = f"{preprocessing.crop_height}x{preprocessing.crop_width}"
     steps = (f"resize {preprocessing.resize}, centre crop {size}" if preprocessing.resize
              else f"resize to {size} (no crop)")
+    if integer == "INT8":
+        return f"{steps}, {preprocessing.color}, pixel values 0-255 minus 128 (an INT8 input: no mean or std)"
     if integer:
         return f"{steps}, {preprocessing.color}, pixel values 0-255 as they are (an integer input: no mean or std)"
     numbers = lambda values: ",".join(f"{value:g}" for value in values)  # noqa: E731

@@ -45,6 +45,14 @@ def test_integer_pixels_are_the_picture_itself_whatever_the_manifest_normalises(
     np.testing.assert_array_equal(first[0], _resized(picture).transpose(2, 0, 1))
 
 
+def test_int8_pixels_are_the_picture_shifted_by_128_not_wrapped(picture: Path) -> None:
+    """A full-integer TFLite model (through tf2onnx) takes INT8 pixels: its input quantization is scale 1/255,
+    zero point -128, so pixel p goes in as p - 128. Cast as they were, pixels over 127 wrapped (200 -> -56)."""
+    got = load_image(picture, TensorSpec("serving_default_input_1:0", "INT8", (-1, 32, 32, 3)))
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got[0].astype(np.int16), _resized(picture).astype(np.int16) - 128)
+
+
 def test_shapes_that_are_not_pictures_are_refused_in_one_line() -> None:
     assert image_shape(TensorSpec("x", "FP32", (-1, 1, 28, 28))) == (1, 28, 28)
     assert image_shape(TensorSpec("x", "FP32", (-1, 28, 28, 1))) == (1, 28, 28)
