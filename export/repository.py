@@ -191,14 +191,20 @@ def heaviest_block_note(manifest: ModelManifest, several: set[str]) -> str:
 
 def _several_layers(block: onnx.ModelProto) -> bool:
     """Whether ``block`` holds more than one weighted layer, or a node joining two tensors computed from its
-    inputs (a skip connection or branches meeting): what a finer split would have separated."""
+    inputs (a skip connection or branches meeting): what a finer split would have separated. A tensor
+    computed from the inputs' shape alone (jax2onnx's ``Reshape(x, Shape(x) ...)``) joins nothing."""
     dependent = {value.name for value in block.graph.input}
+    shapes: set[str] = set()  # computed from the inputs' shapes only (Shape, then arithmetic): not a branch
     layers = 0
     for node in block.graph.node:
         reads = {name for name in node.input if name in dependent}
-        if reads:
-            dependent.update(node.output)
-            layers += node.op_type in WEIGHTED_OPS
-            if len(reads) > 1 or layers > 1:
-                return True
+        if not reads:
+            continue
+        dependent.update(node.output)
+        if node.op_type in ("Shape", "Size") or reads <= shapes:
+            shapes.update(node.output)
+            continue
+        layers += node.op_type in WEIGHTED_OPS
+        if len(reads - shapes) > 1 or layers > 1:
+            return True
     return False

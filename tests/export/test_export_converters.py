@@ -658,6 +658,22 @@ def test_a_block_that_is_one_heavy_layer_is_not_called_coarse(tmp_path: Path) ->
     assert manifest.blocks[1].flops > 0.9 * sum(b.flops for b in manifest.blocks)
     assert not any("of the FLOPs" in note for note in manifest.provenance.notes), manifest.provenance.notes
 
+    # jax2onnx reads the batch for a flatten: Reshape(y, Concat(Shape(y)[0:1], [-1])) joins nothing.
+    nodes[-1] = helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[3, 3], name="/wide/Conv")
+    nodes += [helper.make_node("Shape", ["c2"], ["s"], name="/wide/Shape"),
+              helper.make_node("Slice", ["s", "zero", "one"], ["n"], name="/wide/Slice"),
+              helper.make_node("Concat", ["n", "minus_one"], ["target"], axis=0, name="/wide/Concat"),
+              helper.make_node("Reshape", ["c2", "target"], ["y"], name="/wide/Reshape")]
+    weights += [numpy_helper.from_array(np.array([v], np.int64), name)
+                for name, v in (("zero", 0), ("one", 1), ("minus_one", -1))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 500])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64 * 500])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "flattened"))
+    assert code == 0, shown
+    notes = read_manifest(tmp_path / "models" / "flattened" / "1").provenance.notes
+    assert not any("of the FLOPs" in note for note in notes), notes
+
 
 def test_a_free_size_is_suggested_and_checked_from_the_exporters_metadata(tmp_path: Path) -> None:
     """An Ultralytics export with dynamic=True: split asked for --input-shape and suggested 224 for a model
