@@ -178,11 +178,12 @@ INT8_QDQ_HINT = (
     " (a QDQ graph with INT8 activations: on a CPU without VNNI, ONNX Runtime fuses its QuantizeLinear/"
     "DequantizeLinear pairs into integer operators only inside one graph; quantized with UINT8 activations, "
     "quantize_static(..., activation_type=QuantType.QUInt8), ONNX Runtime's advice for x86, the blocks "
-    "reproduce it)"
+    "reproduce it; a full-integer TFLite model cannot be: split it on a CPU with VNNI, or serve the file whole "
+    "from a Triton repository, config.pbtxt and 1/model.onnx)"
 )
 
 
-def _int8_activations(full: onnx.ModelProto) -> bool:
+def int8_activations(full: onnx.ModelProto) -> bool:
     """Whether a QuantizeLinear of ``full`` gives INT8 (its zero point is an INT8 initializer)."""
     int8 = {t.name for t in full.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     return any(node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in int8
@@ -222,7 +223,7 @@ def _compared(full: onnx.ModelProto, result: SplitResult, reference: dict[str, n
         raise ChainMismatch(
             f"the chain of blocks does not reproduce the full graph: max |diff| {final_abs:.3g}, "
             f"{final:.3g} of the output's scale > {tolerance:g}; block {first!r} is the first to diverge"
-            + (INT8_QDQ_HINT if _int8_activations(full) else "")
+            + (INT8_QDQ_HINT if int8_activations(full) else "")
         )
     for got, name in zip(outputs[-1], result.blocks[-1].source_outputs, strict=True):
         _check_own_size(got, reference[name], name, tolerance)
