@@ -59,6 +59,10 @@ def modernize(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if proto.ir_version < MIN_IR_VERSION:
         notes.append(f"IR version {proto.ir_version} raised to {MIN_IR_VERSION}")
         proto.ir_version = MIN_IR_VERSION
+    # Shapes the file declares for its inner tensors are worked out again (infer_types): jax2onnx 0.17 declares
+    # NHWC shapes for tensors its Flax ResNet computes in NCHW, which ONNX Runtime ignores and a block built
+    # with them cannot run ("Incompatible dimensions" at the residual Add).
+    del proto.graph.value_info[:]
     freed = _free_negative_dims(proto.graph)
     if freed:
         notes.append(f"{freed} dimension{'s' if freed != 1 else ''} declared -1 read as free")

@@ -601,6 +601,28 @@ def test_a_graph_exported_without_its_weights_is_refused_saying_to_export_them(t
     assert "export_params=True" in shown
 
 
+def test_inner_shapes_a_file_declares_wrongly_are_worked_out_again(tmp_path: Path) -> None:
+    """jax2onnx 0.17 declares NHWC shapes in ``value_info`` for tensors its Flax ResNet computes in NCHW; ONNX
+    Runtime ignores them and runs the file, and split refused it: "block '01_conv' does not run on what the
+    blocks before it give (... Incompatible dimensions)"."""
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="/stem/conv/Conv"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="/stem/relu/Relu"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="/block/conv/Conv"),
+             helper.make_node("Add", ["c2", "r1"], ["s"], name="/block/Add"),
+             helper.make_node("MaxPool", ["s"], ["y"], kernel_shape=[2, 2], strides=[2, 2], name="/block/pool/MaxPool")]
+    source = _graph(tmp_path / "stale.onnx", nodes, ["n", 3, 16, 16], ["n", 8, 8, 8])
+    proto = onnx.load(str(source))
+    proto.graph.value_info.append(helper.make_tensor_value_info("r1", TensorProto.FLOAT, ["n", 16, 16, 8]))
+    onnx.save(proto, str(source))
+    x = np.random.default_rng(1).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    want = cpu_session(str(source)).run(None, {"x": x})[0]
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "stale"))
+    assert code == 0, shown
+    manifest = read_manifest(tmp_path / "models" / "stale" / "1")
+    assert [list(b.outputs[0].shape) for b in manifest.blocks] == [[-1, 8, 16, 16], [-1, 8, 8, 8]]
+    _assert_served(tmp_path / "models", "stale", x, want)
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
