@@ -28,7 +28,7 @@ from layerserve.proto.tensors import ONNX_ELEM_TYPES, TensorSpec, numpy_dtype
 
 from .conventions import exporter_defaults
 from .foreign import probe_input
-from .graph import LoadedModel, load_model
+from .graph import LoadedModel, SplitError, load_model
 from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks, int8_activations
 from .preprocessing import image_preprocessing
 from .repository import tensor_spec, write_repository
@@ -144,8 +144,9 @@ def split_triton_repository(
 
     Returns (model, version, manifest or None, note) per version, and per model we do not serve
     (None, with the one-line reason the server would give). The batch stays as the file has it
-    (``make_dynamic`` False), so the blocks take what config.pbtxt declares. SplitError when a
-    servable model cannot be split.
+    (``make_dynamic`` False), so the blocks take what config.pbtxt declares. A model that cannot be
+    split gets None and the reason too: the first such model ended the whole command, unnamed, with
+    nothing written for the models after it.
     """
     done: list[tuple[str, str, ModelManifest | None, str]] = []
     for folder in sorted(Path(repository).iterdir()):
@@ -161,14 +162,18 @@ def split_triton_repository(
             continue
         for version_dir in triton.served_versions(folder, config):
             source = version_dir / triton.model_file(config)
-            model = load_model(source, options.make_dynamic)
-            try:  # what the server would refuse the model for: nothing is written for it
+            try:
+                model = load_model(source, options.make_dynamic)
+                # what the server would refuse the model for: nothing is written for it
                 triton.served_io(config, source.name, [_spec(i) for i in model.proto.graph.input],
                                  [_spec(o) for o in model.proto.graph.output])
+                result, report = checked_split(model, options)
             except triton.ConfigError as error:
                 done.append((folder.name, version_dir.name, None, str(error)))
                 continue
-            result, report = checked_split(model, options)
+            except SplitError as error:  # the server still serves the file whole; the other models go on
+                done.append((folder.name, version_dir.name, None, f"not split, served whole: {error}"))
+                continue
             manifest = write_repository(
                 folder.parent, folder.name, model.proto, result, _provenance(source, model, result, report),
                 description=f"Triton model {folder.name}, split beside {source.name}",

@@ -143,3 +143,24 @@ def test_config_io_must_match_the_onnx_file(triton_repository: Path, tmp_path: P
     assert "wrong: skipped: config.pbtxt vs model.onnx: input 'x' declared FP32 [-1,3,32,32], the file has " \
         "FP32 [-1,1,32,32]" in printed.getvalue()
     assert not (root / "wrong" / "1" / "blocks").exists() and (root / "ok" / "1" / "blocks").is_dir()
+
+
+def test_split_triton_names_a_model_it_cannot_split_and_splits_the_others(triton_repository: Path, tmp_path: Path) -> None:
+    """The first model split refused ended ``split --triton`` (exit 2, no model named, nothing written for the
+    models after it); the server serves such a model whole, so it is skipped with its reason instead."""
+    root = tmp_path / "repo"
+    (root / "aa_plain" / "1").mkdir(parents=True)
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 1, 32, 32])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [-1, 1, 32, 32])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]),
+              str(root / "aa_plain" / "1" / "model.onnx"))
+    (root / "aa_plain" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
+    (root / "ok" / "1").mkdir(parents=True)
+    shutil.copy(triton_repository / "digits_cnn" / "1" / "model.onnx", root / "ok" / "1" / "model.onnx")
+    (root / "ok" / "config.pbtxt").write_text('backend: "onnxruntime"\n')
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["split", "--triton", str(root)]) == 0
+    shown = printed.getvalue()
+    assert "aa_plain: skipped: not split, served whole: the graph has no single-tensor cut" in shown, shown
+    assert not (root / "aa_plain" / "1" / "blocks").exists() and (root / "ok" / "1" / "blocks").is_dir()
