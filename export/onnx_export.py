@@ -34,22 +34,25 @@ def export_onnx(
     model.eval()
     example = (torch.zeros(2, *input_shape),)
     batch = torch.export.Dim(BATCH_DIM, min=1, max=4096)
-    # The exporter narrates every step on stdout and warns about its own internals.
-    exporter_log = logging.getLogger("torch.onnx")
+    # The exporter narrates every step on stdout and warns about its own internals; torch.export logs its
+    # failures (a 30-line FX graph for a data-dependent ``if``) before raising what the caller reports in one line.
+    exporter_log = logging.getLogger("torch")
     level = exporter_log.level
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        exporter_log.setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            model,
-            example,
-            dynamo=True,
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_shapes={next(iter(_forward_arg_names(model))): {0: batch}},
-            verbose=False,
-        )
-        exporter_log.setLevel(level)
+        exporter_log.setLevel(logging.CRITICAL)
+        try:
+            program = torch.onnx.export(
+                model,
+                example,
+                dynamo=True,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes={next(iter(_forward_arg_names(model))): {0: batch}},
+                verbose=False,
+            )
+        finally:
+            exporter_log.setLevel(level)
     proto = program.model_proto
     _strip_stack_traces(proto)
     onnx.checker.check_model(proto, full_check=True)

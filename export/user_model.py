@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +147,19 @@ def _listing(keys: list[str]) -> str:
     return shown + (f" (+{len(keys) - LISTED_KEYS} more)" if len(keys) > LISTED_KEYS else "")
 
 
+def _exporter_cause(error: BaseException) -> BaseException:
+    """What made the exporter fail: torch.onnx wraps torch.export's error in a TorchExportError whose first line
+    only says which step failed ("... step 1/3 ... Next steps:"); the reason is its cause ("Exporting a
+    ScriptModule is not supported", a data-dependent ``if``)."""
+    cause = error.__cause__
+    return cause if type(error).__name__ == "TorchExportError" and cause is not None else error
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
     text = lines[0] if lines else type(error).__name__
     return text if len(text) <= 300 else text[:299] + "…"
 
@@ -194,8 +206,9 @@ def export_user_model(
     try:
         proto = export_onnx(model, user.input_shape)
     except Exception as error:  # noqa: BLE001 - the exporter raises many kinds, with long messages
+        cause = _exporter_cause(error)
         raise ExportError(
-            f"torch.onnx.export (dynamo) could not export {user.spec}: {type(error).__name__}: {_first_line(error)}"
+            f"torch.onnx.export (dynamo) could not export {user.spec}: {type(cause).__name__}: {_first_line(cause)}"
         ) from None
     expected = expected.numpy()
     absolute, relative = relative_diff(onnx_logits(proto, images), expected)

@@ -146,3 +146,25 @@ def test_split_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "the graph has 2 inputs ('image', 'mask'); splitting needs exactly one image input" in line
     line = _one_line_refusal(capsys, "split", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "m4"))
     assert "missing.onnx: no such file" in line
+
+
+def test_a_model_torch_export_cannot_trace_is_refused_with_its_reason(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """torch.onnx wraps torch.export's failure in a TorchExportError whose first line is "Failed to export the model
+    with torch.export. \\x1b[96mThis is step 1/3\\x1b[0m ... Next steps:": the one line said only that, with the
+    terminal's colour codes, after torch's own 30-line log for a data-dependent ``if``."""
+    source = tmp_path / "branchy.py"
+    source.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Branchy(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.conv = nn.Conv2d(3, 4, 3)\n\n"
+        "    def forward(self, x):\n        y = self.conv(x)\n"
+        "        if bool(y.mean() > 0):\n            return y.flatten(1)\n        return -y.flatten(1)\n\n"
+        "def scripted():\n    return torch.jit.script(Branchy())\n"
+    )
+    line = _one_line_refusal(capsys, "export", "--model", f"{source}:scripted", "--input-shape", "3,8,8",
+                             "--out", str(tmp_path / "m"))
+    assert "ValueError: Exporting a ScriptModule is not supported" in line and "\x1b[" not in line, line
+    line = _one_line_refusal(capsys, "export", "--model", f"{source}:Branchy", "--input-shape", "3,8,8",
+                             "--out", str(tmp_path / "m"))
+    assert "step 1/3" not in line and "\x1b[" not in line and "data-dependent" in line, line
