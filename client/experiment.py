@@ -38,13 +38,14 @@ def _quiet(_: str) -> None:
 
 
 def as_logits(output: np.ndarray) -> np.ndarray:
-    """``[N, classes]`` from a classifier's output: SqueezeNet-style ``[N, classes, 1, 1]`` is flattened.
+    """``[N, classes]`` from a classifier's output: SqueezeNet-style ``[N, classes, 1, 1]`` and its channels-last
+    form ``[N, 1, 1, classes]`` (a Keras or Flax fully convolutional classifier) are flattened.
 
     ValueError (one line) for an output that is not one score per class and sample.
     """
     output = np.asarray(output)
-    if output.ndim > 2 and all(d == 1 for d in output.shape[2:]):
-        output = output.reshape(output.shape[0], output.shape[1])
+    if output.ndim > 2 and sum(d != 1 for d in output.shape[1:]) <= 1:
+        output = output.reshape(output.shape[0], -1)
     if output.ndim != 2:
         raise ValueError(f"the model's output is {list(output.shape)}; comparing paths needs class scores [N, classes]")
     return output

@@ -128,5 +128,9 @@ def test_squeezenet_shaped_outputs_are_read_as_class_scores() -> None:
     shaped = logits[:, :, None, None]  # [N, classes, 1, 1], as SqueezeNet's conv classifier answers
     result = experiment.score("full graph", "model.onnx", shaped, shaped, labels)
     assert result.accuracy == 1.0 and result.agreement == 1.0 and result.max_abs_diff == 0.0
+    # Channels last, as a Keras or Flax fully convolutional classifier answers (it was refused).
+    last = logits[:, None, None, :]
+    result = experiment.score("full graph", "model.onnx", last, last, labels)
+    assert result.accuracy == 1.0 and experiment.as_logits(last).shape == (6, 1000)
     with pytest.raises(ValueError, match=r"comparing paths needs class scores \[N, classes\]"):
         experiment.as_logits(np.zeros((6, 8, 2, 2)))
