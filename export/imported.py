@@ -55,7 +55,32 @@ class SplitOptions:
 
 
 def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResult, ChainReport]:
-    """Split ``model`` and check the chain at every batch size the model is checked at (the worst report)."""
+    """Split ``model`` and check the chain at every batch size the model is checked at (the worst report).
+
+    When that fails and ONNX Runtime cannot load the graph itself either, the refusal says so: the graph is
+    the problem, not the block that met it first (jax2onnx at opset 17 wrote ReduceMean's axes as an input,
+    and split blamed "block '03_conv'"; a dynamo export without its weights crashed in extraction)."""
+    try:
+        return _checked_split(model, options)
+    except Exception as error:
+        reason = _runtime_refusal(model)
+        if reason:
+            raise SplitError(f"ONNX Runtime cannot run the graph: {reason}") from None
+        raise error from None
+
+
+def _runtime_refusal(model: LoadedModel) -> str:
+    """Why ONNX Runtime will not load ``model``'s graph, or "" when it does."""
+    from .runtime import describe_runtime_error, probe_session
+
+    try:
+        probe_session(model.proto.SerializeToString())
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
+        return describe_runtime_error(error)
+    return ""
+
+
+def _checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResult, ChainReport]:
     result = split(model, options.granularity, list(options.at) or None, options.depth)
     batches = [probe_input(model.proto, batch, CHECK_SEED)[1] for batch in model.check_sizes]
     if model.fixed_batch is None and int8_activations(model.proto):

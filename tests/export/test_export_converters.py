@@ -623,6 +623,23 @@ def test_inner_shapes_a_file_declares_wrongly_are_worked_out_again(tmp_path: Pat
     _assert_served(tmp_path / "models", "stale", x, want)
 
 
+def test_a_graph_onnx_runtime_cannot_load_is_refused_as_such_not_as_a_block(tmp_path: Path) -> None:
+    """jax2onnx at opset 17 gives ReduceMean its axes as an input (opset 18's form); ONNX Runtime refuses the file,
+    and split blamed the block that met it: "block '01_body' is not a valid ONNX model"."""
+    nodes = [*_nodes("r2"), helper.make_node("ReduceMean", ["r2", "axes"], ["y"], keepdims=1, name="/head/ReduceMean")]
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+               for name, shape in (("w1", (8, 3, 3, 3)), ("w2", (8, 8, 3, 3)))]
+    weights.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 1, 1])], weights)
+    source = tmp_path / "axes_input.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    code, shown = _split(str(source), "--out", str(tmp_path / "models" / "axes_input"))
+    assert code == 2 and len(shown.strip().splitlines()) == 1, shown
+    assert shown.startswith("layerserve split: ONNX Runtime cannot run the graph:") and "ReduceMean" in shown, shown
+
+
 def test_blocks_of_a_keras_export_are_named_after_its_layers(tmp_path: Path) -> None:
     """tf2onnx names nodes ``<model>/<layer>/<op>``: blocks were named after op types (``01_conv``), and the
     NHWC-to-NCHW Transpose before the first layer was a block of its own."""
