@@ -63,6 +63,8 @@ def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResul
     try:
         return _checked_split(model, options)
     except Exception as error:
+        if isinstance(error, SplitError) and str(error).startswith("ONNX Runtime cannot run the graph"):
+            raise  # already says so, with its own advice (a float64 model's)
         reason = _runtime_refusal(model)
         if reason:
             raise SplitError(f"ONNX Runtime cannot run the graph: {reason}") from None
