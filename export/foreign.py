@@ -31,6 +31,7 @@ from onnx import helper
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, example_values, numpy_dtype
 
 from .errors import SplitError
+from .stats import WEIGHT_TYPES
 
 MIN_IR_VERSION = 4
 # ONNX Runtime runs the default domain from opset 7 on.
@@ -87,10 +88,6 @@ def _free_negative_dims(graph: onnx.GraphProto) -> int:
 
 # A Constant node's tensor is a weight when it is floating point or 8-bit (as export/stats.py counts
 # initializers) and holds at least this many elements: shapes, axes and scalars stay nodes.
-LIFTED_TYPES = frozenset({
-    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
-})
 LIFT_MIN_ELEMENTS = 16
 
 
@@ -104,7 +101,7 @@ def _lift_constant_weights(graph: onnx.GraphProto) -> int:
     for node in graph.node:
         value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
         if (node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None
-                and len(node.output) == 1 and node.output[0] not in outputs and value.data_type in LIFTED_TYPES
+                and len(node.output) == 1 and node.output[0] not in outputs and value.data_type in WEIGHT_TYPES
                 and int(np.prod(value.dims)) >= LIFT_MIN_ELEMENTS):
             tensor = onnx.TensorProto()
             tensor.CopyFrom(value)

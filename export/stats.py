@@ -20,7 +20,7 @@ from .layers import LAYERS
 
 # Weights: floating-point initializers, and the 8-bit ones a quantized layer holds (with their per-channel
 # zero points). 32- and 64-bit integer initializers are shapes, axes and indices.
-_WEIGHT_TYPES = frozenset({
+WEIGHT_TYPES = frozenset({
     onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16,
     onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
 })
@@ -28,7 +28,7 @@ _WEIGHT_TYPES = frozenset({
 
 def parameter_count(block: onnx.ModelProto) -> int:
     """Elements in the block's weight initializers (floating-point or 8-bit; integer shape constants do not count)."""
-    return sum(math.prod(t.dims) for t in block.graph.initializer if t.data_type in _WEIGHT_TYPES)
+    return sum(math.prod(t.dims) for t in block.graph.initializer if t.data_type in WEIGHT_TYPES)
 
 
 def _shapes(block: onnx.ModelProto) -> dict[str, list[int | None]]:
