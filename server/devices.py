@@ -33,7 +33,12 @@ DEVICES: dict[str, Device] = {
     "cpu": Device("cpu", ((CPU, {}),), CPU),
     # No "device_id" option: device 0 is the default, and naming it makes ONNX Runtime >= 1.26 log a
     # "No registered plugin EP device found" warning for every session (seen with 1.31.1 on an H200).
-    "cuda": Device("cuda", ((CUDA, {}), (CPU, {})), CUDA, ("cuda", 0),
+    # cuDNN's heuristic choice of convolution algorithm, as PyTorch's default, not ONNX Runtime's
+    # exhaustive search: that search runs again for every new input shape, and dynamic batching makes
+    # new batch sizes. Measured on an H100 (docs/BENCHMARKS.md, "On a GPU: NVIDIA H100"): the same speed
+    # once warm, a first run at a new batch size of 12-19 ms instead of 51-558 ms (digits_cnn), and one
+    # worker serving 16 clients 4.5x faster. --provider-options cudnn_conv_algo_search=EXHAUSTIVE restores it.
+    "cuda": Device("cuda", ((CUDA, {"cudnn_conv_algo_search": "HEURISTIC"}), (CPU, {})), CUDA, ("cuda", 0),
                    "install onnxruntime-gpu (make setup-gpu)"),
 }
 AUTO = "auto"

@@ -18,6 +18,13 @@ def test_options_go_to_the_provider_the_device_requires() -> None:
     assert runtime.provider_list(DEVICES["cpu"]) == [("CPUExecutionProvider", {})]
 
 
+def test_cuda_chooses_convolution_algorithms_by_heuristic_unless_told_otherwise() -> None:
+    """The exhaustive search ONNX Runtime defaults to runs again for every batch size dynamic batching makes."""
+    assert runtime.provider_list(DEVICES["cuda"])[0] == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    told = runtime.provider_list(DEVICES["cuda"], "cudnn_conv_algo_search=EXHAUSTIVE")
+    assert told[0] == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"})
+
+
 @pytest.mark.parametrize("text", ["cudnn_conv_algo_search", "=HEURISTIC", "a=", "1x=2", "a=b,,c"])
 def test_a_malformed_option_is_refused_naming_what_was_expected(text: str) -> None:
     with pytest.raises(ValueError, match=r"provider options expect KEY=VALUE\[,KEY=VALUE\] such as"):
