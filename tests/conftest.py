@@ -1,14 +1,16 @@
 """Session fixtures shared across test folders: foreign ONNX files and their split model repository.
 
-Building them costs ~30 s (seven dynamo exports at 224x224), so the export, server and client
-tests of bringing your own CNN share one build.
+Building them costs about a minute on two cores (fourteen torch.export-based exports at 224x224, one
+process per core), so the export, server and client tests of bringing your own CNN share one build.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cnn_zoo
@@ -27,11 +29,14 @@ os.environ.setdefault("LAYERSERVE_HTTP_PORT", "0")
 def foreign_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every foreign ONNX file by model name: ``<arch>_<torchscript|dynamo>`` for the zoo, then OTHER_GRAPHS."""
     folder = tmp_path_factory.mktemp("foreign-onnx")
-    files = {
-        f"{arch}_{how}": foreign_graphs.export_zoo_model(arch, how, folder / f"{arch}_{how}.onnx")
-        for arch in cnn_zoo.ZOO
-        for how in foreign_graphs.EXPORTS
-    }
+    jobs = [(arch, how, folder / f"{arch}_{how}.onnx") for arch in cnn_zoo.ZOO for how in foreign_graphs.EXPORTS]
+    # torch's exporters are single-threaded Python for seconds per model (85 s for these 21 on CI's two
+    # cores, most of the suite's longest setup): one process per core, started clean (spawn), not forked
+    # from a process that holds torch's threads.
+    workers = min(len(jobs), len(os.sched_getaffinity(0)))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        paths = pool.map(foreign_graphs.export_zoo_model, *zip(*jobs, strict=True))
+        files = {f"{arch}_{how}": path for (arch, how, _), path in zip(jobs, paths, strict=True)}
     files.update({name: make(folder / f"{name}.onnx") for name, make in foreign_graphs.OTHER_GRAPHS.items()})
     return files
 
