@@ -148,11 +148,12 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
             order.reverse()
         with contextlib.ExitStack() as stack:  # fresh servers each repeat, stopped before the next one's start
             started = {label: stack.enter_context(factory()) for label, factory in order}
+            warmup = min(0.5, seconds)  # 0.5 s at the grid's seconds per cell; less only for the tests' short cells
             for label, server in started.items():
                 pid = server.process.pid
-                c1 = served(server.address, model, x1, 1, seconds, 0.5, pid).result
-                c16 = served(server.address, model, x1, 16, seconds, 0.5, pid).result
-                c4 = served(server.address, model, xl, 4, seconds, 0.5, pid).result
+                c1 = served(server.address, model, x1, 1, seconds, warmup, pid).result
+                c16 = served(server.address, model, x1, 16, seconds, warmup, pid).result
+                c4 = served(server.address, model, xl, 4, seconds, warmup, pid).result
                 threads = triton_threads(server.address, model, input_name, x1[input_name], 8, seconds)
                 add(label, "b1_c1", c1.p50_ms)
                 add(label, "b1_c16", c16.throughput)

@@ -164,7 +164,7 @@ async def _alternating(address: str, payloads: list[bytes], rounds: int, seconds
     try:
         for _ in range(rounds):
             for index, payload in enumerate(payloads):
-                result = await closed_loop([lambda payload=payload: call(payload, timeout=30)], 1, seconds, 0.2,
+                result = await closed_loop([lambda payload=payload: call(payload, timeout=30)], 1, seconds, min(0.2, seconds),
                                            (grpc.aio.AioRpcError,))
                 p50s[index].append(result.p50_ms)
     finally:
