@@ -9,6 +9,9 @@ per-sample shape (a spec's leading batch dimension, -1 or not, is dropped by
 projection is seeded). When ``x`` already has the target shape it is returned
 unchanged: there is nothing to force. :func:`fit` then gives it the target's type,
 rounded and clipped into an integer type's range (a quantized block's INT8 input).
+The adapters see ``[N, C, H, W]``: :func:`fit` transposes a channels-last side
+(:func:`channels_last`, a Keras picture ``[N, H, W, 3]`` or a TFLite activation)
+on the way in and out, so channels stay channels.
 
 * ``resize``: area (box) resampling of the spatial dimensions, then channel
   tiling (output channel c reads input channel c mod C). Tensors that are not
@@ -117,7 +120,29 @@ def fit(x: np.ndarray, shape: Sequence[int], method: str, seed: int = 0, dtype: 
         adapter = ADAPTERS[method]
     except KeyError:
         raise ValueError(f"unknown fit {method!r} (known: {', '.join(FITS)})") from None
-    return as_type(adapter(x, tuple(int(d) for d in shape), seed), dtype)
+    target = tuple(int(d) for d in shape)
+    if np.shape(x)[1:] == target:
+        return as_type(adapter(x, target, seed), dtype)
+    # The adapters work on [N, C, H, W]: a channels-last side goes through them transposed.
+    if channels_last(np.shape(x)):
+        x = np.moveaxis(np.asarray(x), 3, 1)
+    if channels_last((0, *target)):
+        fitted = adapter(x, (target[2], target[0], target[1]), seed)
+        return as_type(np.ascontiguousarray(np.moveaxis(fitted, 1, 3)), dtype)
+    return as_type(adapter(x, target, seed), dtype)
+
+
+def channels_last(shape: Sequence[int]) -> bool:
+    """Whether a rank-4 ``[N, a, b, c]`` tensor reads as ``[N, H, W, C]`` (Keras's and TFLite's layout).
+
+    Yes for a picture with 1 or 3 channels last and neither before, and for an activation whose two
+    equal sides come before a different last one (``[N, 7, 7, 1280]``). Anything else, ambiguous shapes
+    and pooled ``[N, C, 1, 1]`` vectors included, reads as ``[N, C, H, W]``.
+    """
+    if len(shape) != 4:
+        return False
+    _, a, b, c = (int(d) for d in shape)
+    return (c in (1, 3) and a not in (1, 3) and b not in (1, 3)) or a == b != c
 
 
 def as_type(x: np.ndarray, dtype: np.dtype | type) -> np.ndarray:

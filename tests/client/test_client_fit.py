@@ -35,6 +35,24 @@ def test_resize_averages_areas_and_tiles_channels() -> None:
     assert np.allclose(up[0, 0], 1) and np.allclose(up[0, 1], 5) and np.allclose(up[0, 2], 1)
 
 
+def test_channels_last_pictures_and_activations_keep_their_channels() -> None:
+    """A Keras-layout picture [N, H, W, 3] is resized as a picture, into a channels-first block input
+    [C, h, w] or a channels-last one [h, w, C]; it was once read as 224 channels of 224x3 pixels."""
+    colours = np.array([0.0, 0.5, 1.0], np.float32)
+    picture = np.broadcast_to(colours, (2, 224, 224, 3)).copy()  # each channel one flat colour
+    first = fit(picture, (6, 7, 7), "resize")
+    assert first.shape == (2, 6, 7, 7)
+    assert np.allclose(first[:, :, 3, 3], np.tile(colours, 2))  # channel c reads colour c mod 3
+    last = fit(picture, (7, 7, 1280), "resize")
+    assert last.shape == (2, 7, 7, 1280)
+    assert np.allclose(last[0, 3, 3, :6], np.tile(colours, 2))
+    padded = fit(picture, (5, 230, 230), "pad")  # channels centred like every other dimension
+    assert np.allclose(padded[0, 1:4, 115, 115], colours) and np.allclose(padded[0, [0, 4], 115, 115], 0)
+    # pooled channels-first vectors [C, 1, 1] stay channels-first
+    pooled = np.random.default_rng(0).random((2, 1280, 1, 1), dtype=np.float32)
+    assert np.allclose(fit(pooled, (1280, 2, 2), "resize")[:, :, 0, 0], pooled[:, :, 0, 0])
+
+
 def test_pad_centres_or_crops_with_zeros() -> None:
     x = np.ones((2, 1, 2, 2), np.float32)
     out = fit(x, (2, 4, 4), "pad")
