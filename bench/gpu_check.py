@@ -172,7 +172,8 @@ def served_throughput(address: str, version_dir: Path, duration: float) -> dict[
         shape = [batch if d < 0 else int(d) for d in spec.shape]
         request = pb.ModelInferRequest(model_name=manifest.name)
         tensors.add_raw_input(request, spec.name, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
-        result = run_load(address, request.SerializeToString(), clients, duration=duration, channels=clients)
+        result = run_load(address, request.SerializeToString(), clients, duration=duration,
+                          warmup=min(0.5, duration), channels=clients)
         rows[f"batch{batch}_c{clients}"] = {
             "requests_per_s": result.throughput,
             "samples_per_s": result.throughput * batch,

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _run_check(device: str, out: Path) -> tuple[subprocess.CompletedProcess[str], dict]:
     command = [
         sys.executable, "-m", "bench.gpu_check", "--device", device, "--models", str(REPO / "models"),
-        "--batches", "1,8", "--repeats", "2", "--duration", "0.5", "--out", str(out),
+        "--batches", "1,8", "--repeats", "2", "--duration", "0.3", "--out", str(out),
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     report = json.loads(out.read_text()) if out.exists() else {}
