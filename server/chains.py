@@ -26,6 +26,7 @@ import numpy as np
 from layerserve.proto.tensors import example_values, numpy_dtype
 
 from . import runtime, seams
+from .bound_chains import BoundChains, boundable
 from .errors import bounded
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,19 @@ class BlockChain:
                           else self.blocks[index])
         return chosen
 
+    bound: BoundChains = field(default_factory=BoundChains, compare=False)
+
     def run(
         self, feeds: Mapping[str, np.ndarray], start: int = 0, stop: int | None = None, keep: Sequence[int] = ()
     ) -> tuple[Outputs, dict[int, Outputs]]:
         """Run blocks ``[start, stop)``: the last one's outputs, and each kept block's by its index."""
         stop = len(self.blocks) if stop is None else stop
-        outputs, kept = runtime.chain(self.graphs(start, stop, keep), feeds, [index - start for index in keep])
+        graphs = self.graphs(start, stop, keep)
+        positions = [index - start for index in keep]
+        if boundable(graphs, feeds):
+            outputs, kept = self.bound.run((start, stop, tuple(sorted(keep))), graphs, feeds, positions)
+        else:
+            outputs, kept = runtime.chain(graphs, feeds, positions)
         return outputs, {start + index: values for index, values in kept.items()}
 
 
