@@ -80,7 +80,14 @@ class BoundChains:
         if shapes in cache:
             cache.move_to_end(shapes)
             bound = cache[shapes]
-            return bound.run(feeds, keep) if bound is not None else runtime.chain(graphs, feeds, keep)
+            if bound is None:
+                return runtime.chain(graphs, feeds, keep)
+            try:
+                return bound.run(feeds, keep)
+            except Exception as error:  # noqa: BLE001 - a shape the first run did not foretell: run plain from now
+                cache[shapes] = None
+                log.warning("chain runs unbound at this shape", extra={"fields": {"reason": bounded(str(error), 200)}})
+                return runtime.chain(graphs, feeds, keep)
         # A new shape: a plain run, every output kept, gives this answer and every tensor's size.
         outputs, every = runtime.chain(graphs, feeds, range(len(graphs)))
         tensors = {**feeds, **{name: array for values in every.values() for name, array in values.items()}}
@@ -97,7 +104,10 @@ class BoundChains:
 
 
 def boundable(graphs: Sequence[runtime.Graph], feeds: Mapping[str, np.ndarray]) -> bool:
-    """Whether a chain of ``graphs`` on ``feeds`` runs bound: on host memory, at a small batch."""
+    """Whether a chain of ``graphs`` on ``feeds`` runs bound: on host memory, at a small batch, and with
+    every output's shape fixed past the batch (an output sized by the data, such as a detector's
+    NonMaxSuppression, would not fit a buffer sized by the first request)."""
     arrays = list(feeds.values())
     return (bool(graphs) and all(graph.value_device is None for graph in graphs)
-            and all(isinstance(a, np.ndarray) and a.ndim and 1 <= a.shape[0] <= MAX_ROWS for a in arrays))
+            and all(isinstance(a, np.ndarray) and a.ndim and 1 <= a.shape[0] <= MAX_ROWS for a in arrays)
+            and all(dim >= 0 for graph in graphs for spec in graph.outputs for dim in spec.shape[1:]))

@@ -84,3 +84,37 @@ def test_a_shape_whose_tensors_exceed_the_budget_runs_plain(model, monkeypatch: 
         got = chain.run({"x": x})[0]["logits"]
         assert np.array_equal(got, _plain(model, x)[0]["logits"])
     assert list(chain.bound._local.cache.values()) == [None]
+
+
+def test_outputs_sized_by_the_data_run_plain(tmp_path: Path) -> None:
+    """A block whose output length follows the values (NonZero, as in a detector's NMS) cannot be bound."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def save(name: str, node: onnx.NodeProto, x: list, y: list, y_type: int = TensorProto.FLOAT) -> Path:
+        graph = helper.make_graph([node], name, [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, x)],
+                                  [helper.make_tensor_value_info(node.output[0], y_type, y)])
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        return path
+
+    relu = save("relu", helper.make_node("Relu", ["x"], ["h"]), ["N", 4], ["N", 4])
+    nonzero = save("nonzero", helper.make_node("NonZero", ["h"], ["where"]), ["N", 4], [2, "K"], TensorProto.INT64)
+    graphs = [runtime.Graph(path, runtime.RuntimeOptions()) for path in (relu, nonzero)]
+    chain = chains.BlockChain(graphs)
+    for x in ([[1, -1, 2, 0]], [[1, 2, 3, 4]], [[-1, -1, -1, 5]]):
+        got = chain.run({"x": np.array(x, np.float32)})[0]["where"]
+        assert np.array_equal(got, np.array(np.nonzero(np.maximum(np.array(x), 0))))
+
+
+def test_a_bound_run_that_fails_is_answered_plain_and_the_shape_stays_plain(model, monkeypatch) -> None:
+    chain = chains.BlockChain(model.blocks)
+    x = np.random.default_rng(4).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    chain.run({"x": x})  # binds this shape
+
+    def refuse(self, feeds, keep):
+        raise RuntimeError("ONNX Runtime refused the binding")
+
+    monkeypatch.setattr(bound_chains.BoundChain, "run", refuse)
+    assert np.array_equal(chain.run({"x": x})[0]["logits"], _plain(model, x)[0]["logits"])
+    assert list(chain.bound._local.cache.values()) == [None]
