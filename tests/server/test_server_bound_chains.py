@@ -37,6 +37,8 @@ def test_a_bound_chain_answers_bit_for_bit_as_the_plain_one(model, rows: int, ke
         want, want_kept = _plain(model, x, keep=keep)
         assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
         assert got_kept.keys() == want_kept.keys()
+        if rows <= bound_chains.MAX_ROWS:  # the served chain, native seams and all, ran bound
+            assert isinstance(list(model.block_chain.bound._local.cache.values())[-1], bound_chains.BoundChain)
         for index in want_kept:
             assert all(np.array_equal(got_kept[index][k], want_kept[index][k]) for k in want_kept[index])
 
@@ -53,6 +55,7 @@ def test_a_thread_keeps_a_few_shapes_and_large_batches_run_plain(model) -> None:
     for rows in range(1, bound_chains.MAX_ROWS + 1):
         chain.run({"x": np.zeros((rows, 1, 32, 32), np.float32)})
     assert len(chain.bound._local.cache) == bound_chains.SHAPES_PER_THREAD
+    assert all(isinstance(bound, bound_chains.BoundChain) for bound in chain.bound._local.cache.values())
     assert not bound_chains.boundable(chain.blocks, {"x": np.zeros((bound_chains.MAX_ROWS + 1, 1, 32, 32))})
 
 
