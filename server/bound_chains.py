@@ -65,7 +65,7 @@ def _bind(bind, name: str, buffer: np.ndarray) -> None:
 
 
 class BoundChains:
-    """Per thread, the bound chains of the shapes met last."""
+    """Per thread, the bound chains of the shapes met last (None for a shape that runs plain)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -80,34 +80,41 @@ class BoundChains:
         if shapes in cache:
             cache.move_to_end(shapes)
             bound = cache[shapes]
-            if bound is None:
-                return runtime.chain(graphs, feeds, keep)
-            try:
-                return bound.run(feeds, keep)
-            except Exception as error:  # noqa: BLE001 - a shape the first run did not foretell: run plain from now
-                cache[shapes] = None
-                log.warning("chain runs unbound at this shape", extra={"fields": {"reason": bounded(str(error), 200)}})
-                return runtime.chain(graphs, feeds, keep)
+            if bound is not None:
+                try:
+                    return bound.run(feeds, keep)
+                except Exception as error:  # noqa: BLE001 - a shape the first run did not foretell: plain from now
+                    cache[shapes] = None
+                    _unbound(error)
+            return runtime.chain(graphs, feeds, keep)
+        while len(cache) >= SHAPES_PER_THREAD:
+            cache.popitem(last=False)
+        cache[shapes] = None  # until bound below
+        if not _bindable(graphs):
+            return runtime.chain(graphs, feeds, keep)
         # A new shape: a plain run, every output kept, gives this answer and every tensor's size.
         outputs, every = runtime.chain(graphs, feeds, range(len(graphs)))
         tensors = {**feeds, **{name: array for values in every.values() for name, array in values.items()}}
-        bound = None  # this shape runs plain: too large, or ONNX Runtime refused a binding
         if sum(array.nbytes for array in tensors.values()) <= MAX_BYTES:
             try:
-                bound = BoundChain(graphs, tensors)
-            except Exception as error:  # noqa: BLE001 - the plain chain serves; say why once per shape
-                log.warning("chain runs unbound at this shape", extra={"fields": {"reason": bounded(str(error), 200)}})
-        cache[shapes] = bound
-        while len(cache) > SHAPES_PER_THREAD:
-            cache.popitem(last=False)
+                cache[shapes] = BoundChain(graphs, tensors)
+            except Exception as error:  # noqa: BLE001 - the plain chain serves; said once per shape
+                _unbound(error)
         return outputs, {position: every[position] for position in keep}
 
 
-def boundable(graphs: Sequence[runtime.Graph], feeds: Mapping[str, np.ndarray]) -> bool:
-    """Whether a chain of ``graphs`` on ``feeds`` runs bound: on host memory, at a small batch, and with
-    every output's shape fixed past the batch (an output sized by the data, such as a detector's
-    NonMaxSuppression, would not fit a buffer sized by the first request)."""
-    arrays = list(feeds.values())
-    return (bool(graphs) and all(graph.value_device is None for graph in graphs)
-            and all(isinstance(a, np.ndarray) and a.ndim and 1 <= a.shape[0] <= MAX_ROWS for a in arrays)
-            and all(dim >= 0 for graph in graphs for spec in graph.outputs for dim in spec.shape[1:]))
+def _unbound(error: Exception) -> None:
+    log.warning("chain runs unbound at this shape", extra={"fields": {"reason": bounded(str(error), 200)}})
+
+
+def _bindable(graphs: Sequence[runtime.Graph]) -> bool:
+    """Whether ``graphs`` can run bound: on host memory, every output's shape fixed past the batch (an output
+    sized by the data, such as a detector's NonMaxSuppression, would not fit a buffer sized by the first
+    request). Asked once per shape, not per request."""
+    return all(graph.value_device is None and all(dim >= 0 for spec in graph.outputs for dim in spec.shape[1:])
+               for graph in graphs)
+
+
+def small_batch(feeds: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``feeds`` are host arrays of 1 to MAX_ROWS rows: the requests a bound chain may serve."""
+    return all(isinstance(a, np.ndarray) and a.ndim and 1 <= a.shape[0] <= MAX_ROWS for a in feeds.values())

@@ -26,7 +26,7 @@ import numpy as np
 from layerserve.proto.tensors import example_values, numpy_dtype
 
 from . import runtime, seams
-from .bound_chains import BoundChains, boundable
+from .bound_chains import BoundChains, small_batch
 from .errors import bounded
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class BlockChain:
         stop = len(self.blocks) if stop is None else stop
         graphs = self.graphs(start, stop, keep)
         positions = [index - start for index in keep]
-        if boundable(graphs, feeds):
+        if graphs and small_batch(feeds):
             outputs, kept = self.bound.run((start, stop, tuple(sorted(keep))), graphs, feeds, positions)
         else:
             outputs, kept = runtime.chain(graphs, feeds, positions)

@@ -56,7 +56,7 @@ def test_a_thread_keeps_a_few_shapes_and_large_batches_run_plain(model) -> None:
         chain.run({"x": np.zeros((rows, 1, 32, 32), np.float32)})
     assert len(chain.bound._local.cache) == bound_chains.SHAPES_PER_THREAD
     assert all(isinstance(bound, bound_chains.BoundChain) for bound in chain.bound._local.cache.values())
-    assert not bound_chains.boundable(chain.blocks, {"x": np.zeros((bound_chains.MAX_ROWS + 1, 1, 32, 32))})
+    assert not bound_chains.small_batch({"x": np.zeros((bound_chains.MAX_ROWS + 1, 1, 32, 32))})
 
 
 def test_threads_running_at_once_get_their_own_answers(model) -> None:
