@@ -13,3 +13,14 @@ class ExportError(ValueError):
 
 class SplitError(ExportError):
     """A model cannot be split as asked; the message says why, naming the tensors involved."""
+
+
+class GraphRefused(SplitError):
+    """ONNX Runtime cannot load or run the whole graph: the graph is the problem, not a block or a cut.
+
+    One type for every place that finds it, so a caller keeps this reason (and its advice) rather than
+    replacing it with a guess of its own.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"ONNX Runtime cannot run the graph: {reason}")

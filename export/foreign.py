@@ -30,7 +30,7 @@ from onnx import helper
 
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, example_values, numpy_dtype
 
-from .errors import SplitError
+from .errors import GraphRefused, SplitError
 from .stats import WEIGHT_TYPES
 
 MIN_IR_VERSION = 4
@@ -239,11 +239,10 @@ def run_probes(
     except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types
         custom = custom_operators(proto)
         if custom:
-            raise SplitError(f"ONNX Runtime cannot run the graph: it uses {custom}, which need a custom-op library ONNX "
-                             "Runtime has not loaded (com.microsoft.extensions is onnxruntime-extensions', added by its "
-                             "pre/post-processing tools); split the model without them (before "
-                             "add_pre_post_processing_to_model)") from None
-        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}") from None
+            raise GraphRefused(f"it uses {custom}, which need a custom-op library ONNX Runtime has not loaded "
+                               "(com.microsoft.extensions is onnxruntime-extensions', added by its pre/post-processing "
+                               "tools); split the model without them (before add_pre_post_processing_to_model)") from None
+        raise GraphRefused(describe_runtime_error(error)) from None
 
 
 # Domains ONNX Runtime's CPU build runs without a custom-op library.

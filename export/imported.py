@@ -27,8 +27,9 @@ from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Proven
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, TensorSpec, numpy_dtype
 
 from .conventions import exporter_defaults
+from .errors import GraphRefused, SplitError
 from .foreign import probe_input
-from .graph import LoadedModel, SplitError, load_model
+from .graph import LoadedModel, load_model
 from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks, int8_activations
 from .preprocessing import image_preprocessing
 from .repository import tensor_spec, write_repository
@@ -62,12 +63,12 @@ def checked_split(model: LoadedModel, options: SplitOptions) -> tuple[SplitResul
     and split blamed "block '03_conv'"; a dynamo export without its weights crashed in extraction)."""
     try:
         return _checked_split(model, options)
+    except GraphRefused:
+        raise  # already says so, with its own advice (a float64 model's)
     except Exception as error:
-        if isinstance(error, SplitError) and str(error).startswith("ONNX Runtime cannot run the graph"):
-            raise  # already says so, with its own advice (a float64 model's)
         reason = _runtime_refusal(model)
         if reason:
-            raise SplitError(f"ONNX Runtime cannot run the graph: {reason}") from None
+            raise GraphRefused(reason) from None
         raise error from None
 
 

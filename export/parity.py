@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .graph import SplitError
+from .errors import GraphRefused, SplitError
 from .runtime import cpu_session, describe_runtime_error
 from .split import SplitResult
 
@@ -202,7 +202,7 @@ def _full_outputs(graph: onnx.ModelProto, batches: list[np.ndarray]) -> list[dic
         wide = graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
         hint = ("; ONNX Runtime's CPU provider runs few float64 operators: export the model in float32 (model.float())"
                 if wide else "")
-        raise SplitError(f"ONNX Runtime cannot run the graph: {describe_runtime_error(error)}{hint}") from None
+        raise GraphRefused(f"{describe_runtime_error(error)}{hint}") from None
 
 
 def _compared(full: onnx.ModelProto, result: SplitResult, reference: dict[str, np.ndarray],
