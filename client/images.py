@@ -129,12 +129,9 @@ def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None
     if invert:
         pixels = 1.0 - pixels
     dtype = tensors.numpy_dtype(spec.datatype)
-    if dtype.kind in "iu":  # pixels for a graph that normalises them itself
-        values = np.rint(pixels * 255.0)
-        if dtype.kind == "i" and dtype.itemsize == 1:
-            # INT8 holds -128..127: pixels shifted by 128 (a full-integer TFLite model's input quantization,
-            # scale 1/255 and zero point -128). Cast as they were, every pixel over 127 wrapped to a negative.
-            values -= 128.0
+    offset = tensors.pixel_offset(spec.datatype)
+    if offset is not None:  # pixels for a graph that normalises them itself; INT8 ones shifted, not wrapped
+        values = np.rint(pixels * 255.0) + offset
     else:
         mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
         std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)

@@ -322,9 +322,7 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
     if manifest.inputs and len(manifest.inputs[0].shape) == 4:
         from .preprocessing import describe
 
-        datatype = manifest.inputs[0].datatype
-        integer = "INT8" if datatype == "INT8" else datatype not in ("FP32", "FP16", "FP64", "BF16")
-        console.print(f"preprocessing: {describe(manifest.preprocessing, integer)}")
+        console.print(f"preprocessing: {describe(manifest.preprocessing, manifest.inputs[0].datatype)}")
     console.print(
         f"{exported} max|diff| {p.export_max_abs_diff:.2g}, chain max|diff| {p.chain_max_abs_diff:.2g} "
         f"({p.chain_max_rel_diff:.2g} of the output's scale)"

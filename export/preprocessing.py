@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from layerserve.proto.repository_pb2 import Preprocessing
+from layerserve.proto.tensors import pixel_offset
 
 from .errors import ExportError
 
@@ -80,19 +81,20 @@ def parse_floats(text: str | None, flag: str) -> list[float] | None:
         raise ExportError(f"{flag} takes comma-separated numbers like 0.485,0.456,0.406, not {text!r}") from None
 
 
-def describe(preprocessing: Preprocessing, integer: bool | str = False) -> str:
+def describe(preprocessing: Preprocessing, datatype: str = "FP32") -> str:
     """One line for people: ``resize 256, centre crop 224x224, RGB, mean 0.485,0.456,0.406, std ...``.
-    ``integer``: the model takes integer pixels (UINT8: an end-to-end or a TFLite int8 export), which the
-    client sends as their 0-255 values with no mean or std, minus 128 for ``"INT8"`` (client/images.py)."""
+    For an integer input ``datatype`` (UINT8: an end-to-end or a TFLite int8 export), the pixel values the
+    client sends instead (proto.tensors.pixel_offset): 0-255 with no mean or std, minus 128 for INT8."""
+    offset = pixel_offset(datatype)
     if not preprocessing.crop_height:
-        values = "0-255" if integer else "in [0, 1]"
+        values = "in [0, 1]" if offset is None else "0-255"
         return f"none recorded (pictures are resized to the input's size, {values})"
     size = f"{preprocessing.crop_height}x{preprocessing.crop_width}"
     steps = (f"resize {preprocessing.resize}, centre crop {size}" if preprocessing.resize
              else f"resize to {size} (no crop)")
-    if integer == "INT8":
-        return f"{steps}, {preprocessing.color}, pixel values 0-255 minus 128 (an INT8 input: no mean or std)"
-    if integer:
+    if offset:
+        return f"{steps}, {preprocessing.color}, pixel values 0-255 minus {-offset:g} (an INT8 input: no mean or std)"
+    if offset is not None:
         return f"{steps}, {preprocessing.color}, pixel values 0-255 as they are (an integer input: no mean or std)"
     numbers = lambda values: ",".join(f"{value:g}" for value in values)  # noqa: E731
     return (f"{steps}, {preprocessing.color}, mean {numbers(preprocessing.mean)}, "

@@ -140,6 +140,16 @@ def numpy_dtype(datatype: str) -> np.dtype:
         raise TensorCodecError(f"unsupported datatype {datatype!r} (supported: {known})") from None
 
 
+def pixel_offset(datatype: str) -> float | None:
+    """What a picture's 0-255 values are shifted by for an integer image input of ``datatype`` (a graph that
+    normalises pixels itself): 0, or -128 for INT8 (a full-integer TFLite model's input quantization, scale
+    1/255 and zero point -128). None for floating point, which takes the model's mean and std instead."""
+    dtype = numpy_dtype(datatype)
+    if dtype.kind not in "iu":
+        return None
+    return -128.0 if dtype.kind == "i" and dtype.itemsize == 1 else 0.0
+
+
 def example_values(datatype: str, shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """Seeded values a tensor of ``datatype`` plausibly holds, for probes and profiles: standard normal
     for floating point, 8-bit pixel values for integers (0-255; -128-127 for INT8). TensorCodecError
