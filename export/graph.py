@@ -162,7 +162,8 @@ def training_mode_nodes(proto: onnx.ModelProto) -> str:
     """``BatchNormalization with training_mode=1, Dropout with training_mode true`` for the nodes of ``proto`` that
     compute as in training, or "": batch statistics make a row's answer depend on the rows beside it, and an
     active Dropout makes it random."""
-    constants = constant_values(proto.graph)
+    flags = [node for node in proto.graph.node if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]]
+    constants = constant_values(proto.graph) if flags else {}  # every weight as an array: only when asked
     found = []
     for node in proto.graph.node:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
