@@ -23,6 +23,10 @@ merged requests break inside those Reshapes.
   exactly what the original graph gives it: **made dynamic**;
 * else **fixed**: the manifest says the fixed size, the server never merges
   requests for it, and other batch sizes are refused with expected and got.
+
+A fixed first dimension that no output carries is **no batch** at all: the graph takes one
+sample, ``[224, 224, 3]``, and adds its own batch of 1 inside. It is served fixed too, and
+said so instead of "requests must have exactly 224 rows".
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ class BatchResolution:
     # A dynamic graph whose rows change each other's answers (DynamicQuantizeLinear takes one scale over the
     # whole batch): the server must never merge requests into one run.
     rows_interact: bool = False
+    # False: the input's first dimension is no batch (a graph that takes one picture and adds its own batch);
+    # served as a fixed shape, each request one sample.
+    batched: bool = True
 
 
 def check_sizes(fixed: int | None) -> tuple[int, ...]:
@@ -82,6 +89,9 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
         fixed, reason = 1, f"declared dynamic, but {failure}"
         original = _with_batch(proto, 1)
     else:
+        unbatched = _unbatched_note(proto, declared)
+        if unbatched is not None:
+            return BatchResolution(proto, declared, unbatched, batched=False)
         fixed, reason, original = declared, f"fixed at {declared} in the graph", proto
     if make_dynamic:
         candidate, rewritten = _dynamic_candidate(original, fixed)
@@ -95,6 +105,26 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
             reason += f"; not made dynamic: {failure}"
     rows = f"{fixed} row{'s' if fixed != 1 else ''}"
     return BatchResolution(original, fixed, f"fixed at {fixed} ({reason}; requests must have exactly {rows})")
+
+
+def _unbatched_note(proto: onnx.ModelProto, declared: int) -> str | None:
+    """The note for an input whose fixed first dimension is no batch, because no output carries it (an input
+    ``[224, 224, 3]`` answered ``[1, 1000]``: the graph takes one picture and adds its own batch); None
+    where it may be a batch (one row, or an output with as many rows). SplitError when the graph does not run."""
+    if declared < 2:
+        return None
+    from .foreign import run_probe
+
+    rows, outputs = run_probe(proto, declared)
+    if any(output.ndim and output.shape[0] == declared for output in outputs):
+        return None
+    shape, answers = _listed(rows.shape), ", ".join(_listed(output.shape) for output in outputs[:4])
+    return (f"none: the input {shape} is one sample with no batch dimension (no output has {declared} rows: "
+            f"{answers}); each request is one {shape} sample, never merged")
+
+
+def _listed(shape: tuple[int, ...]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
 
 
 def _rewrites(counts: dict[str, int]) -> str:

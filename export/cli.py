@@ -294,6 +294,7 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
     """The blocks table, notes and checks; ``exported`` names what the first max|diff| compares."""
     from rich.table import Table
 
+    from layerserve.proto.pictures import input_layout
     from layerserve.proto.tensors import format_spec
 
     table = Table(title=f"{manifest.name} v{manifest.version} -> {folder}")
@@ -319,7 +320,7 @@ def _print_summary(console: Console, manifest: ModelManifest, folder: Path, seco
         console.print(f"weights: {p.weights}")
     for note in p.notes:
         console.print(f"note: {note}")
-    if manifest.inputs and len(manifest.inputs[0].shape) == 4:
+    if manifest.inputs and input_layout(manifest.inputs[0].shape) is not None:  # an input pictures fill
         from .preprocessing import describe
 
         console.print(f"preprocessing: {describe(manifest.preprocessing, manifest.inputs[0].datatype)}")

@@ -44,6 +44,8 @@ class LoadedModel:
     notes: tuple[str, ...] = ()
     # The rows of a request change each other's answers (export/batch.py): requests must not be merged.
     rows_interact: bool = False
+    # False: the input has no batch dimension, each request one sample as it is (export/batch.py).
+    batched: bool = True
 
     @property
     def graph(self) -> ir.Graph:
@@ -361,7 +363,8 @@ def load_model(
     ir_model = ir.from_proto(proto)
     node_index = {node: i for i, node in enumerate(ir_model.graph)}
     return LoadedModel(proto=proto, ir_model=ir_model, node_index=node_index, fixed_batch=resolution.fixed,
-                       notes=(*notes, f"batch {resolution.note}"), rows_interact=resolution.rows_interact)
+                       notes=(*notes, f"batch {resolution.note}"), rows_interact=resolution.rows_interact,
+                       batched=resolution.batched)
 
 
 def consumers(value: ir.Value) -> list[ir.Node]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import onnx
 
 from layerserve.proto import triton
+from layerserve.proto.pictures import input_layout
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, TensorSpec, numpy_dtype
 
@@ -30,8 +31,9 @@ from .conventions import exporter_defaults
 from .errors import GraphRefused, SplitError
 from .foreign import probe_input
 from .graph import LoadedModel, load_model
+from .layers import convolution_dimensions
 from .parity import CHAIN_TOLERANCE, ChainReport, chain_checks, int8_activations
-from .preprocessing import image_preprocessing
+from .preprocessing import image_layout, image_preprocessing
 from .repository import tensor_spec, write_repository
 from .split import SplitResult, split
 
@@ -100,15 +102,25 @@ def default_preprocessing(proto: onnx.ModelProto) -> Preprocessing | None:
     shape = per_sample_shape(proto)
     elem = proto.graph.input[0].type.tensor_type.elem_type
     integer = numpy_dtype(ONNX_ELEM_TYPES.get(elem, "FP32")).kind in "iu"
-    if integer and len(shape) == 3 and shape[0] in (1, 3):
-        return image_preprocessing(shape, mean=[0.0] * shape[0], std=[1.0] * shape[0])
+    layout = image_layout(shape)
+    if integer and layout is not None:
+        channels = layout[0]
+        return image_preprocessing(shape, mean=[0.0] * channels, std=[1.0] * channels)
     return image_preprocessing(shape)
 
 
 def per_sample_shape(proto: onnx.ModelProto) -> list[int]:
-    """The input's shape after the batch dimension (-1 for symbolic dimensions)."""
-    dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
-    return [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+    """The shape one picture fills (-1 for symbolic dimensions): the input's after the batch axis, the whole
+    input's where it is one picture with no batch axis (proto/pictures.py), and ``[1, H, W]`` for a grey
+    ``[H, W]`` sample that 2-D convolutions read (its preprocessing is a one-channel picture's; a signal
+    ``[C, L]`` for 1-D convolutions stays as it is, no picture)."""
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    layout = input_layout(dims)
+    if layout is not None and not layout.batched:
+        return dims
+    if layout is not None and not layout.channel_axis and convolution_dimensions(proto.graph) == {2}:
+        return [1, *dims[1:]]
+    return dims[1:]
 
 
 def split_to_repository(
@@ -146,6 +158,7 @@ def split_to_repository(
         preprocessing=preprocessing or default_preprocessing(model.proto),
         fixed_batch=model.fixed_batch,
         merge_requests=not model.rows_interact,
+        batched=model.batched,
     )
 
 
@@ -206,7 +219,7 @@ def split_triton_repository(
                 folder.parent, folder.name, model.proto, result, _provenance(source, model, result, report),
                 description=f"Triton model {folder.name}, split beside {source.name}",
                 preprocessing=default_preprocessing(model.proto),
-                fixed_batch=model.fixed_batch, version=version_dir.name, beside=source.name,
+                fixed_batch=model.fixed_batch, version=version_dir.name, beside=source.name, batched=model.batched,
             )
             done.append((folder.name, version_dir.name, manifest, f"{len(manifest.blocks)} blocks"))
     return done

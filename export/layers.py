@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import onnx
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -39,3 +41,17 @@ LAYERS: dict[str, Layer] = {
 }
 
 WEIGHTED_OPS = frozenset(LAYERS)
+
+
+def convolution_dimensions(graph: onnx.GraphProto) -> set[int]:
+    """The spatial dimensions of the graph's convolutions (2 for pictures, 1 for signals), read from their
+    weights' ranks: initializers, also behind a DequantizeLinear (a QDQ model) or a Constant node."""
+    weights = {tensor.name: len(tensor.dims) for tensor in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            weights[node.output[0]] = len(node.attribute[0].t.dims)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            weights[node.output[0]] = weights[node.input[0]]
+    return {weights[node.input[LAYERS[node.op_type].weight]] - 2 for node in graph.node
+            if node.op_type in LAYERS and LAYERS[node.op_type].kind in ("conv", "conv_transpose")
+            and len(node.input) > LAYERS[node.op_type].weight and node.input[LAYERS[node.op_type].weight] in weights}

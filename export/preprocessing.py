@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from layerserve.proto.pictures import sample_layout
 from layerserve.proto.repository_pb2 import Preprocessing
 from layerserve.proto.tensors import pixel_offset
 
@@ -25,13 +26,12 @@ CROP_FRACTION = 224 / 256
 
 def image_layout(per_sample: Sequence[int]) -> tuple[int, int, int] | None:
     """``(C, H, W)`` of an image input's per-sample shape, channels first ``[C, H, W]`` or last ``[H, W, C]``
-    (Keras through tf2onnx) with 1 or 3 channels and a fixed size; None for anything else."""
-    shape = [int(d) for d in per_sample]
-    if len(shape) == 3 and shape[2] in (1, 3) and shape[0] not in (1, 3):
-        shape = [shape[2], shape[0], shape[1]]
-    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape[1:]) <= 0:
+    (Keras through tf2onnx) with 1 or 3 channels and a fixed size (proto/pictures.py); None for anything
+    else, a two-axis sample included (a grey ``[H, W]`` comes here as ``[1, H, W]``: export/imported.py)."""
+    layout = sample_layout(per_sample)
+    if layout is None or not layout.channel_axis:
         return None
-    return shape[0], shape[1], shape[2]
+    return layout.channels, layout.height, layout.width
 
 
 def image_preprocessing(

@@ -96,11 +96,13 @@ def write_repository(
     fixed_batch: int | None = None,
     beside: str | None = None,
     merge_requests: bool = True,
+    batched: bool = True,
 ) -> ModelManifest:
     """Write model, blocks, samples and manifest under ``root/name/version``; returns the manifest.
 
     ``fixed_batch``: the only batch size the graph takes (None: any), which decides the serving defaults, with
     ``merge_requests`` (False: dynamic batching off, for a graph whose rows change each other's answers).
+    ``batched`` False: the input has no batch dimension (export/batch.py), so one sample is the whole input.
     ``beside``: the full graph is this file already in the version folder (a Triton repository's
     ``model.onnx``), left as it is; only ``blocks/`` and the manifest are (re)written next to it.
     """
@@ -130,7 +132,7 @@ def write_repository(
         provenance=provenance,
         labels=labels or [],
         serving=serving_config(fixed_batch, merge_requests),
-        input_bytes_per_sample=bytes_per_sample(full.graph.input[0]),
+        input_bytes_per_sample=bytes_per_sample(full.graph.input[0]) * (1 if batched else fixed_batch or 1),
     )
     if preprocessing is not None:
         manifest.preprocessing.CopyFrom(preprocessing)

@@ -386,6 +386,97 @@ def flatten_by_input_batch(path: Path) -> Path:
     return path
 
 
+def one_picture_hwc(path: Path) -> Path:
+    """A ``forward(picture)`` taking one ``[32, 32, 3]`` picture and adding its own batch
+    (``picture.permute(2, 0, 1).unsqueeze(0)``), answering ``[1, 10]`` (TorchScript): no batch dimension."""
+    import torch
+    from torch import nn
+
+    class OnePicture(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, picture: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(picture.permute(2, 0, 1).unsqueeze(0)).flatten(1))
+
+    return _exported(OnePicture(), torch.rand(32, 32, 3), path, "picture", dynamic=False)
+
+
+def one_picture_chw_squeezed(path: Path) -> Path:
+    """A ``forward(image)`` taking one ``[3, 40, 48]`` picture, adding its batch (``image[None]``) and
+    squeezing it away again, so it answers ``[5]``; the ``torch.onnx.export(model, (x,), path)`` one-liner
+    (the dynamo exporter)."""
+    import torch
+    from torch import nn
+
+    class Squeezed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
+                                          nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(image[None]).flatten(1)).squeeze(0)
+
+    net = Squeezed()
+    torch.manual_seed(0)
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(net.eval(), (torch.rand(3, 40, 48),), str(path))
+    return path
+
+
+def grey_without_channel_axis(path: Path) -> Path:
+    """An MNIST-style CNN taking grey pictures ``[N, 28, 28]`` and adding their channel axis itself
+    (``x.unsqueeze(1)``; TorchScript, dynamic batch)."""
+    import torch
+    from torch import nn
+
+    class Grey(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.features(x.unsqueeze(1)).flatten(1))
+
+    return _exported(Grey(), torch.rand(1, 28, 28), path, "x", dynamic=True)
+
+
+def signal_conv1d(path: Path) -> Path:
+    """A 1-D CNN over 12-channel signals ``[N, 12, 100]`` (an ECG's leads; TorchScript, dynamic batch): its
+    input reads like a grey picture ``[N, H, W]``, and is none."""
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv1d(12, 16, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2), nn.Conv1d(16, 16, 5, padding=2),
+                        nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(16, 4))
+    return _exported(net, torch.rand(1, 12, 100), path, "signal", dynamic=True)
+
+
+def _exported(net: object, example: object, path: Path, input_name: str, dynamic: bool) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    for parameter in net.parameters():  # seeded weights, whatever the order of construction
+        torch.nn.init.normal_(parameter, std=0.3)
+    axes = {input_name: {0: "n"}, "logits": {0: "n"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net.eval(), example, str(path), dynamo=False, input_names=[input_name],
+                          output_names=["logits"], dynamic_axes=axes)
+    return path
+
+
 OTHER_GRAPHS = {
     "zoo_ir3": model_zoo_ir3,
     "coordconv_fixed": coordconv_fixed,
