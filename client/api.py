@@ -9,6 +9,9 @@ wire can take, and the answers concatenated, so callers may pass a whole data
 set: at most ``batch_size`` rows and at most the server's ``max_batch_size`` for that
 name (ModelConfig), exactly the model's batch when it is fixed, and never more than
 fits the smaller of the client's and the server's message limit (client/sizing.py).
+An input with no batch axis (a fixed shape, as a graph that takes one picture and
+adds its own batch has) fed an array with one axis more gets one request per entry;
+the answers join along that axis.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 Where = Literal["client", "server"]
 Response = TypeVar("Response")
+Arrays = dict[str, np.ndarray]
 # The server's own limit for the built-in models (ServingConfig.max_batch_size).
 DEFAULT_BATCH_SIZE = 64
 
@@ -191,11 +195,8 @@ def _only(outputs: Mapping[str, np.ndarray], what: str) -> np.ndarray:
     return next(iter(outputs.values()))
 
 
-def _batches(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, np.ndarray]]:
-    rows = {len(a) for a in arrays.values()} if arrays else {0}
-    if len(rows) != 1:
-        raise ValueError(f"inputs disagree on the batch dimension: {sorted(rows)}")
-    total = rows.pop()
+def _batches(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[Arrays]:
+    total = _rows(arrays)
     if size <= 0 or total <= size:
         yield dict(arrays)
         return
@@ -203,10 +204,55 @@ def _batches(arrays: Mapping[str, np.ndarray], size: int) -> Iterable[dict[str, 
         yield {name: a[begin : begin + size] for name, a in arrays.items()}
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    rows = {len(a) for a in arrays.values()} if arrays else {0}
+    if len(rows) != 1:
+        raise ValueError(f"inputs disagree on the batch dimension: {sorted(rows)}")
+    return rows.pop()
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _one_per_request(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> bool:
+    """Whether ``arrays`` stack several requests' inputs on a new first axis: every input's shape is fixed,
+    so it has no batch axis to split along (a graph that takes one picture and adds its own batch), and its
+    array has one axis more."""
+    shapes = {spec.name: spec.shape for spec in specs}
+    return bool(arrays) and all(
+        name in shapes and min(shapes[name], default=0) > 0 and np.ndim(array) == len(shapes[name]) + 1
+        for name, array in arrays.items())
+
+
+def _entries(arrays: Mapping[str, np.ndarray]) -> Iterable[Arrays]:
+    for index in range(_rows(arrays)):
+        yield {name: a[index] for name, a in arrays.items()}
+
+
+def _stacked(parts: list[Arrays]) -> Arrays:
+    """Answers of requests that carried one sample each, as one batch: concatenated along their first axis
+    where each starts with a batch of 1 (``[1, 10]``, also the batch a graph without one adds itself), stacked
+    on a new axis where they have none (a graph that squeezes its batch of 1 away answers ``[5]``)."""
+    joined = {}
+    for name in parts[0]:
+        answers = [p[name] for p in parts]
+        own_batch = all(a.ndim and a.shape[0] == 1 for a in answers)
+        joined[name] = np.concatenate(answers) if own_batch else np.stack(answers)
+    return joined
+
+
+def _requests(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], rows: int
+              ) -> tuple[Iterable[tuple[Arrays, int]], Callable[[list[Arrays]], Arrays]]:
+    """The requests ``arrays`` go in, each with the rows of ``arrays`` it carries, and how their answers join:
+    one per entry of a new first axis for inputs with no batch axis (:func:`_one_per_request`), else
+    ``rows`` rows at a time along the batch, the answers of several one-row requests joined as samples."""
+    if _one_per_request(arrays, specs):
+        return ((entry, 1) for entry in _entries(arrays)), _stacked
+    several_single_rows = rows == 1 and _rows(arrays) > 1
+    return ((batch, _rows(batch)) for batch in _batches(arrays, rows)), _stacked if several_single_rows else _concat
 
 
 class _Endpoint:
@@ -430,17 +476,18 @@ class LayerClient:
             total_row_bytes(spec.row_bytes() for spec in answer),
             fixed_batch(metadata.inputs),
         )
-        parts, done, total = [], 0, len(next(iter(named.values()))) if named else 0
-        for batch in _batches(named, rows):
+        requests, join = _requests(named, metadata.inputs, rows)
+        parts, done, total = [], 0, _rows(named)
+        for batch, carried in requests:
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             for name, array in batch.items():
                 tensors.add_raw_input(request, name, array, _sent_as(array, encoding))
             for name in outputs:
                 request.outputs.add(name=name)
             parts.append(tensors.outputs_by_name(self._call(endpoint.inference.ModelInfer, request, "ModelInfer")))
-            done += len(next(iter(batch.values())))
+            done += carried
             self._report(model, done, total)
-        return _concat(parts)
+        return join(parts)
 
     def infer_array(self, model: str, x: np.ndarray, version: str = "", address: str | None = None) -> np.ndarray:
         """:meth:`infer` for a one-output model: the output array itself."""
@@ -536,15 +583,17 @@ class LayerClient:
             answered = [segment.stop - 1, *(k for k in segment_keep if k != segment.stop - 1)]
             first_block, limit = blocks.block_model_names[segment.start], self.message_limit(model, segment.address)
             _refuse_oversized_row(first_block, {spec.name: feed}, limit, [spec])
+            input_spec = blocks.input_spec(segment.start)
             rows = rows_per_request(
                 self._rows_cap(first_block, version, segment.address),
                 limit,
                 _row_bytes({spec.name: feed}),
                 total_row_bytes(s.row_bytes() for index in answered for s in blocks.output_specs(index)),
-                fixed_batch([blocks.input_spec(segment.start)]),
+                fixed_batch([input_spec]),
             )
-            parts, kept_parts, run = [], [], []
-            for batch in _batches({spec.name: feed}, rows):
+            requests, join = _requests({spec.name: feed}, [input_spec], rows)
+            parts, kept_parts, run, done = [], [], [], 0
+            for batch, carried in requests:
                 request = lpb.ChainRequest(
                     model_name=model, model_version=version, start=segment.start, stop=segment.stop, keep=segment_keep
                 )
@@ -555,10 +604,11 @@ class LayerClient:
                 parts.append(tensors.outputs_by_name(answer.response))
                 kept_parts.append({k.block_name: tensors.outputs_by_name(k.outputs) for k in answer.kept})
                 run = list(answer.blocks_run)
-                self._report(blocks.chain_model_name, sum(len(next(iter(p.values()))) for p in parts), len(feed))
-            outputs = _concat(parts)
+                done += carried
+                self._report(blocks.chain_model_name, done, len(feed))
+            outputs = join(parts)
             for name in kept_parts[0] if kept_parts else ():
-                result.kept[name] = _concat([part[name] for part in kept_parts])
+                result.kept[name] = join([part[name] for part in kept_parts])
             result.blocks_run.extend(run)
             result.addresses.update({name: segment.address for name in run})
             if len(outputs) != 1 and segment.stop < stop:

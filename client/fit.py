@@ -11,7 +11,8 @@ unchanged: there is nothing to force. :func:`fit` then gives it the target's typ
 rounded and clipped into an integer type's range (a quantized block's INT8 input).
 The adapters see ``[N, C, H, W]``: :func:`fit` transposes a channels-last side
 (:func:`channels_last`, a Keras picture ``[N, H, W, 3]`` or a TFLite activation)
-on the way in and out, so channels stay channels.
+on the way in and out, so channels stay channels, and gives a grey picture without
+a channel axis (``[N, H, W]``, fitted to a ``[C, H, W]`` block) its one channel.
 
 * ``resize``: area (box) resampling of the spatial dimensions, then channel
   tiling (output channel c reads input channel c mod C). Tensors that are not
@@ -29,12 +30,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from layerserve.proto.pictures import sample_shape
+
 PROJECTION_TERMS = 8
 
 
 def per_sample(shape: Sequence[int]) -> tuple[int, ...]:
-    """A spec shape without its batch dimension; ValueError if another dimension is symbolic."""
-    dims = tuple(int(d) for d in shape)[1:]
+    """A spec shape without its batch dimension (the whole of a picture input that has none:
+    proto/pictures.py); ValueError if another dimension is symbolic."""
+    dims = tuple(int(d) for d in sample_shape(shape))
     if any(d <= 0 for d in dims):
         raise ValueError(f"cannot fit to shape {list(shape)}: only the batch dimension may be dynamic")
     return dims
@@ -123,7 +127,10 @@ def fit(x: np.ndarray, shape: Sequence[int], method: str, seed: int = 0, dtype: 
     target = tuple(int(d) for d in shape)
     if np.shape(x)[1:] == target:
         return as_type(adapter(x, target, seed), dtype)
-    # The adapters work on [N, C, H, W]: a channels-last side goes through them transposed.
+    # The adapters work on [N, C, H, W]: a grey picture without a channel axis ([N, H, W]) gets one, and a
+    # channels-last side goes through them transposed.
+    if np.ndim(x) == 3 and len(target) == 3:
+        x = np.asarray(x)[:, None]
     if channels_last(np.shape(x)):
         x = np.moveaxis(np.asarray(x), 3, 1)
     if channels_last((0, *target)):

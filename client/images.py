@@ -1,7 +1,8 @@
 """Loading inputs from files: ``.npy`` / ``.npz`` arrays, PNG/JPEG images, and image folders.
 
 Contract of :func:`load_input`: the result is a C-contiguous array of the
-model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``.
+model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``; for an input
+that is one picture with no batch axis (proto/pictures.py), that picture as it is.
 
 * ``.npy``: the array as stored; one sample without its batch axis gets one.
 * ``.npz``: its ``images`` array (a layerserve samples file), else its only array.
@@ -10,9 +11,10 @@ model input's dtype with a batch dimension, ``[N, *spec.shape[1:]]``.
   per channel; a "dark"-background model gets a mostly light picture inverted).
   Without one (a server that does not say): resized to the input's size, [0, 1].
   A channels-last input ([N, H, W, C], Keras's layout) gets the picture in that
-  layout; an integer input (UINT8: an end-to-end export that normalises inside
-  its graph) gets the pixel values 0-255 themselves, an INT8 one (a full-integer TFLite
-  model) those values minus 128.
+  layout, a grey one without a channel axis ([N, H, W]) its grey levels; an integer
+  input (UINT8: an end-to-end export that normalises inside its graph) gets the pixel
+  values 0-255 themselves, an INT8 one (a full-integer TFLite model) those values
+  minus 128.
 
 :func:`read_image_folder` reads torchvision's ImageFolder layout (one subfolder per
 class, pictures inside) into images and labels.
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from layerserve.proto import tensors
+from layerserve.proto.pictures import PictureLayout, input_layout
 from layerserve.proto.repository_pb2 import Preprocessing
 
 from .api import TensorSpec
@@ -77,20 +80,21 @@ def read_samples(path: Path, limit: int | None = None, labels_required: bool = T
     return images, labels
 
 
-def channels_last(spec: TensorSpec) -> bool:
-    """Whether ``spec`` is an image input laid out [N, H, W, C] (1 or 3 channels last, and not first)."""
-    return len(spec.shape) == 4 and spec.shape[3] in (1, 3) and spec.shape[1] not in (1, 3)
+def picture_layout(spec: TensorSpec) -> PictureLayout:
+    """Where a picture goes in input ``spec`` (proto/pictures.py): ``[N, C, H, W]``, ``[N, H, W, C]``, a grey
+    ``[N, H, W]``, or one picture with no batch axis (``[C, H, W]``, ``[H, W, C]``); ValueError (one line) for
+    anything else."""
+    layout = input_layout(spec.shape)
+    if layout is None:
+        raise ValueError(f"pictures need an image input [N,C,H,W] or [N,H,W,C] with 1 or 3 channels (or grey "
+                         f"[N,H,W], or one picture [C,H,W] or [H,W,C]) and a fixed size; input {spec.name!r} is {spec}")
+    return layout
 
 
 def image_shape(spec: TensorSpec) -> tuple[int, int, int]:
-    """``(C, H, W)`` of an image input with 1 or 3 channels, [N,C,H,W] or [N,H,W,C]; ValueError (one line)
-    for anything else."""
-    shape = spec.shape[:1] + (spec.shape[3], *spec.shape[1:3]) if channels_last(spec) else spec.shape
-    if len(shape) != 4 or shape[1] not in (1, 3) or min(shape[2:]) <= 0:
-        raise ValueError(f"pictures need an image input [N,C,H,W] or [N,H,W,C] with 1 or 3 channels and a fixed "
-                         f"size; input {spec.name!r} is {spec}")
-    channels, height, width = (int(d) for d in shape[1:])
-    return channels, height, width
+    """``(C, H, W)`` of a picture for input ``spec`` (:func:`picture_layout`)."""
+    layout = picture_layout(spec)
+    return layout.channels, layout.height, layout.width
 
 
 def default_preprocessing(spec: TensorSpec) -> Preprocessing:
@@ -102,15 +106,16 @@ def default_preprocessing(spec: TensorSpec) -> Preprocessing:
 
 def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None = None,
                invert: bool | None = None) -> np.ndarray:
-    """One picture as ``[C, H, W]`` (``[H, W, C]`` for a channels-last input) of the input's dtype, by
-    ``preprocessing`` (module docstring).
+    """One picture as a sample of the input (``[C, H, W]``; ``[H, W, C]`` channels last; ``[H, W]`` grey without
+    a channel axis) of the input's dtype, by ``preprocessing`` (module docstring).
 
     ``invert`` overrides the background rule (True/False); raises PIL's UnidentifiedImageError
     for a file that is not a picture.
     """
     from PIL import Image, ImageOps
 
-    channels, height, width = image_shape(spec)
+    layout = picture_layout(spec)
+    channels, height, width = layout.channels, layout.height, layout.width
     steps = preprocessing if preprocessing is not None and preprocessing.crop_height else default_preprocessing(spec)
     with Image.open(path) as opened:
         picture = ImageOps.exif_transpose(opened).convert("L" if channels == 1 else "RGB")
@@ -136,15 +141,16 @@ def preprocess(path: Path, spec: TensorSpec, preprocessing: Preprocessing | None
         mean = np.asarray(list(steps.mean) or [0.0] * channels, np.float32).reshape(-1, 1, 1)
         std = np.asarray(list(steps.std) or [1.0] * channels, np.float32).reshape(-1, 1, 1)
         values = (pixels - mean) / std
-    if channels_last(spec):
-        values = values.transpose(1, 2, 0)
-    return np.ascontiguousarray(values, dtype=dtype)
+    return np.ascontiguousarray(layout.arrange(values), dtype=dtype)
 
 
 def load_image(path: Path, spec: TensorSpec, invert: bool | None = None,
                preprocessing: Preprocessing | None = None) -> np.ndarray:
-    """A PNG/JPEG (anything Pillow opens) as ``[1, C, H, W]`` (``[1, H, W, C]`` for a channels-last ``spec``)."""
-    return preprocess(path, spec, preprocessing, invert)[None]
+    """A PNG/JPEG (anything Pillow opens) as one request's input: ``[1, C, H, W]`` (``[1, H, W, C]`` for a
+    channels-last ``spec``, ``[1, H, W]`` for a grey one without a channel axis), or the picture alone for an
+    input with no batch axis."""
+    picture = preprocess(path, spec, preprocessing, invert)
+    return picture[None] if picture_layout(spec).batched else picture
 
 
 def load_input(path: Path, spec: TensorSpec, invert: bool | None = None,
@@ -172,7 +178,8 @@ def read_image_folder(
     class_names: Sequence[str] = (),
     limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Pictures in ``root/<class>/*`` as ``(images [N,C,H,W] or [N,H,W,C], labels [N], class folder names)``.
+    """Pictures in ``root/<class>/*`` as ``(images [N, *sample], labels [N], class folder names)``, each picture
+    laid out as one sample of ``spec`` (:func:`preprocess`).
 
     Labels follow the model's ``class_names`` when every folder is one of them (by
     name), else torchvision's ImageFolder rule: the sorted folder names, indexed from 0.

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from layerserve.proto import encodings as wire
+from layerserve.proto.pictures import sample_shape
 from layerserve.proto.tensors import datatype_of, example_values, numpy_dtype
 
 from .api import LayerClient, ModelBlocks
@@ -187,7 +188,7 @@ def profile_model(
     if images is not None and len(images) >= rows:
         x = np.ascontiguousarray(images[:rows], dtype=numpy_dtype(datatype))
     else:
-        x = example_values(datatype, [rows, *far_blocks.input_spec(0).shape[1:]], np.random.default_rng(0))
+        x = example_values(datatype, [rows, *sample_shape(far_blocks.input_spec(0).shape)], np.random.default_rng(0))
     inputs = block_inputs(far, model, x)
     on_step("activations")
     near_profile, near_rows = measure_endpoint(near, model, inputs, None, warmup, repeats, on_step)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from layerserve.proto.pictures import sample_layout
+
 from .compression import EncodingCosts
 from .experiment import CompareReport, most_common_answer
 
@@ -59,13 +61,25 @@ def plot_paths(report: CompareReport, path: Path) -> Path:
     return path
 
 
+def _grey(sample: np.ndarray) -> np.ndarray:
+    """One sample's first channel as a picture to draw, read by its layout (proto/pictures.py: ``[C, H, W]``,
+    channels-last ``[H, W, C]``, grey ``[H, W]``); anything else as its last two axes."""
+    sample = np.asarray(sample)
+    layout = sample_layout(sample.shape)
+    if layout is not None and layout.channels_last:
+        return sample[..., 0]
+    if layout is not None and not layout.channel_axis:
+        return sample
+    return sample.reshape(-1, *sample.shape[-2:])[0]
+
+
 def plot_samples(report: CompareReport, images: np.ndarray, labels: np.ndarray, path: Path, count: int = 10) -> Path:
     """The first ``count`` samples, each with every path's prediction (green right, red wrong)."""
     plt = _pyplot()
     count = min(count, len(images))
     fig, axes = plt.subplots(1, count, figsize=(1.3 * count, 1.6 + 0.2 * len(report.paths)), squeeze=False)
     for k, ax in enumerate(axes[0]):
-        ax.imshow(np.asarray(images[k]).reshape(-1, *images.shape[-2:])[0], cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_grey(images[k]), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"label {report.class_names[int(labels[k])]}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -138,7 +152,7 @@ def plot_activations(
     fig = plt.figure(figsize=(1.2 * channels + 1.5, 1.25 * rows))
     grid = GridSpec(rows, channels + 1, figure=fig, width_ratios=[1.4] + [1] * channels)
     ax = fig.add_subplot(grid[0, 1])
-    ax.imshow(np.asarray(image).reshape(-1, *image.shape[-2:])[0], cmap="gray", vmin=0, vmax=1)
+    ax.imshow(_grey(image[0]), cmap="gray", vmin=0, vmax=1)
     ax.set_axis_off()
     fig.add_subplot(grid[0, 0]).text(0.5, 0.5, "input\n" + "x".join(map(str, image.shape[1:])), ha="center", va="center", fontsize=8)
     fig.axes[-1].set_axis_off()
