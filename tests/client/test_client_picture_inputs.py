@@ -7,6 +7,8 @@ user's own file."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from client_support import ServerProcess, layerserve
 from PIL import Image
 
+from layerserve.cli.main import main
 from layerserve.client import LayerClient
 from layerserve.client.images import load_input
 from layerserve.export.runtime import cpu_session
@@ -35,10 +38,11 @@ def originals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def repository(originals: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``layerserve split FILE --out DIR`` with no other flag (in this process: torch is imported already)."""
     root = tmp_path_factory.mktemp("picture-models")
     for name, source in originals.items():
-        shown = layerserve("split", str(source), "--out", str(root / name))
-        assert shown.returncode == 0, shown.stderr
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["split", str(source), "--out", str(root / name)]) == 0, f"layerserve split {name} failed"
     return root
 
 
