@@ -132,7 +132,7 @@ def write_repository(
         provenance=provenance,
         labels=labels or [],
         serving=serving_config(fixed_batch, merge_requests),
-        input_bytes_per_sample=bytes_per_sample(full.graph.input[0]) * (1 if batched else fixed_batch or 1),
+        input_bytes_per_sample=bytes_per_sample(full.graph.input[0], batched),
     )
     if preprocessing is not None:
         manifest.preprocessing.CopyFrom(preprocessing)
@@ -151,7 +151,7 @@ def write_repository(
                 outputs=[tensor_spec(o) for o in graph.output],
                 parameters=parameter_count(block.proto),
                 flops=flops_per_sample(block.proto),
-                output_bytes_per_sample=sum(bytes_per_sample(o) for o in graph.output),
+                output_bytes_per_sample=sum(bytes_per_sample(o, batched) for o in graph.output),
                 op_types=list(dict.fromkeys(node.op_type for node in graph.node)),
                 first_node=block.first_node,
                 last_node=block.last_node,

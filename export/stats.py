@@ -1,6 +1,7 @@
 """Per-block statistics for the manifest: parameters, FLOPs, activation bytes.
 
-All figures are per sample: the first dimension of every activation is the batch.
+All figures are per sample: the first dimension of every activation is the batch (in a model whose input has
+none, a request is one sample and its tensors are sized whole).
 FLOPs count 2 per multiply-add of the weighted layers (export/layers.py: Conv, ConvTranspose, Gemm,
 MatMul and their quantized and fused forms; other ops are memory-bound and left out), read off the
 block's inferred shapes.
@@ -66,11 +67,14 @@ def flops_per_sample(block: onnx.ModelProto) -> int:
     return total
 
 
-def bytes_per_sample(info: onnx.ValueInfoProto) -> int:
-    """Bytes one sample of a boundary tensor takes (all dimensions after the first must be known)."""
+def bytes_per_sample(info: onnx.ValueInfoProto, batched: bool = True) -> int:
+    """Bytes one sample of a boundary tensor takes (all dimensions after the first must be known). In a model
+    whose input has no batch dimension (``batched`` False, export/batch.py) a request is one sample, so the
+    whole tensor: a ``[5]`` its graph squeezed its batch of 1 out of is 5 values, not 1."""
     tensor_type = info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    if any(d is None for d in dims[1:]):
+    counted = dims[1:] if batched else dims
+    if any(d is None for d in counted):
         raise SplitError(f"tensor {info.name!r} has unknown dimensions {dims}; cannot size it per sample")
     itemsize = numpy_dtype(ONNX_ELEM_TYPES[tensor_type.elem_type]).itemsize
-    return math.prod(dims[1:]) * itemsize
+    return math.prod(counted) * itemsize

@@ -110,6 +110,7 @@ def test_a_graph_that_squeezes_its_batch_away_answers_one_row_per_sample(
     manifest = read_manifest(repository / "squeezed" / "1")
     assert manifest.provenance.notes[-1].startswith("batch none: the input [3,40,48] is one sample"), \
         manifest.provenance.notes
+    assert manifest.blocks[-1].output_bytes_per_sample == 5 * 4  # the whole [5], not one of its values
     samples = np.random.default_rng(4).random((4, 3, 40, 48), dtype=np.float32)
     session = cpu_session(str(originals["squeezed"]))
     want = np.stack([session.run(None, {session.get_inputs()[0].name: sample})[0] for sample in samples])
