@@ -1,6 +1,6 @@
 """Pictures for inputs laid out the other ways users write them, split and served for real: models that
 take one picture and add their own batch (no batch dimension: ``[32, 32, 3]`` answering ``[1, 10]``, and
-``[3, 40, 48]`` squeezing its batch away again to answer ``[5]``), and an MNIST-style model taking grey
+``[3, 40, 48]`` squeezing its batch away again to answer ``[10]``), and an MNIST-style model taking grey
 ``[N, 28, 28]`` pictures without a channel axis. ``layerserve infer`` and ``compare`` read
 pictures into them, the client library sends several samples, and every answer is ONNX Runtime's on the
 user's own file."""
@@ -110,11 +110,11 @@ def test_a_graph_that_squeezes_its_batch_away_answers_one_row_per_sample(
     manifest = read_manifest(repository / "squeezed" / "1")
     assert manifest.provenance.notes[-1].startswith("batch none: the input [3,40,48] is one sample"), \
         manifest.provenance.notes
-    assert manifest.blocks[-1].output_bytes_per_sample == 5 * 4  # the whole [5], not one of its values
+    assert manifest.blocks[-1].output_bytes_per_sample == 10 * 4  # the whole [10], not one of its values
     samples = np.random.default_rng(4).random((4, 3, 40, 48), dtype=np.float32)
     session = cpu_session(str(originals["squeezed"]))
     want = np.stack([session.run(None, {session.get_inputs()[0].name: sample})[0] for sample in samples])
-    assert want.shape == (4, 5)
+    assert want.shape == (4, 10)
     with LayerClient(served) as client:
         np.testing.assert_allclose(client.infer_array("squeezed", samples), want, rtol=1e-5, atol=1e-5)
         for where in ("client", "server"):  # the client's chain meets the squeeze at its last, one-row block

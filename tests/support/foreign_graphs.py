@@ -390,66 +390,47 @@ def one_picture_hwc(path: Path) -> Path:
     """A ``forward(picture)`` taking one ``[32, 32, 3]`` picture and adding its own batch
     (``picture.permute(2, 0, 1).unsqueeze(0)``), answering ``[1, 10]`` (TorchScript): no batch dimension."""
     import torch
-    from torch import nn
 
-    class OnePicture(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-            self.fc = nn.Linear(16, 10)
-
-        def forward(self, picture: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.features(picture.permute(2, 0, 1).unsqueeze(0)).flatten(1))
-
-    return _exported(OnePicture(), torch.rand(32, 32, 3), path, "picture", dynamic=False)
+    net = _small_cnn(3, lambda picture: picture.permute(2, 0, 1).unsqueeze(0))
+    return _exported(net, torch.rand(32, 32, 3), path, "picture", dynamic=False)
 
 
 def one_picture_chw_squeezed(path: Path) -> Path:
     """A ``forward(image)`` taking one ``[3, 40, 48]`` picture, adding its batch (``image[None]``) and
-    squeezing it away again, so it answers ``[5]``; the ``torch.onnx.export(model, (x,), path)`` one-liner
+    squeezing it away again, so it answers ``[10]``; the ``torch.onnx.export(model, (x,), path)`` one-liner
     (the dynamo exporter)."""
     import torch
-    from torch import nn
 
-    class Squeezed(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
-                                          nn.ReLU(), nn.AdaptiveAvgPool2d(1))
-            self.fc = nn.Linear(8, 5)
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.features(image[None]).flatten(1)).squeeze(0)
-
-    net = Squeezed()
-    torch.manual_seed(0)
-    for parameter in net.parameters():
-        torch.nn.init.normal_(parameter, std=0.3)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        torch.onnx.export(net.eval(), (torch.rand(3, 40, 48),), str(path))
-    return path
+    net = _small_cnn(3, lambda image: image[None], squeeze=True)
+    return _exported(net, torch.rand(3, 40, 48), path, "image", dynamic=False, how="default")
 
 
 def grey_without_channel_axis(path: Path) -> Path:
     """An MNIST-style CNN taking grey pictures ``[N, 28, 28]`` and adding their channel axis itself
     (``x.unsqueeze(1)``; TorchScript, dynamic batch)."""
     import torch
+
+    return _exported(_small_cnn(1, lambda x: x.unsqueeze(1)), torch.rand(1, 28, 28), path, "x", dynamic=True)
+
+
+def _small_cnn(channels: int, to_nchw: object, squeeze: bool = False) -> object:
+    """Two convolutions and a linear layer over ``to_nchw(input)``, seeded; its batch of 1 squeezed out of the
+    answer when ``squeeze``."""
+    import torch
     from torch import nn
 
-    class Grey(nn.Module):
+    class SmallCnn(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            self.features = nn.Sequential(nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                                           nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
             self.fc = nn.Linear(16, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.features(x.unsqueeze(1)).flatten(1))
+            scores = self.fc(self.features(to_nchw(x)).flatten(1))
+            return scores.squeeze(0) if squeeze else scores
 
-    return _exported(Grey(), torch.rand(1, 28, 28), path, "x", dynamic=True)
+    return SmallCnn()
 
 
 def signal_conv1d(path: Path) -> Path:
@@ -463,17 +444,24 @@ def signal_conv1d(path: Path) -> Path:
     return _exported(net, torch.rand(1, 12, 100), path, "signal", dynamic=True)
 
 
-def _exported(net: object, example: object, path: Path, input_name: str, dynamic: bool) -> Path:
+def _exported(net: object, example: object, path: Path, input_name: str, dynamic: bool,
+              how: str = "torchscript") -> Path:
+    """``net`` with seeded weights, exported as ``how`` says: ``torchscript`` (``dynamo=False``, the batch
+    dynamic where ``dynamic``) or ``default``, the plain one-liner ``torch.onnx.export(model, (x,), path)``."""
     import torch
 
     torch.manual_seed(0)
     for parameter in net.parameters():  # seeded weights, whatever the order of construction
         torch.nn.init.normal_(parameter, std=0.3)
-    axes = {input_name: {0: "n"}, "logits": {0: "n"}} if dynamic else None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), example, str(path), dynamo=False, input_names=[input_name],
-                          output_names=["logits"], dynamic_axes=axes)
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        if how == "default":
+            torch.onnx.export(net.eval(), (example,), str(path))
+        else:
+            axes = {input_name: {0: "n"}, "logits": {0: "n"}} if dynamic else None
+            torch.onnx.export(net.eval(), example, str(path), dynamo=False, input_names=[input_name],
+                              output_names=["logits"], dynamic_axes=axes)
     return path
 
 
