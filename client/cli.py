@@ -13,9 +13,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from layerserve.proto.repository_pb2 import Quantization
 
 from .connection import DEFAULT_ADDRESS
 from .fit import FITS  # numpy only: the adapters' one table gives the CLI its choices
@@ -256,22 +259,26 @@ def _describe(name: str, value: np.ndarray) -> list[str]:
             f"{value.mean():.4g}"]
 
 
-def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: str, scores: bool = True) -> None:
+def _predictions(outputs: dict[str, np.ndarray], served: Served, title: str, scores: bool = True) -> None:
     """Print top-3 classes per sample when the output looks like logits, else tensor statistics. ``scores``: the
     outputs are the model's own (a chain that stopped early gives activations), so without class names the
-    first 2-D output's classes are numbered."""
+    first 2-D output's classes are numbered. An integer output the graph quantized itself is read as its real
+    values."""
     from rich.table import Table
 
-    from .experiment import gives_probabilities, probabilities
+    from .experiment import gives_probabilities, probabilities, real_values
 
     console = _console()
+    class_names = served.class_names
     for position, (name, value) in enumerate(outputs.items()):
+        quantization = served.quantizations.get(name)
+        value = real_values(value, quantization)
         names = class_names
         if scores and not class_names and position == 0 and value.ndim == 2 and value.shape[1] > 1:
             names = [str(index) for index in range(value.shape[1])]  # no labels: the first output, numbered
         if value.ndim == 2 and value.shape[1] == len(names) and len(value) <= 64:
             table = Table("sample", "top-1", "p", "top-3", title=f"{title}: {name} {list(value.shape)}")
-            for row, p in enumerate(probabilities(value, gives_probabilities(value))):
+            for row, p in enumerate(probabilities(value, gives_probabilities(value, quantization))):
                 order = np.argsort(p)[::-1][:3]
                 table.add_row(str(row), names[order[0]], f"{p[order[0]]:.1%}",
                               "  ".join(f"{names[k]} {p[k]:.1%}" for k in order))
@@ -282,15 +289,26 @@ def _predictions(outputs: dict[str, np.ndarray], class_names: list[str], title: 
             console.print(table)
 
 
-def _class_names(client, model: str) -> list[str]:
-    """The manifest's labels of the model serving ``model`` (ListBlocks resolves any served name); [] when it has
-    none, or the server has no layer extension (the first output's classes are then numbered)."""
+@dataclass(frozen=True)
+class Served:
+    """What the manifest of the model serving a name says about its answers: class names, and the
+    quantization of the integer outputs its graphs quantized themselves, by tensor name."""
+
+    class_names: list[str] = field(default_factory=list)
+    quantizations: dict[str, Quantization] = field(default_factory=dict)
+
+
+def _served(client, model: str) -> Served:
+    """:class:`Served` for ``model`` (ListBlocks resolves any served name); empty when the server has no layer
+    extension (the first output's classes are then numbered)."""
     from .errors import ServerError
 
     try:
-        return list(client.blocks(model).manifest.labels)
+        manifest = client.blocks(model).manifest
     except ServerError:
-        return []
+        return Served()
+    specs = [*manifest.outputs, *(spec for block in manifest.blocks for spec in block.outputs)]
+    return Served(list(manifest.labels), {spec.name: spec.quantization for spec in specs if spec.HasField("quantization")})
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -301,7 +319,7 @@ def _infer(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"model": args.model, "outputs": {k: {"shape": list(v.shape), "data": v} for k, v in outputs.items()}})
             return 0
-        _predictions(outputs, _class_names(client, args.model), f"{args.model} on {args.input.name}")
+        _predictions(outputs, _served(client, args.model), f"{args.model} on {args.input.name}")
     return 0
 
 
@@ -353,7 +371,7 @@ def _chain(args: argparse.Namespace) -> int:
                     kept.add_row(block, *_describe(name, value))
             _console().print(kept)
         to_the_end = stop == len(found)
-        _predictions(result.outputs, _class_names(client, args.model), f"output of {result.blocks_run[-1]}",
+        _predictions(result.outputs, _served(client, args.model), f"output of {result.blocks_run[-1]}",
                      scores=to_the_end)
     return 0
 

@@ -8,7 +8,8 @@ block and every (source, target) pair. Each returns a dataclass of plain numbers
 that :mod:`layerserve.client.report` and the CLI render.
 
 Metrics, all against the full graph's probabilities p (the path's q): the softmax of its
-outputs, or the outputs as they are where the graph ends in its own Softmax (:func:`gives_probabilities`):
+outputs, or the outputs as they are where the graph ends in its own Softmax (:func:`gives_probabilities`),
+an integer answer the graph quantized itself read as its real values first (:func:`real_values`):
 accuracy (argmax == label), agreement (argmax == full's argmax), mean
 KL(p || q) with ``EPSILON`` inside the logs (so a refused class costs at most
 ~28 nats, not infinity), and mean top-1 confidence (max q).
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from layerserve.proto.repository_pb2 import Quantization
 from layerserve.proto.tensors import numpy_dtype
 
 from .api import LayerClient, Where, first_output
@@ -63,12 +65,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 SUM_TOLERANCE = 2e-3
 
 
-def gives_probabilities(output: np.ndarray) -> bool:
-    """Whether a classifier's ``[N, classes]`` rows are already probabilities: a Softmax inside the graph, as
-    Ultralytics' and Keras' classifiers export it (every entry in [0, 1], each row summing to 1)."""
+def real_values(output: np.ndarray, quantization: Quantization | None) -> np.ndarray:
+    """An integer answer's real values, ``(value - zero point) * scale``, by the quantization its graph wrote
+    (the manifest's ``TensorSpec.quantization``: a full-integer TFLite model's INT8 softmax); anything else as
+    it is. Scoring the stored integers would take -128..127 for logits."""
+    output = np.asarray(output)
+    if quantization is None or quantization.scale <= 0 or output.dtype.kind not in "iu":
+        return output
+    return (output.astype(np.float64) - quantization.zero_point) * quantization.scale
+
+
+def gives_probabilities(output: np.ndarray, quantization: Quantization | None = None) -> bool:
+    """Whether a classifier's ``[N, classes]`` rows (real values) are already probabilities: a Softmax inside
+    the graph, as Ultralytics' and Keras' classifiers export it (every entry in [0, 1], each row summing to 1;
+    quantized rows within half a step per class of it)."""
     rows = np.asarray(as_logits(output), dtype=np.float64)
+    tolerance = SUM_TOLERANCE + (rows.shape[1] * quantization.scale / 2 if quantization is not None else 0.0)
     return bool(rows.size and np.all(rows >= 0) and np.all(rows <= 1)
-                and np.allclose(rows.sum(axis=1), 1.0, atol=SUM_TOLERANCE))
+                and np.allclose(rows.sum(axis=1), 1.0, atol=tolerance))
 
 
 def probabilities(output: np.ndarray, already: bool) -> np.ndarray:
@@ -185,10 +199,12 @@ class CompareReport:
         }
 
 
-def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: np.ndarray, fit: str | None = None) -> PathResult:
-    """Score ``logits`` ``[N, classes]`` against ``labels`` ``[N]`` and the full graph's logits."""
-    logits, full = as_logits(logits), as_logits(full)
-    already = gives_probabilities(full)
+def score(name: str, blocks: str, logits: np.ndarray, full: np.ndarray, labels: np.ndarray, fit: str | None = None,
+          quantization: Quantization | None = None) -> PathResult:
+    """Score ``logits`` ``[N, classes]`` against ``labels`` ``[N]`` and the full graph's logits, both real values
+    (:func:`real_values`) of an answer quantized by ``quantization`` where the model's is."""
+    logits, full = as_logits(real_values(logits, quantization)), as_logits(real_values(full, quantization))
+    already = gives_probabilities(full, quantization)
     p, q = probabilities(full, already), probabilities(logits, already)
     predictions = q.argmax(axis=1)
     # KL is never negative; a chain equal to the full graph gives rounding-sized terms of either sign.
@@ -247,12 +263,14 @@ def compare(
     final = f"{names[start]}..{names[-1]}"
 
     full = as_logits(first_output(client.infer(blocks.full_model_name, images)))
-    paths = [score("full graph", "model.onnx", full, full, labels)]
+    first = blocks.manifest.outputs[0] if blocks.manifest.outputs else None
+    quantization = first.quantization if first is not None and first.HasField("quantization") else None
+    paths = [score("full graph", "model.onnx", full, full, labels, quantization=quantization)]
     on_step("full graph")
 
     def attempt(name: str, span: str, run: Callable[[], np.ndarray], fit: str | None = None) -> None:
         try:
-            paths.append(score(name, span, run(), full, labels, fit=fit))
+            paths.append(score(name, span, run(), full, labels, fit=fit, quantization=quantization))
         except (ServerError, ValueError) as error:
             paths.append(PathResult(name, span, fit=fit, error=str(error)))
         on_step(name)

@@ -35,7 +35,7 @@ from layerserve.proto.tensors import ONNX_ELEM_TYPES
 from .graph import NCHWC_NOTE
 from .layers import WEIGHTED_OPS
 from .split import SplitResult
-from .stats import bytes_per_sample, flops_per_sample, parameter_count
+from .stats import bytes_per_sample, flops_per_sample, parameter_count, quantized_outputs
 from .weights import share_weights
 
 VERSION = "1"
@@ -53,11 +53,21 @@ def serving_config(fixed_batch: int | None, merge_requests: bool = True) -> Serv
     return ServingConfig(max_batch_size=0, dynamic_batching=False)
 
 
-def tensor_spec(info: onnx.ValueInfoProto) -> TensorSpec:
-    """A manifest TensorSpec for an ONNX graph input/output (-1 for symbolic dimensions)."""
+def tensor_spec(info: onnx.ValueInfoProto, quantization: tuple[float, int] | None = None) -> TensorSpec:
+    """A manifest TensorSpec for an ONNX graph input/output (-1 for symbolic dimensions); ``quantization``
+    ``(scale, zero point)`` for an integer output the graph quantized itself (stats.quantized_outputs)."""
     tensor_type = info.type.tensor_type
     shape = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
-    return TensorSpec(name=info.name, datatype=ONNX_ELEM_TYPES[tensor_type.elem_type], shape=shape)
+    spec = TensorSpec(name=info.name, datatype=ONNX_ELEM_TYPES[tensor_type.elem_type], shape=shape)
+    if quantization is not None:
+        spec.quantization.scale, spec.quantization.zero_point = quantization
+    return spec
+
+
+def output_specs(graph: onnx.GraphProto) -> list[TensorSpec]:
+    """The manifest TensorSpecs of a graph's outputs, with the quantization of those it quantized itself."""
+    quantized = quantized_outputs(graph)
+    return [tensor_spec(output, quantized.get(output.name)) for output in graph.output]
 
 
 def file_ref(version_dir: Path, path: Path) -> FileRef:
@@ -128,7 +138,7 @@ def write_repository(
         description=description,
         full_model=file_ref(version_dir, full_path),
         inputs=[tensor_spec(i) for i in full.graph.input],
-        outputs=[tensor_spec(o) for o in full.graph.output],
+        outputs=output_specs(full.graph),
         provenance=provenance,
         labels=labels or [],
         serving=serving_config(fixed_batch, merge_requests),
@@ -148,7 +158,7 @@ def write_repository(
                 name=block.name,
                 file=file_ref(version_dir, path),
                 inputs=[tensor_spec(i) for i in graph.input],
-                outputs=[tensor_spec(o) for o in graph.output],
+                outputs=output_specs(graph),
                 parameters=parameter_count(block.proto),
                 flops=flops_per_sample(block.proto),
                 output_bytes_per_sample=sum(bytes_per_sample(o, batched) for o in graph.output),

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
@@ -78,3 +79,30 @@ def bytes_per_sample(info: onnx.ValueInfoProto, batched: bool = True) -> int:
         raise SplitError(f"tensor {info.name!r} has unknown dimensions {dims}; cannot size it per sample")
     itemsize = numpy_dtype(ONNX_ELEM_TYPES[tensor_type.elem_type]).itemsize
     return math.prod(counted) * itemsize
+
+
+def quantized_outputs(graph: onnx.GraphProto) -> dict[str, tuple[float, int]]:
+    """``(scale, zero point)`` of each graph output a QuantizeLinear with one constant scale and zero point
+    writes, by name: the real values of a quantized model's integer answer (a full-integer TFLite model's
+    INT8 softmax). Only those two operands are read, not every weight."""
+    outputs = {output.name for output in graph.output}
+    found: dict[str, tuple[float, int]] = {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or node.output[0] not in outputs:
+            continue
+        scale = _constant(graph, node.input[1])
+        zero = _constant(graph, node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(1, np.int64)
+        if scale is not None and zero is not None and scale.size == 1 and zero.size == 1 and float(scale.flat[0]) > 0:
+            found[node.output[0]] = (float(scale.flat[0]), int(zero.flat[0]))
+    return found
+
+
+def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of initializer or Constant node ``name``; None when the graph computes it."""
+    for tensor in graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None

@@ -217,6 +217,23 @@ def keras_nhwc(path: Path) -> Path:
     return path
 
 
+def int8_softmax_output(path: Path) -> Path:
+    """The Keras CNN above answering as a full-integer TFLite model through ``tf2onnx --tflite`` does: its
+    softmax quantized to INT8 with TFLite's output quantization (scale 1/256, zero point -128)."""
+    model = onnx.load(str(keras_nhwc(path)))
+    graph = model.graph
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    softmax.output[0] = "dense_float"
+    graph.initializer.extend([numpy_helper.from_array(np.array(1 / 256, np.float32), "output_scale"),
+                              numpy_helper.from_array(np.array(-128, np.int8), "output_zero_point")])
+    graph.node.append(helper.make_node("QuantizeLinear", ["dense_float", "output_scale", "output_zero_point"],
+                                       ["StatefulPartitionedCall:0"], name="output_quantize"))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("StatefulPartitionedCall:0", TensorProto.INT8, ["unk__13", 10]))
+    onnx.save(model, str(path))
+    return path
+
+
 def uint8_two_outputs(path: Path) -> Path:
     """UINT8 pixels [N, 32, 32, 3] in, ImageNet normalisation inside, (logits, embedding) out: an
     end-to-end export, made with the TorchScript exporter and a dynamic batch."""
