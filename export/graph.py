@@ -343,7 +343,9 @@ def load_model(
         weights = _weights_as_inputs(proto)
         because = (f": {len(weights)} of them are layer weights without values (torch.onnx.export(..., "
                    "export_params=False) leaves them so); export with the weights, export_params=True, the default"
-                   if weights and len(weights) == len(inputs) - 1 else "; splitting needs exactly one image input")
+                   if weights and len(weights) == len(inputs) - 1 else
+                   "; splitting needs exactly one image input (the server still serves such a graph whole from a "
+                   "Triton model repository: <model>/config.pbtxt beside <model>/1/model.onnx)")
         raise SplitError(f"the graph has {len(inputs)} inputs ({listed}){because}")
     if input_shape is None:
         input_shape = _recorded_shape(proto)

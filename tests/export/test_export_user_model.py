@@ -143,7 +143,9 @@ def test_split_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     second = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 3, 8, 8])
     two = _graph(tmp_path / "two.onnx", [helper.make_node("Add", ["image", "mask"], ["scores"])], [image, second], [scores])
     line = _one_line_refusal(capsys, "split", str(two), "--out", str(tmp_path / "m3"))
-    assert "the graph has 2 inputs ('image', 'mask'); splitting needs exactly one image input" in line
+    assert "the graph has 2 inputs ('image', 'mask'); splitting needs exactly one image input (the server still " \
+        "serves such a graph whole from a Triton model repository: <model>/config.pbtxt beside <model>/1/model.onnx)" \
+        in line
     line = _one_line_refusal(capsys, "split", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "m4"))
     assert "missing.onnx: no such file" in line
 

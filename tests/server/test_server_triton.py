@@ -164,3 +164,38 @@ def test_split_triton_names_a_model_it_cannot_split_and_splits_the_others(triton
     shown = printed.getvalue()
     assert "aa_plain: skipped: not split, served whole: the graph has no single-tensor cut" in shown, shown
     assert not (root / "aa_plain" / "1" / "blocks").exists() and (root / "ok" / "1" / "blocks").is_dir()
+
+
+def test_a_graph_with_two_inputs_is_not_split_and_is_served_whole(tmp_path: Path) -> None:
+    """What split's refusal of a two-input graph tells its user to do: a Triton model folder, served as it is."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path / "repo" / "masked"
+    (folder / "1").mkdir(parents=True)
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["features"], pads=[1, 1, 1, 1]),
+         helper.make_node("Mul", ["features", "mask"], ["out"])], "masked",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 8, 8]),
+         helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4, 8, 8])], initializer=[weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "1" / "model.onnx"))
+    (folder / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 8\n'
+        'input [ { name: "image" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] }, '
+        '{ name: "mask" data_type: TYPE_FP32 dims: [ 4, 8, 8 ] } ]\n'
+        'output [ { name: "out" data_type: TYPE_FP32 dims: [ 4, 8, 8 ] } ]\n')
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["split", "--triton", str(tmp_path / "repo")]) == 0
+    assert "masked: skipped: not split, served whole: the graph has 2 inputs ('image', 'mask')" in printed.getvalue()
+    rng = np.random.default_rng(1)
+    image, mask = rng.standard_normal((2, 3, 8, 8), np.float32), rng.random((2, 4, 8, 8), np.float32)
+    want = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": image, "mask": mask})[0]
+    with _serve(tmp_path / "repo") as server:
+        client = triton_grpc.InferenceServerClient(server.address)
+        inputs = []
+        for name, array in (("image", image), ("mask", mask)):
+            inputs.append(triton_grpc.InferInput(name, list(array.shape), "FP32"))
+            inputs[-1].set_data_from_numpy(array)
+        np.testing.assert_allclose(client.infer("masked", inputs).as_numpy("out"), want, rtol=1e-6, atol=1e-6)
