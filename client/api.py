@@ -224,7 +224,7 @@ def _one_per_request(arrays: Mapping[str, np.ndarray], specs: Sequence[TensorSpe
     shapes = {spec.name: spec.shape for spec in specs}
     return bool(arrays) and all(
         name in shapes and min(shapes[name], default=0) > 0 and np.ndim(array) == len(shapes[name]) + 1
-        for name, array in arrays.items())
+        for name, array in arrays.items()) and _rows(arrays) > 0  # no entries: one request, for the server to refuse
 
 
 def _entries(arrays: Mapping[str, np.ndarray]) -> Iterable[Arrays]:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from layerserve.cli.main import main
 from layerserve.client import LayerClient
+from layerserve.client.errors import ServerError
 from layerserve.client.images import load_input
 from layerserve.export.runtime import cpu_session
 from layerserve.proto.manifest import read_manifest
@@ -153,3 +154,9 @@ def test_compare_runs_on_pictures_for_either_layout(served: str, model: str, tmp
     for fit in ("resize", "pad", "project"):
         assert paths[f"final only, {fit}"]["error"] is None, paths[f"final only, {fit}"]
     assert report["skip_curve"] and report["skip_matrix"]
+
+
+@pytest.mark.slow
+def test_no_samples_for_an_input_without_a_batch_dimension_is_the_servers_one_line_refusal(served: str) -> None:
+    with LayerClient(served) as client, pytest.raises(ServerError, match=r"expects FP32 \[32,32,3\], got FP32 \[0,32,32,3\]"):
+        client.infer_array("one_picture", np.zeros((0, 32, 32, 3), np.float32))
