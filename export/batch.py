@@ -24,9 +24,9 @@ merged requests break inside those Reshapes.
 * else **fixed**: the manifest says the fixed size, the server never merges
   requests for it, and other batch sizes are refused with expected and got.
 
-A fixed first dimension that no output carries is **no batch** at all: the graph takes one
-sample, ``[224, 224, 3]``, and adds its own batch of 1 inside. It is served fixed too, and
-said so instead of "requests must have exactly 224 rows".
+An input that reads as one picture (a fixed ``[224, 224, 3]`` or ``[3, 224, 224]``) and whose first
+dimension no output carries has **no batch** at all: the graph adds its own batch of 1 inside. It is
+served fixed too, and said so instead of "requests must have exactly 224 rows".
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from layerserve.proto.pictures import input_layout
 
 from .foreign import BATCH_DIM
 from .graph import constant_values
@@ -108,10 +110,14 @@ def resolve_batch(proto: onnx.ModelProto, make_dynamic: bool = True) -> BatchRes
 
 
 def _unbatched_note(proto: onnx.ModelProto, declared: int) -> str | None:
-    """The note for an input whose fixed first dimension is no batch, because no output carries it (an input
-    ``[224, 224, 3]`` answered ``[1, 1000]``: the graph takes one picture and adds its own batch); None
-    where it may be a batch (one row, or an output with as many rows). SplitError when the graph does not run."""
-    if declared < 2:
+    """The note for an input that is one picture with no batch dimension: its shape reads so
+    (proto/pictures.py: a fixed ``[224, 224, 3]`` or ``[3, 224, 224]``) and no output carries its first
+    dimension (answered ``[1, 1000]``: the graph adds its own batch). None where that first dimension may be a
+    batch: one row, a four-axis input (a detector at a fixed batch of 4 whose NMS drops it stays "fixed at
+    4"), or an output with as many rows. SplitError when the graph does not run."""
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    layout = input_layout(dims)
+    if declared < 2 or layout is None or layout.batched:
         return None
     from .foreign import run_probe
 

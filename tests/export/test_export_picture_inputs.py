@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import foreign_graphs
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from layerserve.export.graph import load_model
 from layerserve.export.imported import per_sample_shape, split_to_repository
@@ -32,3 +35,19 @@ def test_an_input_without_batch_dimension_is_one_sample(tmp_path: Path) -> None:
     assert note.startswith("batch none: the input [32,32,3] is one sample with no batch dimension (no output has "
                            "32 rows: [1,10]); each request is one [32,32,3] sample, never merged"), note
 
+
+
+def test_a_fixed_batch_its_outputs_drop_is_still_a_batch(tmp_path: Path) -> None:
+    """Only an input that reads as one picture is taken for one: a detector-like graph at a fixed batch of 4
+    whose answer loses the batch (a score over everything) keeps "fixed at 4"."""
+    weight = numpy_helper.from_array(np.full((2, 3, 3, 3), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["features"], pads=[1, 1, 1, 1]),
+         helper.make_node("ReduceMax", ["features"], ["best"], keepdims=0)], "pooled",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [4, 3, 8, 8])],
+        [helper.make_tensor_value_info("best", TensorProto.FLOAT, [])], initializer=[weight])
+    path = tmp_path / "pooled.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load_model(path)
+    assert model.batched and model.fixed_batch == 4
+    assert model.notes[-1].startswith("batch fixed at 4"), model.notes
