@@ -70,6 +70,13 @@ def output_specs(graph: onnx.GraphProto) -> list[TensorSpec]:
     return [tensor_spec(output, quantized.get(output.name)) for output in graph.output]
 
 
+def _carries_batch(info: onnx.ValueInfoProto, fixed_batch: int | None) -> bool:
+    """Whether a boundary tensor's first dimension is the batch: symbolic, or the fixed batch. A graph that
+    squeezes its batch of 1 away answers ``[10]``, one sample of 10 values, not 10 samples."""
+    dims = info.type.tensor_type.shape.dim
+    return not dims or not dims[0].HasField("dim_value") or dims[0].dim_value == fixed_batch
+
+
 def file_ref(version_dir: Path, path: Path) -> FileRef:
     """A FileRef for ``path``, relative to the version folder."""
     return FileRef(path=path.relative_to(version_dir).as_posix(), sha256=sha256_of(path), size_bytes=path.stat().st_size)
@@ -142,7 +149,8 @@ def write_repository(
         provenance=provenance,
         labels=labels or [],
         serving=serving_config(fixed_batch, merge_requests),
-        input_bytes_per_sample=bytes_per_sample(full.graph.input[0], batched),
+        input_bytes_per_sample=bytes_per_sample(full.graph.input[0], batched and _carries_batch(full.graph.input[0],
+                                                                                                  fixed_batch)),
     )
     if preprocessing is not None:
         manifest.preprocessing.CopyFrom(preprocessing)
@@ -161,7 +169,8 @@ def write_repository(
                 outputs=output_specs(graph),
                 parameters=parameter_count(block.proto),
                 flops=flops_per_sample(block.proto),
-                output_bytes_per_sample=sum(bytes_per_sample(o, batched) for o in graph.output),
+                output_bytes_per_sample=sum(bytes_per_sample(o, batched and _carries_batch(o, fixed_batch))
+                                            for o in graph.output),
                 op_types=list(dict.fromkeys(node.op_type for node in graph.node)),
                 first_node=block.first_node,
                 last_node=block.last_node,

@@ -69,9 +69,9 @@ def flops_per_sample(block: onnx.ModelProto) -> int:
 
 
 def bytes_per_sample(info: onnx.ValueInfoProto, batched: bool = True) -> int:
-    """Bytes one sample of a boundary tensor takes (all dimensions after the first must be known). In a model
-    whose input has no batch dimension (``batched`` False, export/batch.py) a request is one sample, so the
-    whole tensor: a ``[5]`` its graph squeezed its batch of 1 out of is 5 values, not 1."""
+    """Bytes one sample of a boundary tensor takes (all dimensions after the first must be known). A tensor
+    without a batch axis (``batched`` False: every tensor of a model whose input has none, export/batch.py,
+    or a ``[5]`` its graph squeezed its batch of 1 out of) is one sample whole: 5 values, not 1."""
     tensor_type = info.type.tensor_type
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     counted = dims[1:] if batched else dims

@@ -51,3 +51,11 @@ def test_a_fixed_batch_its_outputs_drop_is_still_a_batch(tmp_path: Path) -> None
     model = load_model(path)
     assert model.batched and model.fixed_batch == 4
     assert model.notes[-1].startswith("batch fixed at 4"), model.notes
+
+
+def test_an_answer_without_batch_axis_is_sized_whole(tmp_path: Path) -> None:
+    manifest = split_to_repository(foreign_graphs.batch_of_one_squeezed(tmp_path / "squeezed.onnx"),
+                                   tmp_path / "repo" / "squeezed")
+    assert list(manifest.inputs[0].shape) == [1, 3, 16, 16] and list(manifest.outputs[0].shape) == [10]
+    assert manifest.input_bytes_per_sample == 3 * 16 * 16 * 4
+    assert manifest.blocks[-1].output_bytes_per_sample == 10 * 4  # one sample of 10 values, not 10 samples

@@ -422,6 +422,15 @@ def one_picture_chw_squeezed(path: Path) -> Path:
     return _exported(net, torch.rand(3, 40, 48), path, "image", dynamic=False, how="default")
 
 
+def batch_of_one_squeezed(path: Path) -> Path:
+    """A CNN that squeezes its batch of 1 out of the answer (``logits.squeeze(0)``: ``[10]``), exported with the
+    one-liner at ``[1, 3, 16, 16]``: a fixed batch it cannot be freed of, since its answer loses the axis."""
+    import torch
+
+    net = _small_cnn(3, lambda images: images, squeeze=True)
+    return _exported(net, torch.rand(1, 3, 16, 16), path, "images", dynamic=False, how="default")
+
+
 def grey_without_channel_axis(path: Path) -> Path:
     """An MNIST-style CNN taking grey pictures ``[N, 28, 28]`` and adding their channel axis itself
     (``x.unsqueeze(1)``; TorchScript, dynamic batch)."""
