@@ -67,6 +67,11 @@ def check_sizes(fixed: int | None) -> tuple[int, ...]:
     return (1, 2) if fixed is None else (fixed,)
 
 
+def declared_shape(proto: onnx.ModelProto) -> list[int]:
+    """The input's shape as the graph declares it, -1 for a symbolic dimension."""
+    return [d.dim_value if d.HasField("dim_value") else -1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+
+
 def declared_batch(proto: onnx.ModelProto) -> int | None:
     """The input's first dimension when it is a number, None when it is symbolic."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -115,8 +120,7 @@ def _unbatched_note(proto: onnx.ModelProto, declared: int) -> str | None:
     dimension (answered ``[1, 1000]``: the graph adds its own batch). None where that first dimension may be a
     batch: one row, a four-axis input (a detector at a fixed batch of 4 whose NMS drops it stays "fixed at
     4"), or an output with as many rows. SplitError when the graph does not run."""
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    layout = input_layout(dims)
+    layout = input_layout(declared_shape(proto))
     if declared < 2 or layout is None or layout.batched:
         return None
     from .foreign import run_probe

@@ -101,7 +101,7 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
         if node.domain not in ("", "ai.onnx") or not node.output:
             continue
         if node.op_type == "Constant":
-            value = _constant_attribute(node)
+            value = constant_attribute(node)
             if value is not None:
                 arrays[node.output[0]] = value
         elif (node.op_type in SHAPE_ARITHMETIC and node.input
@@ -112,7 +112,7 @@ def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _constant_attribute(node: onnx.NodeProto) -> np.ndarray | None:
+def constant_attribute(node: onnx.NodeProto) -> np.ndarray | None:
     """A ``Constant`` node's value: its ``value`` tensor, or ``value_ints``/``value_int``/``value_floats``/
     ``value_float`` (the dynamo exporter writes shapes as ``value_ints``)."""
     for attribute in node.attribute:

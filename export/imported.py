@@ -27,6 +27,7 @@ from layerserve.proto.pictures import input_layout
 from layerserve.proto.repository_pb2 import ModelManifest, Preprocessing, Provenance
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, TensorSpec, numpy_dtype
 
+from .batch import declared_shape
 from .conventions import exporter_defaults
 from .errors import GraphRefused, SplitError
 from .foreign import probe_input
@@ -114,7 +115,7 @@ def per_sample_shape(proto: onnx.ModelProto) -> list[int]:
     input's where it is one picture with no batch axis (proto/pictures.py), and ``[1, H, W]`` for a grey
     ``[H, W]`` sample that 2-D convolutions read (its preprocessing is a one-channel picture's; a signal
     ``[C, L]`` for 1-D convolutions stays as it is, no picture)."""
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    dims = declared_shape(proto)
     layout = input_layout(dims)
     if layout is not None and not layout.batched:
         return dims

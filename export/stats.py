@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 from layerserve.proto.tensors import ONNX_ELEM_TYPES, numpy_dtype
 
 from .errors import SplitError
+from .graph import constant_attribute
 from .layers import LAYERS
 
 # Weights: floating-point initializers, and the 8-bit ones a quantized layer holds (with their per-channel
@@ -98,11 +99,12 @@ def quantized_outputs(graph: onnx.GraphProto) -> dict[str, tuple[float, int]]:
 
 
 def _constant(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of initializer or Constant node ``name``; None when the graph computes it."""
+    """The value of initializer or Constant node ``name`` (graph.constant_attribute); None when the graph
+    computes it."""
     for tensor in graph.initializer:
         if tensor.name == name:
             return numpy_helper.to_array(tensor)
     for node in graph.node:
-        if node.op_type == "Constant" and node.output[0] == name and node.attribute and node.attribute[0].name == "value":
-            return numpy_helper.to_array(node.attribute[0].t)
+        if node.op_type == "Constant" and node.output[0] == name:
+            return constant_attribute(node)
     return None
