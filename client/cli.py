@@ -307,8 +307,9 @@ def _served(client, model: str) -> Served:
         manifest = client.blocks(model).manifest
     except ServerError:
         return Served()
-    specs = [*manifest.outputs, *(spec for block in manifest.blocks for spec in block.outputs)]
-    return Served(list(manifest.labels), {spec.name: spec.quantization for spec in specs if spec.HasField("quantization")})
+    from .experiment import answer_quantizations
+
+    return Served(list(manifest.labels), answer_quantizations(manifest))
 
 
 def _infer(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from layerserve.proto.repository_pb2 import Quantization
+from layerserve.proto.repository_pb2 import ModelManifest, Quantization
 from layerserve.proto.tensors import numpy_dtype
 
 from .api import LayerClient, Where, first_output
@@ -73,6 +73,13 @@ def real_values(output: np.ndarray, quantization: Quantization | None) -> np.nda
     if quantization is None or quantization.scale <= 0 or output.dtype.kind not in "iu":
         return output
     return (output.astype(np.float64) - quantization.zero_point) * quantization.scale
+
+
+def answer_quantizations(manifest: ModelManifest) -> dict[str, Quantization]:
+    """The quantization of every output its graphs quantized themselves (the full graph's and each block's),
+    by tensor name: what :func:`real_values` reads an answer by."""
+    specs = [*manifest.outputs, *(spec for block in manifest.blocks for spec in block.outputs)]
+    return {spec.name: spec.quantization for spec in specs if spec.HasField("quantization")}
 
 
 def gives_probabilities(output: np.ndarray, quantization: Quantization | None = None) -> bool:
@@ -263,8 +270,8 @@ def compare(
     final = f"{names[start]}..{names[-1]}"
 
     full = as_logits(first_output(client.infer(blocks.full_model_name, images)))
-    first = blocks.manifest.outputs[0] if blocks.manifest.outputs else None
-    quantization = first.quantization if first is not None and first.HasField("quantization") else None
+    first = blocks.manifest.outputs[0].name if blocks.manifest.outputs else ""
+    quantization = answer_quantizations(blocks.manifest).get(first)
     paths = [score("full graph", "model.onnx", full, full, labels, quantization=quantization)]
     on_step("full graph")
 
