@@ -19,7 +19,10 @@ average away. Cells, on the full graph unless said:
   batch 1 and 64, one client on one connection (one worker) alternating between the two, three times
   (``--variant "plain seams=--native-seams false"`` compares chains without native seams);
 * in-process floors: ``onnxruntime.InferenceSession(model.onnx)`` with default options in this process,
-  batch 1 and 64: images per second.
+  batch 1 and 64: images per second;
+* ``stolen``: for each cell (and the in-process floors), per repeat, the share of the machine's CPU
+  time the hypervisor took meanwhile (``/proc/stat`` steal). On a shared VM a cell is slow for every
+  server when it is high: it is what made batch 1's p50 read 3 ms instead of 1.3 (docs/BENCHMARKS.md).
 
 Extra layerserve configurations (``--variant LABEL=FLAGS``) join the same interleaving, to compare a
 flag against the defaults. So does the transport's floor (bench/peers/bare_grpc.py, unless ``--no-floor``):
@@ -43,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.loadgen import alternating_p50
-from bench.machine import machine_info
+from bench.machine import cpu_ticks, machine_info, stolen_share
 from bench.payloads import infer_request, manifest, model_input, model_root
 from bench.peers.bare_grpc import BareGrpcPeer
 from bench.peers.kserve_peer import KServePeer
@@ -57,6 +60,7 @@ CELLS = ("b1_c1", "b1_c16", "b64_c4", "one_process_8_threads")
 # refuses gRPC messages over 8 MiB (batch 16 is 9.6 MB), so its large batch is 8.
 BATCH_LARGE = {"digits_cnn": 64, "digits_resnet": 64, "resnet50_shaped": 8}
 FLOOR = "bare grpc.aio + ONNX Runtime (floor)"
+INPROCESS = "in process"
 
 
 def log(message: str) -> None:
@@ -133,16 +137,20 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
     cells: dict[str, dict[str, list[float]]] = {}
     chain_ratio: dict[str, dict[str, list[float]]] = {}
     inprocess: dict[str, list[float]] = {"b1": [], f"b{large}": []}
+    stolen: dict[str, dict[str, list[float]]] = {}  # label -> cell -> per repeat, the hypervisor's share meanwhile
 
     def add(label: str, cell: str, value: float) -> None:
         cells.setdefault(label, {}).setdefault(cell, []).append(value)
 
     factories = _servers(root, model, model_file, variants, kserve, floor)
     for repeat in range(repeats):
-        inprocess["b1"].append(inprocess_images_per_s(model_file, x1[input_name], seconds))
-        inprocess[f"b{large}"].append(inprocess_images_per_s(model_file, xl[input_name], seconds))
+        for key, x in (("b1", x1), (f"b{large}", xl)):
+            ticks = cpu_ticks()
+            inprocess[key].append(inprocess_images_per_s(model_file, x[input_name], seconds))
+            stolen.setdefault(INPROCESS, {}).setdefault(key, []).append(stolen_share(ticks, cpu_ticks()))
         log(f"[{repeat + 1}/{repeats}] {model} in-process: b1 {inprocess['b1'][-1]:.1f}, "
-            f"b{large} {inprocess[f'b{large}'][-1]:.1f} img/s")
+            f"b{large} {inprocess[f'b{large}'][-1]:.1f} img/s | stolen "
+            + ", ".join(f"{shares[-1]:.0%}" for shares in stolen[INPROCESS].values()))
         order = list(factories.items())
         if repeat % 2:
             order.reverse()
@@ -151,17 +159,22 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
             warmup = min(0.5, seconds)  # 0.5 s at the grid's seconds per cell; less only for the tests' short cells
             for label, server in started.items():
                 pid = server.process.pid
-                c1 = served(server.address, model, x1, 1, seconds, warmup, pid).result
-                c16 = served(server.address, model, x1, 16, seconds, warmup, pid).result
-                c4 = served(server.address, model, xl, 4, seconds, warmup, pid).result
+                measured = [served(server.address, model, x, clients, seconds, warmup, pid)
+                             for x, clients in ((x1, 1), (x1, 16), (xl, 4))]
+                ticks = cpu_ticks()
                 threads = triton_threads(server.address, model, input_name, x1[input_name], 8, seconds)
+                shares = dict(zip(CELLS, [cell.stolen for cell in measured] + [stolen_share(ticks, cpu_ticks())], strict=True))
+                c1, c16, c4 = (cell.result for cell in measured)
                 add(label, "b1_c1", c1.p50_ms)
                 add(label, "b1_c16", c16.throughput)
                 add(label, "b64_c4", c4.throughput * large)
                 add(label, "one_process_8_threads", threads)
+                for cell, share in shares.items():
+                    stolen.setdefault(label, {}).setdefault(cell, []).append(share)
                 errors = c1.errors + c16.errors + c4.errors
                 log(f"  {label:<28} b1 c1 p50 {c1.p50_ms:7.2f} ms | b1 c16 {c16.throughput:8.1f} img/s | "
                     f"b{large} c4 {c4.throughput * large:8.1f} img/s | 8 threads {threads:8.1f} img/s"
+                    " | stolen " + ", ".join(f"{share:.0%}" for share in shares.values())
                     + (f" | {errors} errors" if errors else ""))
                 if label.startswith("layerserve"):
                     ratios = chain_ratio.setdefault(label, {"b1": [], f"b{large}": []})
@@ -171,7 +184,8 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
                             infer_request(names.chain_name(model), x).SerializeToString()], 3, seconds / 3)
                         ratios[key].append(statistics.median(chain) / statistics.median(full))
                     log(f"  chain/full: b1 {ratios['b1'][-1]:.3f}, b{large} {ratios[f'b{large}'][-1]:.3f}")
-    return {"batch_large": large, "cells": cells, "inprocess": inprocess, "chain_over_full": chain_ratio}
+    return {"batch_large": large, "cells": cells, "inprocess": inprocess, "chain_over_full": chain_ratio,
+            "stolen": stolen}
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -192,6 +206,11 @@ def markdown(results: dict) -> str:
         floors = {k: _summary(v) for k, v in found["inprocess"].items()}
         lines += ["", "in-process ONNX Runtime (default options): "
                   + ", ".join(f"{k} {v['median']:.1f} img/s ({v['min']:.1f}-{v['max']:.1f})" for k, v in floors.items())]
+        if found.get("stolen"):
+            lines.append("CPU time the hypervisor took from this VM during each cell, per repeat: " + "; ".join(
+                f"{label}: " + ", ".join(f"{cell} " + "/".join(f"{share:.0%}" for share in shares)
+                                        for cell, shares in by_cell.items())
+                for label, by_cell in found["stolen"].items()))
         for label, by_batch in found["chain_over_full"].items():
             ratios = {k: _summary(v) for k, v in by_batch.items()}
             lines.append(f"{label} chain / full p50: "

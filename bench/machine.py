@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -52,6 +53,36 @@ def machine_info() -> dict[str, object]:
         "commit": _commit(),
         "load_average_1m": os.getloadavg()[0],
     }
+
+
+@dataclass(frozen=True)
+class CpuTicks:
+    """The whole machine's CPU time so far (``/proc/stat``, clock ticks, every core summed)."""
+
+    steal: int
+    total: int
+
+
+def cpu_ticks() -> CpuTicks:
+    """Steal and total ticks now; zeros where ``/proc/stat`` cannot be read (not Linux).
+
+    Steal is time a virtual machine's cores were ready to run but the hypervisor ran someone else:
+    on this project's shared 2-core VM it explains the slow repeats (docs/BENCHMARKS.md,
+    "Issue 12, slow repeats are stolen time").
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return CpuTicks(0, 0)
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is inside user.
+    ticks = [int(value) for value in fields[1:9]]
+    return CpuTicks(steal=ticks[7] if len(ticks) > 7 else 0, total=sum(ticks))
+
+
+def stolen_share(before: CpuTicks, after: CpuTicks) -> float:
+    """The share of the machine's CPU time the hypervisor took between two readings (0-1); NaN if none passed."""
+    total = after.total - before.total
+    return (after.steal - before.steal) / total if total > 0 else float("nan")
 
 
 def _stat(pid: int) -> list[str] | None:

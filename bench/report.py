@@ -227,7 +227,9 @@ def markdown(results: dict, summary: dict, plots: list[str]) -> str:
         f"- Software: {versions}.",
         f"- Load average (1 min) {m['load_average_1m']:.1f} at the start, {m.get('load_average_1m_end', float('nan')):.1f} "
         "at the end (above ~1 means other jobs shared the machine and absolute numbers are noisy); the ratios are "
-        "measured side by side (same repeat) and are the ones to read.",
+        "measured side by side (same repeat) and are the ones to read. The hypervisor took "
+        f"{m.get('stolen', float('nan')):.0%} of this VM's CPU time over the run (`/proc/stat` steal; the grid "
+        "gives it per repeat).",
         f"- Served configuration: `layerserve serve {' '.join(results['served_flags'])}` (dynamic batching on, no "
         "added queue delay; default `--workers auto` = one process per usable core on one port, `--instances auto` = "
         "usable cores / workers, 1 intra-op thread); in-process = the same server endpoints "

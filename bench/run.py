@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import grid, memory, report
 from bench.inprocess import InProcess
-from bench.machine import machine_info
+from bench.machine import cpu_ticks, machine_info, stolen_share
 from bench.payloads import manifest, model_input, model_root
 from bench.peers.kserve_peer import KServePeer
 from bench.profile import profile_during
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the HTTP/REST comparison with KServe (digits_cnn); results to --out as usual")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    started = time.monotonic()
+    started, ticks = time.monotonic(), cpu_ticks()
     results = {"machine": machine_info(), "repeats": repeats, "quick": args.quick,
                "served_flags": MAIN_FLAGS, "models": {}}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                            for model in grid_models}
         results["memory"] = memory.measure(model_root("resnet50_shaped"), "resnet50_shaped", 6.0)
     results["machine"]["load_average_1m_end"] = machine_info()["load_average_1m"]
+    results["machine"]["stolen"] = stolen_share(ticks, cpu_ticks())
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["summary"] = report.write(results, args.out)
     if "grid" in results:

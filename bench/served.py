@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from bench.loadgen import MODEL_INFER, LoadResult, run_load
-from bench.machine import process_cpu_s
+from bench.machine import cpu_ticks, process_cpu_s, stolen_share
 from bench.payloads import infer_request
 from bench.rest_loadgen import rest_body, run_rest_load
 from layerserve.proto import grpc_service_pb2 as pb
@@ -32,6 +32,7 @@ class Cell:
     bytes_moved: int
     server_cpu_s: float = float("nan")
     warmup_s: float = 0.0
+    stolen: float = float("nan")  # share of the machine's CPU time the hypervisor took meanwhile (bench.machine)
 
     def record(self) -> dict[str, float | int]:
         """The JSON-ready numbers: the load result plus bytes moved, server CPU, generator CPU per request."""
@@ -45,6 +46,7 @@ class Cell:
             # Server CPU was read around warm-up and timed part alike, both at about the same rate.
             "server_cpu_us_per_request": 1e6 * self.server_cpu_s
             / max(result.throughput * (result.seconds + self.warmup_s), 1e-9),
+            "stolen": self.stolen,
         }
 
 
@@ -56,10 +58,10 @@ def served(address: str, name: str, inputs: dict[str, np.ndarray], concurrency: 
     call (connect, warm-up and timed part; per request, divide by all requests sent).
     """
     payload = infer_request(name, inputs).SerializeToString()
-    before = process_cpu_s(server_pid) if server_pid else float("nan")
+    before, ticks = process_cpu_s(server_pid) if server_pid else float("nan"), cpu_ticks()
     result = run_load(address, payload, concurrency, duration=duration, warmup=warmup)
     after = process_cpu_s(server_pid) if server_pid else float("nan")
-    return Cell(result, len(payload) + result.response_bytes, after - before, warmup)
+    return Cell(result, len(payload) + result.response_bytes, after - before, warmup, stolen_share(ticks, cpu_ticks()))
 
 
 def served_rest(base_url: str, name: str, inputs: dict[str, np.ndarray], concurrency: int, duration: float,
@@ -67,10 +69,10 @@ def served_rest(base_url: str, name: str, inputs: dict[str, np.ndarray], concurr
     """Closed-loop load on ``POST {base_url}/v2/models/{name}/infer`` (bench.rest_loadgen): binary tensors as
     tritonclient.http sends them, or JSON ``data`` arrays; server CPU as :func:`served` reads it."""
     body, headers = rest_body(inputs, binary)
-    before = process_cpu_s(server_pid) if server_pid else float("nan")
+    before, ticks = process_cpu_s(server_pid) if server_pid else float("nan"), cpu_ticks()
     result = run_rest_load(base_url, name, body, headers, concurrency, duration=duration, warmup=warmup)
     after = process_cpu_s(server_pid) if server_pid else float("nan")
-    return Cell(result, len(body) + result.response_bytes, after - before, warmup)
+    return Cell(result, len(body) + result.response_bytes, after - before, warmup, stolen_share(ticks, cpu_ticks()))
 
 
 def _percentile(ordered: list[float], q: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from bench import report, run
 from bench.inprocess import InProcess
-from bench.machine import machine_info, process_cpu_s
+from bench.machine import CpuTicks, cpu_ticks, machine_info, process_cpu_s, stolen_share
 from bench.payloads import COMMITTED, infer_request, manifest, model_input
 from bench.served import client_chain, served
 from layerserve.server.launcher import ServerProcess
@@ -96,6 +97,15 @@ def test_machine_info_and_process_cpu() -> None:
     assert process_cpu_s(os.getpid()) > 0
 
 
+def test_stolen_share_reads_the_hypervisors_part_of_the_machines_cpu_time() -> None:
+    assert stolen_share(CpuTicks(steal=10, total=1000), CpuTicks(steal=40, total=1200)) == 0.15
+    assert math.isnan(stolen_share(CpuTicks(5, 500), CpuTicks(5, 500)))  # no time passed: no share to give
+    before = cpu_ticks()
+    sum(i * i for i in range(300_000))
+    after = cpu_ticks()
+    assert after.total >= before.total > 0 and after.steal >= before.steal >= 0
+
+
 @pytest.mark.slow
 def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(tmp_path: Path) -> None:
     from bench import foreign
@@ -111,23 +121,9 @@ def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(t
 
 
 @pytest.mark.slow
-def test_grid_measures_every_cell_for_defaults_a_variant_and_the_floor() -> None:
-    from bench import grid
-
-    found = grid.measure("digits_cnn", 1, 0.3, {"one instance": ["--instances", "1"]}, kserve=False)
-    assert set(found["cells"]) == {"layerserve (defaults)", "layerserve (one instance)", grid.FLOOR}
-    for cells in found["cells"].values():
-        assert set(cells) == set(grid.CELLS) and all(values[0] > 0 for values in cells.values())
-    assert found["inprocess"]["b1"][0] > 0
-    assert set(found["chain_over_full"]) == {"layerserve (defaults)", "layerserve (one instance)"}
-    assert all(by_batch["b64"][0] > 0 for by_batch in found["chain_over_full"].values())
-    assert "| layerserve (defaults) |" in grid.markdown({"models": {"digits_cnn": found}})
-
-
-@pytest.mark.slow
-def test_grid_starts_fresh_servers_each_repeat_in_alternating_order(monkeypatch) -> None:
-    """A repeat samples a server start too: new processes every repeat, measured in the opposite order
-    every other repeat (so neither server always goes first)."""
+def test_grid_measures_every_cell_with_fresh_servers_each_repeat_in_alternating_order(monkeypatch) -> None:
+    """Every cell for the defaults, a variant and the floor. A repeat samples a server start too: new
+    processes every repeat, measured in the opposite order every other repeat (so none always goes first)."""
     from bench import grid
 
     pids: list[int] = []
@@ -141,11 +137,24 @@ def test_grid_starts_fresh_servers_each_repeat_in_alternating_order(monkeypatch)
     monkeypatch.setattr(grid, "served", recording)
     monkeypatch.setattr(grid, "log", lambda line: order.append(line.split(" b1 c1 ")[0].strip())
                         if " b1 c1 p50 " in line else None)
-    found = grid.measure("digits_cnn", 2, 0.2, {}, kserve=False)
-    assert order == ["layerserve (defaults)", grid.FLOOR, grid.FLOOR, "layerserve (defaults)"]
+    found = grid.measure("digits_cnn", 2, 0.2, {"one instance": ["--instances", "1"]}, kserve=False)
+    labels = ["layerserve (defaults)", "layerserve (one instance)", grid.FLOOR]
+    assert order == labels + labels[::-1]
     starts = pids[::3]  # each server's three cells share its pid: c1, c16, b64
-    assert len(starts) == 4 and len(set(starts)) == 4, pids
-    assert all(len(values) == 2 for cells in found["cells"].values() for values in cells.values())
+    assert len(starts) == 6 and len(set(starts)) == 6, pids
+    assert set(found["cells"]) == set(labels)
+    for cells in found["cells"].values():
+        assert set(cells) == set(grid.CELLS) and all(len(values) == 2 and min(values) > 0 for values in cells.values())
+    assert len(found["inprocess"]["b1"]) == 2 and min(found["inprocess"]["b1"]) > 0
+    assert set(found["chain_over_full"]) == set(labels[:2])
+    assert all(len(by_batch["b64"]) == 2 and min(by_batch["b64"]) > 0 for by_batch in found["chain_over_full"].values())
+    assert set(found["stolen"]) == {grid.INPROCESS, *labels}
+    assert set(found["stolen"][grid.INPROCESS]) == {"b1", "b64"}
+    assert all(set(found["stolen"][label]) == set(grid.CELLS) for label in labels)
+    assert all(len(shares) == 2 and all(0 <= share <= 1 for share in shares)
+               for by_cell in found["stolen"].values() for shares in by_cell.values())
+    text = grid.markdown({"models": {"digits_cnn": found}})
+    assert "| layerserve (defaults) |" in text and "CPU time the hypervisor took" in text
 
 
 @pytest.mark.slow
