@@ -17,7 +17,8 @@ batches only when there is load to batch.
 
 A request that finds the endpoint idle and is alone in the server (``alone``, the server's
 judgement) runs right here on the event loop when the slots allow it (RunSlots.take_for_loop:
-short runs only), with no queue and no thread: nothing could merge with it.
+short runs only), with no queue and no thread: nothing could merge with it. A merged batch also runs
+on the loop when the slots say the other workers hold every core (RunSlots.run_here).
 
 A request whose client cancelled (its future is cancelled when gRPC cancels the
 handler) or whose deadline passed while it waited is dropped from the batch
@@ -249,7 +250,8 @@ class Batcher:
                     merged = batch[0].inputs
                 else:
                     merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
-                outputs, compute_s = await call_timed(self._executor, self._run, merged)
+                executor = None if self._slots.run_here() else self._executor
+                outputs, compute_s = await call_timed(executor, self._run, merged)
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for pending in batch:
                     if not pending.future.done():

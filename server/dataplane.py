@@ -28,6 +28,7 @@ from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
 from .batching import Batcher, BatchReport, call_timed
+from .busy_workers import WorkerBoard
 from .classification import classified, encoded_bytes
 from .drain import Gate
 from .endpoints import RESPONSE_OVERHEAD_BYTES, Endpoint, answer_row_bytes, check_answer_size, validate_inputs
@@ -145,7 +146,7 @@ class DataPlane:
 
     def __init__(self, repository: Repository, instances: int | None = 1, max_queue_size: int = 1024,
                  max_message_bytes: int = 64 << 20, observer: Observer | None = None,
-                 max_batch_bytes: int = 64 << 20, cores: int = 1) -> None:
+                 max_batch_bytes: int = 64 << 20, cores: int = 1, board: WorkerBoard | None = None) -> None:
         self.repository = repository
         self.instances = instances
         self._most_runs = max(1, cores if instances is None else instances)
@@ -156,6 +157,8 @@ class DataPlane:
         # Merging stops before a merged batch's largest activation passes this (Endpoint.merge_rows).
         self.max_batch_bytes = max_batch_bytes
         self.executor = ThreadPoolExecutor(self._most_runs, thread_name_prefix="ort") if instances != 0 else None
+        # Runs in flight per worker process, shared with the other workers (server/busy_workers.py); None alone.
+        self.board = board
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._slots: dict[tuple[str, str], RunSlots] = {}
         self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
@@ -261,7 +264,7 @@ class DataPlane:
         key = (endpoint.name, endpoint.version)
         if key not in self._slots:
             fixed = None if self.instances is None else max(1, self.instances)
-            self._slots[key] = RunSlots(fixed, self._most_runs)
+            self._slots[key] = RunSlots(fixed, self._most_runs, board=self.board if self.executor else None)
         return self._slots[key]
 
     def _alone(self) -> bool:
@@ -271,11 +274,13 @@ class DataPlane:
 
     async def _run(self, endpoint: Endpoint, fn: Callable, *args: object) -> tuple[object, float]:
         """``fn(*args)`` on a worker thread within the endpoint's slots (on the event loop when the request
-        is alone and the runs short: RunSlots.take_for_loop); (result, seconds it ran)."""
+        is alone and the runs short, RunSlots.take_for_loop, or the other workers hold every core,
+        RunSlots.run_here); (result, seconds it ran)."""
         slots = self._run_slots(endpoint)
         here = self.executor is not None and self._alone() and slots.take_for_loop()
         if not here:
             await slots.acquire()
+            here = slots.run_here()
         seconds: float | None = None
         try:
             result, seconds = await call_timed(None if here else self.executor, fn, *args)

@@ -35,8 +35,9 @@ from pathlib import Path
 from layerserve.proto import manifest as manifests
 
 from . import allocator, app, cpus, limits, logs, loops, metrics, optimized, ports, runtime, security
+from .busy_workers import WorkerBoard
 from .errors import DeviceUnavailable
-from .settings import Settings
+from .settings import Settings, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ async def serve(
     serve_metrics: bool = True,
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     optimized_dir: Path | None = None,
+    board: WorkerBoard | None = None,
 ) -> None:
     """Serve until one of ``signals``, then drain."""
-    running = await app.start(settings, reuse_port, serve_metrics, optimized_dir)
+    running = await app.start(settings, reuse_port, serve_metrics, optimized_dir, board)
     allocator.start_janitor(limits.heap_budget(running.dataplane.max_message_bytes),
                             idle_s=running.dataplane.idle_seconds)
     stop = asyncio.Event()
@@ -127,7 +129,8 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQueue, optimized_dir: Path) -> None:
+def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQueue, optimized_dir: Path,
+            board: WorkerBoard | None) -> None:
     """One worker process: serve on the shared port until the parent's SIGTERM.
 
     A start-up failure is put on ``failures`` for the parent to log once, not logged here.
@@ -142,7 +145,7 @@ def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQue
     allocator.retain_freed_memory()
     try:
         loops.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,),
-                        optimized_dir=optimized_dir), settings.loop)
+                        optimized_dir=optimized_dir, board=board), settings.loop)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # drained: a late second SIGTERM must not kill it
     except _Stopped:
         return
@@ -215,7 +218,11 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
                                     daemon=True)
         preparing.start()
         preparing.join()
-    workers = [context.Process(target=_worker, args=(child, os.getpid(), failures, optimized_dir), name=f"worker-{i}")
+    # On the CPU, each worker sees which others are running, to keep runs off threads when they hold every core.
+    board = (WorkerBoard(settings.worker_count, usable_cores(), context)
+             if runtime.resolve_device(settings.device).name == "cpu" else None)
+    workers = [context.Process(target=_worker, name=f"worker-{i}",
+                               args=(child, os.getpid(), failures, optimized_dir, board and board.for_worker(i)))
                for i in range(settings.worker_count)]
     stopping = False
     told: set[int] = set()

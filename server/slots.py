@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import asyncio
 
+from .busy_workers import WorkerBoard
+
 # A run this long (mean over recent runs) is worth a second thread; well above a hand-off's cost.
 LONG_RUN_S = 0.002
 # A run this short (mean over recent runs) may go on the event loop when its request is alone: it blocks
 # the loop for at most about this long, and a thread hand-off would cost a large share of it.
 LOOP_RUN_S = 0.001
+# The longest mean run that may go on the event loop while the other workers hold every core: the loop
+# (health checks, other requests of this worker) then waits about this long at most.
+LOOP_STALL_S = 0.02
 # Weight of the newest run in the running mean.
 _SMOOTHING = 0.2
 
@@ -32,8 +37,9 @@ class RunSlots:
     """An asyncio semaphore whose size is ``fixed``, or 1 / ``most`` as the endpoint's runs are short / long."""
 
     def __init__(self, fixed: int | None = None, most: int = 1, long_run_s: float = LONG_RUN_S,
-                 loop_run_s: float = LOOP_RUN_S) -> None:
+                 loop_run_s: float = LOOP_RUN_S, board: WorkerBoard | None = None) -> None:
         self._fixed = None if fixed is None else max(1, fixed)
+        self._board = board
         self._most = max(1, most)
         self._long_run_s = long_run_s
         self._loop_run_s = loop_run_s
@@ -46,7 +52,9 @@ class RunSlots:
         """Runs allowed at once now."""
         if self._fixed is not None:
             return self._fixed
-        return self._most if self._mean_s >= self._long_run_s else 1
+        if self._mean_s < self._long_run_s or (self._board is not None and self._board.cores_taken()):
+            return 1  # short runs gain nothing from a second thread; with every core taken, neither do long ones
+        return self._most
 
     def locked(self) -> bool:
         """Whether a run would have to wait for a slot now."""
@@ -59,7 +67,16 @@ class RunSlots:
         if self._fixed is not None or self._in_use or not 0.0 < self._mean_s < self._loop_run_s:
             return False
         self._in_use += 1
+        if self._board is not None:
+            self._board.started()
         return True
+
+    def run_here(self) -> bool:
+        """Whether a run that holds a slot (``acquire``) should go on the event loop rather than a thread:
+        the count follows the runs (auto), they are measured and shorter than LOOP_STALL_S, and the other
+        workers hold every core (the board), so a thread would only contend for them."""
+        return (self._fixed is None and self._board is not None and 0.0 < self._mean_s < LOOP_STALL_S
+                and self._board.cores_taken())
 
     async def acquire(self) -> None:
         """Wait for a slot (on the running event loop)."""
@@ -68,12 +85,16 @@ class RunSlots:
         async with self._changed:
             await self._changed.wait_for(lambda: self._in_use < self.allowed)
             self._in_use += 1
+        if self._board is not None:
+            self._board.started()
 
     async def release(self, run_s: float | None = None) -> None:
         """Give a slot back; ``run_s`` (how long the run took) feeds the mean that decides the count."""
         if run_s is not None:
             self._mean_s = run_s if self._mean_s == 0.0 else (1 - _SMOOTHING) * self._mean_s + _SMOOTHING * run_s
         self._in_use -= 1
+        if self._board is not None:
+            self._board.ended()
         if self._changed is not None:
             async with self._changed:
                 self._changed.notify_all()

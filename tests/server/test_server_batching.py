@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -267,3 +268,82 @@ def test_an_idle_batcher_keeps_no_inputs_of_the_last_batch() -> None:
         return alive
 
     assert not asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_with_every_core_taken_by_the_other_workers_runs_go_on_the_loop_one_at_a_time() -> None:
+    """The decision, by thread: while the other worker runs (the board says so; two cores, two workers), a
+    measured run goes on the loop's own thread and a long-running endpoint allows one run; once the other
+    worker has been idle a moment, runs go to the worker threads again and long runs may go side by side."""
+    import multiprocessing
+
+    from layerserve.server.busy_workers import BUSY_AFTER_S, WorkerBoard
+    from layerserve.server.slots import RunSlots
+
+    board = WorkerBoard(2, 2, multiprocessing.get_context("spawn"))
+    mine, other = board.for_worker(0), board.for_worker(1)
+    threads: list[int] = []
+
+    def run(inputs):
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"] + 1.0}
+
+    async def main() -> tuple[int, list[int]]:
+        # Every measured run counts as long (so up to ``most`` at once) and as short enough for the loop.
+        slots = RunSlots(None, most=2, long_run_s=0.0, board=mine)
+        allowed = []
+        with ThreadPoolExecutor(2) as pool:
+            batcher = Batcher(run, pool, max_batch_size=64, max_queue_delay_us=0, max_queue_size=100,
+                              instances=slots, label="t")
+            one = np.zeros((1, 2), np.float32)
+            await batcher.infer({"x": one}, 1)  # not measured yet: a thread
+            other.started()
+            allowed.append(slots.allowed)
+            for _ in range(2):
+                np.testing.assert_array_equal((await batcher.infer({"x": one}, 1))["y"], one + 1.0)
+            other.ended()
+            allowed.append(slots.allowed)  # it ran a moment ago: under load, the gap before its next run
+            await asyncio.sleep(BUSY_AFTER_S * 2)
+            allowed.append(slots.allowed)
+            await batcher.infer({"x": one}, 1)
+            await batcher.stop()
+        return threading.get_ident(), allowed
+
+    loop_thread, allowed = asyncio.run(asyncio.wait_for(main(), 30))
+    assert [t == loop_thread for t in threads] == [False, True, True, False]
+    assert allowed == [1, 1, 2]
+    assert list(board._counts) == [0, 0]  # every run that started ended
+
+
+def test_the_worker_board_is_shared_by_spawned_processes() -> None:
+    """A worker sees another process's runs: the board lives in memory both map, not in a copy each."""
+    import multiprocessing
+
+    from layerserve.server.busy_workers import BUSY_AFTER_S, WorkerBoard
+
+    context = multiprocessing.get_context("spawn")
+    board = WorkerBoard(2, 2, context)
+    mine = board.for_worker(0)
+    started, finish = context.Event(), context.Event()
+    worker = context.Process(target=_run_until, args=(board.for_worker(1), started, finish))
+    worker.start()
+    try:
+        assert started.wait(60) and mine.cores_taken()
+    finally:
+        finish.set()
+        worker.join(30)
+    assert worker.exitcode == 0 and board._ended[1] > 0  # when its run ended, written where this process reads
+    time.sleep(BUSY_AFTER_S * 2)
+    assert not mine.cores_taken()
+    # One core, or workers alone: nothing to contend with, so cores are never taken.
+    lone = WorkerBoard(1, 2, context)
+    assert not lone.cores_taken()
+    one_core = WorkerBoard(2, 1, context)
+    one_core.for_worker(1).started()
+    assert not one_core.cores_taken()
+
+
+def _run_until(board, started, finish) -> None:
+    board.started()
+    started.set()
+    finish.wait(30)
+    board.ended()
