@@ -6,7 +6,8 @@ runs (a ResNet-50: tens of milliseconds on one core) do: one client process whos
 reach one worker (gRPC multiplexes them on one connection) otherwise gets one core of the machine.
 So by default an endpoint runs one batch at a time while its mean run is short, and up to
 ``most`` (the usable cores) at once while it is long (LONG_RUN_S, measured on the runs
-themselves). ``--instances N`` fixes the count instead.
+themselves) and a core is free: with workers, one at a time while the others hold every core
+(``board``). ``--instances N`` fixes the count instead.
 
 A request alone in the server, whose endpoint's runs are very short (LOOP_RUN_S), may also run on
 the event loop itself (``take_for_loop``): the batching task's hops and a hand-off to a thread and
@@ -34,7 +35,8 @@ _SMOOTHING = 0.2
 
 
 class RunSlots:
-    """An asyncio semaphore whose size is ``fixed``, or 1 / ``most`` as the endpoint's runs are short / long."""
+    """An asyncio semaphore whose size is ``fixed``, or 1 / ``most`` as the endpoint's runs are short / long
+    (1 for long ones too while ``board`` says the other workers hold every core)."""
 
     def __init__(self, fixed: int | None = None, most: int = 1, long_run_s: float = LONG_RUN_S,
                  loop_run_s: float = LOOP_RUN_S, board: WorkerBoard | None = None) -> None:
