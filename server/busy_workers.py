@@ -6,7 +6,8 @@ per core, and the load reached them all), a thread contends for the same cores: 
 time-sliced against each other and against the loops reading the next requests, and the hand-off costs
 besides. On the 2-core machine the digits model's batch-64 cell went from 11.8-12.4k to 13.8k images
 per second (medians of five fresh-start repeats) with its runs on the event loop in that case
-(docs/BENCHMARKS.md, "Issue 12, runs on the loop when every core is taken"). So a worker asks the board, before a run, whether the other workers hold the cores.
+(docs/BENCHMARKS.md, "Issue 12: slow repeats are stolen time; runs on the loop when every core is
+taken"). So a worker asks the board, before a run, whether the other workers hold the cores.
 
 A worker counts as busy while it runs and for BUSY_AFTER_S after its last run ended: under load a
 worker's runs are separated by the few milliseconds it takes to answer one request and read the next,
