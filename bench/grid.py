@@ -163,7 +163,8 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
                              for x, clients in ((x1, 1), (x1, 16), (xl, 4))]
                 ticks = cpu_ticks()
                 threads = triton_threads(server.address, model, input_name, x1[input_name], 8, seconds)
-                shares = dict(zip(CELLS, [cell.stolen for cell in measured] + [stolen_share(ticks, cpu_ticks())], strict=True))
+                shares = dict(zip(CELLS, [cell.stolen for cell in measured] + [stolen_share(ticks, cpu_ticks())],
+                                  strict=True))
                 c1, c16, c4 = (cell.result for cell in measured)
                 add(label, "b1_c1", c1.p50_ms)
                 add(label, "b1_c16", c16.throughput)

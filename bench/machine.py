@@ -67,8 +67,8 @@ def cpu_ticks() -> CpuTicks:
     """Steal and total ticks now; zeros where ``/proc/stat`` cannot be read (not Linux).
 
     Steal is time a virtual machine's cores were ready to run but the hypervisor ran someone else:
-    on this project's shared 2-core VM it explains the slow repeats (docs/BENCHMARKS.md,
-    "Issue 12, slow repeats are stolen time").
+    on this project's shared 2-core VM it explains the slow repeats (docs/BENCHMARKS.md, "Issue 12: slow
+    repeats are stolen time; runs on the loop when every core is taken").
     """
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()

@@ -264,7 +264,7 @@ class DataPlane:
         key = (endpoint.name, endpoint.version)
         if key not in self._slots:
             fixed = None if self.instances is None else max(1, self.instances)
-            self._slots[key] = RunSlots(fixed, self._most_runs, board=self.board if self.executor else None)
+            self._slots[key] = RunSlots(fixed, self._most_runs, board=self.board if fixed is None else None)
         return self._slots[key]
 
     def _alone(self) -> bool:

@@ -218,9 +218,10 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
                                     daemon=True)
         preparing.start()
         preparing.join()
-    # On the CPU, each worker sees which others are running, to keep runs off threads when they hold every core.
+    # On the CPU with --instances auto, each worker sees which others are running, to keep runs off threads
+    # when they hold every core (a fixed instance count decides alone).
     board = (WorkerBoard(settings.worker_count, usable_cores(), context)
-             if runtime.resolve_device(settings.device).name == "cpu" else None)
+             if settings.instances is None and runtime.resolve_device(settings.device).name == "cpu" else None)
     workers = [context.Process(target=_worker, name=f"worker-{i}",
                                args=(child, os.getpid(), failures, optimized_dir, board and board.for_worker(i)))
                for i in range(settings.worker_count)]
