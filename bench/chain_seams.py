@@ -1,5 +1,6 @@
-"""In process, the server's own sessions: the full graph, the plain chain of blocks, and the chain with
-native seams (server/seams.py, server/chains.py), interleaved run by run.
+"""In process, the server's own sessions: the full graph, the plain chain of blocks, the chain with
+native seams (server/seams.py, server/chains.py) and that chain composed into one session
+(server/composed.py), interleaved run by run.
 
     python -m bench.chain_seams                                  # digits_cnn, batch 1 and 64
     python -m bench.chain_seams --model resnet50_shaped --batches 1,8 --repeats 10,6
@@ -7,8 +8,8 @@ native seams (server/seams.py, server/chains.py), interleaved run by run.
 The sessions are what ``layerserve serve`` loads with its defaults: ONNX Runtime's optimized copies
 (in a temporary folder), one intra-op thread, the variants at the seams the load-time probe accepted,
 and glibc's malloc tuned as the server tunes it (server/allocator.py).
-Per batch: the median time of each, chain/full for both chains with the 10th-90th percentile of the
-per-repeat ratios, and each block's median time in both chains (where the time goes). No server and no
+Per batch: the median time of each, chain/full for each chain with the 10th-90th percentile of the
+per-repeat ratios, and each block's median time in each chain (where the time goes). No server and no
 transport: what a served chain adds on top is in ``python -m bench.grid`` (``chain_over_full``).
 """
 
@@ -65,6 +66,8 @@ def measure(model: str, batches: list[int], repeats: dict[int, int]) -> dict:
         for batch in batches:
             feeds = {loaded.full.inputs[0].name: _input(loaded.full.inputs[0], batch)}
             graphs = {"full": [loaded.full], "plain": plain.graphs(0, count), "native": native.graphs(0, count)}
+            if native.whole is not None:  # the chain of every block as one session (server/composed.py)
+                graphs["composed"] = [native.whole]
             for chosen in graphs.values():
                 _timed(chosen, feeds)  # first runs allocate
             times: dict[str, list[list[float]]] = {label: [] for label in graphs}
@@ -73,7 +76,7 @@ def measure(model: str, batches: list[int], repeats: dict[int, int]) -> dict:
                     times[label].append(_timed(chosen, feeds))
             totals = {label: [sum(one) for one in many] for label, many in times.items()}
             row = {f"{label}_ms": statistics.median(values) * 1e3 for label, values in totals.items()}
-            for label in ("plain", "native"):
+            for label in graphs.keys() - {"full"}:
                 ratios = [chain / full for chain, full in zip(totals[label], totals["full"], strict=True)]
                 row[f"{label}_over_full"] = statistics.median(totals[label]) / statistics.median(totals["full"])
                 row[f"{label}_spread"] = _spread(ratios)
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {batch}: full {row['full_ms']:.3f} ms | plain chain {row['plain_ms']:.3f} ms, "
               f"{row['plain_over_full']:.3f}x ({row['plain_spread'][0]:.3f}-{row['plain_spread'][1]:.3f}) | "
               f"native seams {row['native_ms']:.3f} ms, {row['native_over_full']:.3f}x "
-              f"({row['native_spread'][0]:.3f}-{row['native_spread'][1]:.3f})")
+              f"({row['native_spread'][0]:.3f}-{row['native_spread'][1]:.3f})"
+              + (f" | composed {row['composed_ms']:.3f} ms, {row['composed_over_full']:.3f}x "
+                 f"({row['composed_spread'][0]:.3f}-{row['composed_spread'][1]:.3f})" if "composed_ms" in row else ""))
         for label in ("plain", "native"):
             print(f"  {label:<7} per block ms: " + ", ".join(f"{ms:.3f}" for ms in row[f"{label}_blocks_ms"]))
     return 0

@@ -13,19 +13,24 @@ probe runs through the plain chain and through native plans that use every varia
 seams are used only when every result is bit-identical to the plain chain's. Otherwise (an
 onnxruntime that lays tensors out in a way not foreseen here, a graph the checks in
 server/seams.py pass but should not) the chain runs the plain graphs, with one log line.
+
+The chain of every block with nothing kept (what ``<model>.chain`` serves) then runs as one
+session: the graphs above composed into one (server/composed.py), used only when it answers the
+probe bit for bit as the plain chain does. Other ranges, and chains that keep a block, run
+block by block.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from layerserve.proto.tensors import example_values, numpy_dtype
 
-from . import runtime, seams
+from . import composed, runtime, seams
 from .bound_chains import BoundChains, small_batch
 from .errors import bounded
 
@@ -47,6 +52,8 @@ class BlockChain:
     blocks: list[runtime.Graph]
     variants: dict[tuple[int, bool, bool], runtime.Graph] = field(default_factory=dict)
     native: frozenset[int] = frozenset()
+    # Every block composed into one session (server/composed.py): the chain of all blocks, nothing kept.
+    whole: runtime.Graph | None = None
 
     def graphs(self, start: int, stop: int, keep: Sequence[int] = ()) -> list[runtime.Graph]:
         """The graphs that run blocks ``[start, stop)`` when the blocks in ``keep`` return their outputs."""
@@ -65,7 +72,8 @@ class BlockChain:
     ) -> tuple[Outputs, dict[int, Outputs]]:
         """Run blocks ``[start, stop)``: the last one's outputs, and each kept block's by its index."""
         stop = len(self.blocks) if stop is None else stop
-        graphs = self.graphs(start, stop, keep)
+        whole = self.whole if start == 0 and stop == len(self.blocks) and not keep else None
+        graphs = [whole] if whole is not None else self.graphs(start, stop, keep)
         positions = [index - start for index in keep]
         if graphs and small_batch(feeds):
             outputs, kept = self.bound.run((start, stop, tuple(sorted(keep))), graphs, feeds, positions)
@@ -75,34 +83,73 @@ class BlockChain:
 
 
 def build(blocks: list[runtime.Graph], options: runtime.RuntimeOptions) -> BlockChain:
-    """The chain of ``blocks``, with native seams where their optimized copies allow and the probe agrees."""
+    """The chain of ``blocks``: with native seams where their optimized copies allow, and every block
+    composed into one session, each where the probe agrees with the plain blocks."""
     plain = BlockChain(list(blocks))
-    if not options.native_seams or len(blocks) < 2 or any(block.optimized is None for block in blocks):
+    if (not (options.native_seams or options.composed_chain) or len(blocks) < 2
+            or any(block.optimized is None for block in blocks)):
         return plain
+    feeds = _probe_input(blocks[0])
+    if isinstance(feeds, str):  # expected of some graphs (free image sizes): not worth a warning
+        log.info("chain runs its blocks as loaded: no probe input",
+                 extra={"fields": {"graph": blocks[0].path.name, "reason": feeds}})
+        return plain
+    try:
+        # The plain chain's answers, every block kept: what the native plans and the composed graph must
+        # reproduce, and each block's own input for learning the seams' blocked shapes.
+        reference = plain.run(feeds, keep=range(len(blocks)))
+    except Exception as error:  # noqa: BLE001 - a model that cannot run its own probe runs as loaded
+        log.warning("chain runs its blocks as loaded: the probe failed",
+                    extra={"fields": {"graph": blocks[0].path.name, "reason": _reason(error)}})
+        return plain
+    chain = _joined(plain, options, feeds, reference) if options.native_seams else plain
+    return _composed(chain, options, feeds, reference[0]) if options.composed_chain else chain
+
+
+def _reason(error: Exception) -> str:
+    return bounded(f"{type(error).__name__}: {' '.join(str(error).split())}", 300)
+
+
+def _joined(plain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str, np.ndarray],
+            reference: tuple[Outputs, dict[int, Outputs]]) -> BlockChain:
+    """``plain`` with native seams where both sides convert layout and the probe agrees; else ``plain``."""
+    blocks = plain.blocks
     sides = [seams.sides(block.optimized) for block in blocks]
     candidates = frozenset(seam for seam in range(len(blocks) - 1)
                            if sides[seam].output is not None and sides[seam].output == sides[seam + 1].input)
     if not candidates:
         return plain
-    feeds = _probe_input(blocks[0])
-    if isinstance(feeds, str):  # expected of some graphs (free image sizes): not worth a warning
-        log.info("chain runs without native seams: no probe input",
-                 extra={"fields": {"graph": blocks[0].path.name, "reason": feeds}})
-        return plain
     try:
-        # The plain chain's answers, every block kept: what the native plans must reproduce, and each
-        # block's own input for learning the seams' blocked shapes.
-        reference = plain.run(feeds, keep=range(len(blocks)))
         channels = _blocked_channels(blocks, candidates, options, feeds, reference[1])
         chain = BlockChain(list(blocks), _variants(blocks, candidates, options, channels), candidates)
         refused = _probe(chain, feeds, reference)
     except Exception as error:  # noqa: BLE001 - no room for a variant, or ONNX Runtime refusing one
-        refused = bounded(f"{type(error).__name__}: {' '.join(str(error).split())}", 300)
+        refused = _reason(error)
     if refused:
         log.warning("chain runs without native seams: the probe failed",
                     extra={"fields": {"graph": blocks[0].path.name, "reason": refused}})
         return plain
     return chain
+
+
+def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str, np.ndarray],
+              want: Outputs) -> BlockChain:
+    """``chain`` with its blocks composed into one session (server/composed.py) for the chain of every
+    block with nothing kept, when that session answers the probe bit for bit as the plain chain did."""
+    try:
+        whole = runtime.Graph(chain.blocks[0].path, options, prepared=composed.compose(
+            [graph.optimized for graph in chain.graphs(0, len(chain.blocks))]))
+        got = whole.run(feeds)
+        same = got.keys() == want.keys() and all(np.array_equal(array, got[name]) for name, array in want.items())
+        refused = "" if same else "its answer differs from the blocks' on the probe input"
+    except Exception as error:  # noqa: BLE001 - a graph this cannot join, or ONNX Runtime refusing it
+        refused = _reason(error)
+    if refused:
+        log.warning("chain runs block by block: the composed graph was refused",
+                    extra={"fields": {"graph": chain.blocks[0].path.name, "reason": refused}})
+        return chain
+    # Bound chains are cached by range: a fresh cache, so none of the probe's per-block ones answers for it.
+    return replace(chain, whole=whole, bound=BoundChains())
 
 
 def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,

@@ -1,11 +1,12 @@
 """The few fields of ONNX's ``ModelProto`` the server rewrites, without the ``onnx`` package.
 
 The serving install has no ``onnx`` package, and the server edits ONNX Runtime's optimized
-copies of its graphs in two ways: pointing identical weights at one place
-(server/shared_weights.py) and removing layout conversions at the seams between blocks
-(server/seams.py). This module builds a message class from a descriptor of just the fields
-those need, numbered as in onnx.proto. Protocol buffers keep every other field as unknown
-fields and write them back unchanged, so a graph read and written here loses nothing.
+copies of its graphs in three ways: pointing identical weights at one place
+(server/shared_weights.py), removing layout conversions at the seams between blocks
+(server/seams.py) and composing a chain's blocks into one graph (server/composed.py). This
+module builds a message class from a descriptor of just the fields those need, numbered as in
+onnx.proto. Protocol buffers keep every other field as unknown fields and write them back
+unchanged, so a graph read and written here loses nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
     "TensorProto": [("name", 8, _STRING, _OPTIONAL, ""),
                     ("external_data", 13, _MESSAGE, _REPEATED, "StringStringEntryProto"),
                     ("data_location", 14, _INT32, _OPTIONAL, "")],
-    "AttributeProto": [("name", 1, _STRING, _OPTIONAL, ""), ("i", 3, _INT64, _OPTIONAL, "")],
+    "AttributeProto": [("name", 1, _STRING, _OPTIONAL, ""), ("i", 3, _INT64, _OPTIONAL, ""),
+                       ("type", 20, _INT32, _OPTIONAL, "")],
     "NodeProto": [("input", 1, _STRING, _REPEATED, ""), ("output", 2, _STRING, _REPEATED, ""),
                   ("name", 3, _STRING, _OPTIONAL, ""), ("op_type", 4, _STRING, _OPTIONAL, ""),
                   ("attribute", 5, _MESSAGE, _REPEATED, "AttributeProto"),
@@ -42,7 +44,9 @@ _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
                    ("input", 11, _MESSAGE, _REPEATED, "ValueInfoProto"),
                    ("output", 12, _MESSAGE, _REPEATED, "ValueInfoProto"),
                    ("value_info", 13, _MESSAGE, _REPEATED, "ValueInfoProto")],
-    "ModelProto": [("graph", 7, _MESSAGE, _OPTIONAL, "GraphProto")],
+    "OperatorSetIdProto": [("domain", 1, _STRING, _OPTIONAL, ""), ("version", 2, _INT64, _OPTIONAL, "")],
+    "ModelProto": [("ir_version", 1, _INT64, _OPTIONAL, ""), ("graph", 7, _MESSAGE, _OPTIONAL, "GraphProto"),
+                   ("opset_import", 8, _MESSAGE, _REPEATED, "OperatorSetIdProto")],
 }
 
 

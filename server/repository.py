@@ -170,6 +170,7 @@ def load_version(
                     "endpoints": list(model.endpoints),
                     "batching": vars(next(iter(model.endpoints.values())).batching),
                     "native_seams": len(model.block_chain.native) if model.block_chain else 0,
+                    "composed_chain": model.block_chain is not None and model.block_chain.whole is not None,
                 }
             },
         )

@@ -41,6 +41,7 @@ class RuntimeOptions:
     optimized_dir: Path | None = None
     provider_options: str = ""  # "KEY=VALUE[,...]" for the device's own provider (devices.parse_provider_options)
     native_seams: bool = True  # chains may join blocks in ONNX Runtime's blocked layout (server/chains.py)
+    composed_chain: bool = True  # the chain of every block may run as one composed session (server/composed.py)
 
 
 def provider_list(device: Device, provider_options: str = "") -> list[tuple[str, dict[str, str]]]:

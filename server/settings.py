@@ -58,6 +58,9 @@ class Settings:
     # Chains hand ONNX Runtime's blocked tensors from block to block where the blocks allow it, checked
     # against the plain chain at load (server/seams.py, server/chains.py); false runs every block plain.
     native_seams: bool = True
+    # The chain of every block, nothing kept, runs as one session composed from the blocks' graphs, checked
+    # against the plain chain at load (server/composed.py); false runs it block by block.
+    composed_chain: bool = True
     # Options for the device's execution provider, ONNX Runtime's names, "KEY=VALUE[,KEY=VALUE]": e.g.
     # cudnn_conv_algo_search=HEURISTIC for CUDA (docs/server.md, "Execution providers").
     provider_options: str = ""

@@ -233,6 +233,8 @@ def test_chain_seams_times_the_servers_own_sessions_for_both_chains(capsys: pyte
     assert report["blocks"] == 5 and report["native_seams"] == [0, 1, 2]
     for row in report["batches"].values():
         assert row["full_ms"] > 0 and row["plain_over_full"] > 0 and row["native_over_full"] > 0
+        assert row["composed_over_full"] > 0 and len(row["composed_blocks_ms"]) == 1
         assert len(row["plain_blocks_ms"]) == len(row["native_blocks_ms"]) == 5
     assert chain_seams.main(["--batches", "2", "--repeats", "2"]) == 0
-    assert "native seams [0, 1, 2]" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "native seams [0, 1, 2]" in out and "| composed " in out

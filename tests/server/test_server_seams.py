@@ -1,5 +1,6 @@
 """Native seams: chains hand ONNX Runtime's blocked tensors from block to block, and answer exactly as
-the plain blocks do, for every range and every kept block; a probe that disagrees keeps a chain plain."""
+the plain blocks do, for every range and every kept block; a probe that disagrees keeps a chain plain.
+The chain of every block runs as one composed session, kept only where it answers as the blocks do."""
 
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "models" / "digits_cnn" / "1"
 
 
-def _load(folder: Path, optimized_dir: Path | None, name: str = "digits_cnn") -> repository.ModelVersion:
-    model = repository.load_version(name, folder, runtime.RuntimeOptions("cpu", optimized_dir=optimized_dir))
+def _load(folder: Path, optimized_dir: Path | None, name: str = "digits_cnn",
+          composed_chain: bool = True) -> repository.ModelVersion:
+    options = runtime.RuntimeOptions("cpu", optimized_dir=optimized_dir, composed_chain=composed_chain)
+    model = repository.load_version(name, folder, options)
     assert model.ready, model.reason
     return model
 
@@ -92,10 +95,46 @@ def test_every_range_and_kept_block_answers_as_the_plain_blocks_do(tmp_path: Pat
                 assert all(_same(want_kept[index], got_kept[index]) for index in want_kept), (start, stop, list(keep))
 
 
+def test_the_chain_of_every_block_runs_as_one_session_composed_of_the_blocks_graphs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _load(DIGITS, tmp_path)
+    chain = model.block_chain
+    assert chain.whole is not None
+    joined = chain.graphs(0, 5)
+    assert _ops(chain.whole.optimized) == [op for graph in joined for op in _ops(graph.optimized)]
+    assert _weight_files(chain.whole.optimized) == set().union(*(_weight_files(graph.optimized) for graph in joined))
+    ran: list[list[runtime.Graph]] = []
+    chained = chains.runtime.chain
+    monkeypatch.setattr(chains.runtime, "chain", lambda graphs, *args: ran.append(list(graphs)) or chained(graphs, *args))
+    x = {"x": np.random.default_rng(3).standard_normal((12, 1, 32, 32)).astype(np.float32)}  # past bound chains
+    assert _same(model.full.run(x), chain.run(x)[0])
+    chain.run(x, keep=[2])
+    chain.run({"01_stage1_out": chain.run(x, 0, 2)[0]["01_stage1_out"]}, 2)
+    assert ran == [[chain.whole], chain.graphs(0, 5, [2]), chain.graphs(0, 2), chain.graphs(2, 5)]
+    # Off, the chain keeps its native seams and runs block by block.
+    off = _load(DIGITS, tmp_path, composed_chain=False).block_chain
+    assert off.whole is None and off.native == {0, 1, 2}
+
+
+def test_a_composed_graph_that_disagrees_is_refused_and_the_chain_runs_block_by_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    made = chains.composed.compose
+    monkeypatch.setattr(chains.composed, "compose", lambda graphs: made(graphs[:-1]))  # the head left out
+    with caplog.at_level(logging.WARNING, logger="layerserve.server.chains"):
+        model = _load(DIGITS, tmp_path)
+    assert model.block_chain.whole is None and model.block_chain.native == {0, 1, 2}
+    [warning] = [record for record in caplog.records if "composed graph was refused" in record.getMessage()]
+    assert "differs" in warning.fields["reason"] and warning.fields["graph"] == "00_stem.onnx"
+    x = np.random.default_rng(1).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    assert _same(model.full.run({"x": x}), model.run_chain({"x": x}))
+
+
 def test_without_optimized_copies_the_chain_runs_the_plain_blocks() -> None:
     model = _load(DIGITS, None)
     assert model.block_chain.native == frozenset() and model.block_chain.variants == {}
-    assert model.block_chain.graphs(0, 5) == model.blocks
+    assert model.block_chain.whole is None and model.block_chain.graphs(0, 5) == model.blocks
 
 
 def test_a_variant_that_disagrees_with_the_plain_chain_is_refused(
@@ -205,7 +244,8 @@ def test_the_served_chain_uses_native_seams_and_answers_as_the_blocks(tmp_path: 
                 for name, array in tensors.outputs_by_name(kept.outputs).items():
                     np.testing.assert_array_equal(array, want_kept[index][name])
     text = log.read_text()
-    assert '"native_seams": 3' in text and "without native seams" not in text
+    assert '"native_seams": 3, "composed_chain": true' in text and "without native seams" not in text
+    assert "block by block" not in text
 
 
 @pytest.mark.slow
@@ -216,7 +256,7 @@ def test_a_model_taking_uint8_pixels_is_probed_with_pixels_and_joins_its_seams(
     chains ran without native seams); the joined chain answers bit for bit as the plain blocks do."""
     model = _load(foreign_repository / "uint8_two_outputs" / "1", tmp_path, "uint8_two_outputs")
     chain = model.block_chain
-    assert chain.native
+    assert chain.native and chain.whole is not None  # two outputs, composed all the same
     x = {"image_bytes": tensors.example_values("UINT8", (3, 32, 32, 3), np.random.default_rng(4))}
     plain = chains.BlockChain(model.blocks)
     want, got = plain.run(x), chain.run(x)

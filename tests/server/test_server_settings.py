@@ -99,6 +99,7 @@ CASES = [
     ("intra_op_threads", "2", 2, ()),
     ("allow_spinning", "true", True, ()),
     ("native_seams", "false", False, ()),
+    ("composed_chain", "false", False, ()),
     ("provider_options", "cudnn_conv_algo_search=HEURISTIC,use_tf32=0", "cudnn_conv_algo_search=HEURISTIC,use_tf32=0", ()),
     ("instances", "0", 0, ()),
     ("instances", "auto", None, ()),

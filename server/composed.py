@@ -1,0 +1,122 @@
+"""A whole chain as one graph: the blocks' optimized graphs composed, so the chain is one ONNX Runtime run.
+
+A chain of N blocks makes N ``Run`` calls where the full graph makes one. Each call has a fixed
+cost (binding, the executor's set-up, caches the gRPC work between requests has cooled), and at
+batch 1 on a small CNN that cost was what a served chain took over the full graph: digits_cnn's
+5-block chain ran 1.10-1.16x the full graph's p50 with every block bound in advance
+(docs/BENCHMARKS.md, "Issue 12, seventh pass"). Composed, the chain runs the very graphs its
+blocks run (native-seam variants included, server/seams.py), in order, in one call.
+
+Composing concatenates the graphs' nodes. The tensors at the seams keep their names, which is how
+one block's output reaches the next, as in ``runtime.chain``. Every other name gets a prefix per
+block: ONNX Runtime names what its optimizer adds per graph, so two blocks may both hold a
+``reorder_token_3``. Weights stay external and point at the copies' own files, so a composed graph
+adds a session, not weights: its initializers map the pages the blocks' sessions map.
+
+server/chains.py composes the chain of every block, with nothing kept, once at load, and uses it
+only when its answers on the probe input are bit-identical to the plain chain's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from google.protobuf import message
+
+from .onnx_fields import Model
+
+_SUBGRAPH_ATTRIBUTES = {5, 10}  # AttributeProto.GRAPH, GRAPHS: their bodies name outer tensors
+_PREFIX = "layerserve.block"
+
+
+def composed_path(graphs: Sequence[Path]) -> Path:
+    """Where the composition of ``graphs`` lives: beside them, named by what it composes."""
+    key = hashlib.sha256("\0".join(Path(graph).name for graph in graphs).encode()).hexdigest()[:24]
+    return Path(graphs[0]).with_name(f"chain-{key}.onnx")
+
+
+def compose(graphs: Sequence[Path]) -> Path:
+    """One ONNX file that runs ``graphs`` (optimized copies in one folder) in order, made now unless a
+    worker has made it already. Its inputs are what no earlier graph produces; its outputs the last
+    graph's. ValueError for graphs it cannot join: in two folders, a subgraph-holding node (an ``If``
+    body may read outer tensors by names this renames), or a tensor that two graphs both produce.
+    Written under a name with this process's pid, then renamed: another worker never reads half a file.
+    """
+    paths = [Path(graph) for graph in graphs]
+    if len(paths) < 2 or len({path.parent for path in paths}) != 1:
+        raise ValueError("composing needs two or more graphs in one folder (their weights are found beside them)")
+    target = composed_path(paths)
+    if target.exists():
+        return target
+    models = [Model.FromString(path.read_bytes()) for path in paths]
+    composed = Model()
+    composed.CopyFrom(models[0])
+    graph = composed.graph
+    for name in ("node", "initializer", "input", "output", "value_info"):
+        graph.ClearField(name)
+    # From IR version 4 a weight need not be listed as an input (listed, ONNX Runtime takes it for one a
+    # caller may override): the newest version among the graphs, so an old one's weights stay weights.
+    composed.ir_version = max(int(model.ir_version) for model in models)
+    produced: set[str] = set()
+    declared: set[str] = set()
+    for index, (path, model) in enumerate(zip(paths, models, strict=True)):
+        _append(graph, model.graph, index, path.name, produced, declared, last=index == len(models) - 1,
+                weights_as_inputs=composed.ir_version < 4)
+    versions: dict[str, int] = {}
+    for model in models:
+        for opset in model.opset_import:
+            versions[opset.domain] = max(versions.get(opset.domain, 0), int(opset.version))
+    composed.ClearField("opset_import")
+    for domain, version in sorted(versions.items()):
+        composed.opset_import.add(domain=domain, version=version)
+    own = target.with_name(f"{target.stem}.{os.getpid()}.partial")
+    own.write_bytes(composed.SerializeToString())
+    os.replace(own, target)
+    return target
+
+
+def _append(graph: message.Message, own: message.Message, index: int, file: str, produced: set[str],
+            declared: set[str], last: bool, weights_as_inputs: bool) -> None:
+    """Add the graph ``own`` (block ``index`` of the chain, from ``file``) to ``graph``: its nodes, its
+    weights and its declared shapes under private names, its inputs that nothing before produced as the
+    composed graph's inputs (and its weights, where IR version 3 wants them listed), and its outputs as
+    the composed graph's (``last``) or as declared shapes."""
+    weights = {tensor.name for tensor in own.initializer}
+    seams = {value.name for value in own.input if value.name not in weights} | {value.name for value in own.output}
+
+    def private(name: str) -> str:
+        return name if not name or name in seams else f"{_PREFIX}{index}/{name}"
+
+    for value in own.input:
+        if value.name in weights:  # IR version 3 lists its weights as inputs too
+            if weights_as_inputs:
+                graph.input.add().CopyFrom(value)
+                graph.input[-1].name = private(value.name)
+        elif value.name not in produced and value.name not in declared:
+            graph.input.add().CopyFrom(value)
+            declared.add(value.name)
+    for node in own.node:
+        if any(attribute.type in _SUBGRAPH_ATTRIBUTES for attribute in node.attribute):
+            raise ValueError(f"{file}: node {node.name!r} ({node.op_type}) holds a subgraph")
+        added = graph.node.add()
+        added.CopyFrom(node)
+        if node.name:  # node names are a namespace of their own, unique when given (ONNX Runtime checks)
+            added.name = f"{_PREFIX}{index}/{node.name}"
+        for names in (added.input, added.output):
+            for position, name in enumerate(names):
+                names[position] = private(name)
+        for name in added.output:
+            if name and name in produced:
+                raise ValueError(f"{file}: tensor {name!r} is produced by an earlier block too")
+            produced.update([name] if name else [])
+    for tensor in own.initializer:
+        graph.initializer.add().CopyFrom(tensor)
+        graph.initializer[-1].name = private(tensor.name)
+    for value in own.value_info:
+        graph.value_info.add().CopyFrom(value)
+        graph.value_info[-1].name = private(value.name)
+    # A seam's declared shape (at a native seam, its blocked channel count) stays known inside.
+    (graph.output if last else graph.value_info).extend(own.output)
