@@ -208,6 +208,14 @@ class Batcher:
         first = await self._next()
         contended = self._slots.locked()  # every instance busy: the request waits, under load
         await self._slots.acquire()
+        try:
+            return await self._fill(first, contended)
+        except asyncio.CancelledError:  # stopped while the batch formed: its slot goes back (the board counts it)
+            await self._slots.release()
+            raise
+
+    async def _fill(self, first: _Pending, contended: bool) -> tuple[list[_Pending], int, bool]:
+        """``first`` and what may join it, within the queue delay when the batch forms under load."""
         batch, rows = [first], first.rows
         delayable = contended or not self._queue.empty()
         deadline = first.enqueued + self.max_queue_delay_s if delayable else None

@@ -314,6 +314,42 @@ def test_with_every_core_taken_by_the_other_workers_runs_go_on_the_loop_one_at_a
     assert list(board._counts) == [0, 0]  # every run that started ended
 
 
+def test_stopping_while_a_batch_forms_gives_its_slot_back_to_the_board() -> None:
+    """A batch forming under load holds a run slot while it waits for more requests; stopping then (at
+    shutdown) gives the slot back, so the board does not count a run that never started."""
+    import multiprocessing
+
+    from layerserve.server.busy_workers import WorkerBoard
+    from layerserve.server.slots import RunSlots
+
+    board = WorkerBoard(2, 2, multiprocessing.get_context("spawn"))
+    release_first = threading.Event()
+
+    def run(inputs):
+        if inputs["x"][0, 0] == 0.0:
+            release_first.wait(10)
+        return {"y": inputs["x"]}
+
+    async def main() -> list[int]:
+        slots = RunSlots(1, board=board.for_worker(0))
+        with ThreadPoolExecutor(1) as pool:
+            batcher = Batcher(run, pool, max_batch_size=8, max_queue_delay_us=10_000_000, max_queue_size=10,
+                              instances=slots, label="t")
+            first = asyncio.ensure_future(batcher.infer({"x": np.zeros((1, 1), np.float32)}, 1))
+            await asyncio.sleep(0.05)
+            second = asyncio.ensure_future(batcher.infer({"x": np.ones((1, 1), np.float32)}, 1))
+            await asyncio.sleep(0.05)  # queued behind the first run: under load, so it will wait for company
+            release_first.set()
+            await first
+            await asyncio.sleep(0.05)  # the second now holds the slot, waiting out its queue delay
+            held = list(board._counts)
+            await batcher.stop()
+            second.cancel()
+        return [*held, *board._counts]
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [1, 0, 0, 0]
+
+
 def test_the_worker_board_is_shared_by_spawned_processes() -> None:
     """A worker sees another process's runs: the board lives in memory both map, not in a copy each."""
     import multiprocessing
