@@ -17,7 +17,8 @@ average away. Cells, on the full graph unless said:
   batch 1: images per second;
 * ``chain_over_full``: for each layerserve configuration, ``<model>.chain``'s p50 over the full graph's,
   batch 1 and 64, one client on one connection (one worker) alternating between the two, three times
-  (``--variant "plain seams=--native-seams false"`` compares chains without native seams);
+  (``--variant "per-block chain=--composed-chain false"`` compares the chain run block by block,
+  ``--variant "plain seams=--native-seams false"`` chains without native seams);
 * in-process floors: ``onnxruntime.InferenceSession(model.onnx)`` with default options in this process,
   batch 1 and 64: images per second;
 * ``stolen``: for each cell (and the in-process floors), per repeat, the share of the machine's CPU
