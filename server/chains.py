@@ -16,13 +16,14 @@ server/seams.py pass but should not) the chain runs the plain graphs, with one l
 
 The chain of every block with nothing kept (what ``<model>.chain`` serves) then runs as one
 session: the graphs above composed into one (server/composed.py), used only when it answers the
-probe bit for bit as the plain chain does. Other ranges, and chains that keep a block, run
-block by block.
+probe bit for bit as the plain chain does, and its runs are short enough for the calls it saves to
+matter (COMPOSED_PER_BLOCK_S). Other ranges, and chains that keep a block, run block by block.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +38,12 @@ from .errors import bounded
 log = logging.getLogger(__name__)
 
 PROBE_BATCH = 2
+# The chain of every block is composed (server/composed.py) only where the Run calls that saves are worth
+# a session: a call costs ~20 us served (docs/BENCHMARKS.md, "Issue 12, seventh pass"), so where the
+# composed chain runs the probe batch in under this much per block, the saving is 1 % of a run or more.
+# Past it the session only costs memory: ResNet-50's added 11 MiB per worker (PSS; the weights themselves are
+# mapped, not copied) for a chain that ran as fast block by block.
+COMPOSED_PER_BLOCK_S = 0.002
 
 Outputs = dict[str, np.ndarray]
 
@@ -135,21 +142,37 @@ def _joined(plain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str,
 def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str, np.ndarray],
               want: Outputs) -> BlockChain:
     """``chain`` with its blocks composed into one session (server/composed.py) for the chain of every
-    block with nothing kept, when that session answers the probe bit for bit as the plain chain did."""
+    block with nothing kept, when that session answers the probe bit for bit as the plain chain did and
+    runs it in under COMPOSED_PER_BLOCK_S per block."""
     try:
         whole = runtime.Graph(chain.blocks[0].path, options, prepared=composed.compose(
             [graph.optimized for graph in chain.graphs(0, len(chain.blocks))]))
+        began = time.perf_counter()
         got = whole.run(feeds)
+        first_s = time.perf_counter() - began
         same = got.keys() == want.keys() and all(np.array_equal(array, got[name]) for name, array in want.items())
         refused = "" if same else "its answer differs from the blocks' on the probe input"
+        # The faster of two runs: one preempted run on a busy machine does not decide it.
+        run_s = min(first_s, _run_seconds(whole, feeds)) if same else 0.0
     except Exception as error:  # noqa: BLE001 - a graph this cannot join, or ONNX Runtime refusing it
         refused = _reason(error)
     if refused:
         log.warning("chain runs block by block: the composed graph was refused",
                     extra={"fields": {"graph": chain.blocks[0].path.name, "reason": refused}})
         return chain
+    if run_s >= COMPOSED_PER_BLOCK_S * len(chain.blocks):
+        log.info("chain runs block by block: its runs are long enough that one session more would only cost memory",
+                 extra={"fields": {"graph": chain.blocks[0].path.name, "run_ms": round(run_s * 1e3, 1)}})
+        return chain
     # Bound chains are cached by range: a fresh cache, so none of the probe's per-block ones answers for it.
     return replace(chain, whole=whole, bound=BoundChains())
+
+
+def _run_seconds(graph: runtime.Graph, feeds: dict[str, np.ndarray]) -> float:
+    """How long ``graph`` takes on ``feeds``, run once more."""
+    began = time.perf_counter()
+    graph.run(feeds)
+    return time.perf_counter() - began
 
 
 def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,

@@ -96,7 +96,7 @@ def test_every_range_and_kept_block_answers_as_the_plain_blocks_do(tmp_path: Pat
 
 
 def test_the_chain_of_every_block_runs_as_one_session_composed_of_the_blocks_graphs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = _load(DIGITS, tmp_path)
     chain = model.block_chain
@@ -115,6 +115,13 @@ def test_the_chain_of_every_block_runs_as_one_session_composed_of_the_blocks_gra
     # Off, the chain keeps its native seams and runs block by block.
     off = _load(DIGITS, tmp_path, composed_chain=False).block_chain
     assert off.whole is None and off.native == {0, 1, 2}
+    # Where the chain's runs are long, the calls composing saves are not worth a session.
+    monkeypatch.setattr(chains, "COMPOSED_PER_BLOCK_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="layerserve.server.chains"):
+        long = _load(DIGITS, tmp_path).block_chain
+    assert long.whole is None and long.native == {0, 1, 2}
+    [said] = [record for record in caplog.records if "long enough" in record.getMessage()]
+    assert said.levelno == logging.INFO and said.fields["run_ms"] >= 0
 
 
 def test_a_composed_graph_that_disagrees_is_refused_and_the_chain_runs_block_by_block(
