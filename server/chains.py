@@ -41,8 +41,9 @@ PROBE_BATCH = 2
 # The chain of every block is composed (server/composed.py) only where the Run calls that saves are worth
 # a session: a call costs ~20 us served (docs/BENCHMARKS.md, "Issue 12, seventh pass"), so where the
 # composed chain runs the probe batch in under this much per block, the saving is 1 % of a run or more.
-# Past it the session only costs memory: ResNet-50's added 11 MiB per worker (PSS; the weights themselves are
-# mapped, not copied) for a chain that ran as fast block by block.
+# Past it the session costs more than it saves at small batches: ResNet-50's added 11 MiB per worker (PSS; the
+# weights themselves are mapped, not copied) for a chain that ran as fast block by block. At large batches it
+# may still pay (ResNet-18 at batch 64: docs/BENCHMARKS.md, "Issue 12: the chain of every block as one session").
 COMPOSED_PER_BLOCK_S = 0.002
 
 Outputs = dict[str, np.ndarray]
