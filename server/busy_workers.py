@@ -20,6 +20,7 @@ a value read a moment late only makes one run take the thread, or the loop, as t
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import time
 from multiprocessing.context import SpawnContext
@@ -41,8 +42,8 @@ class WorkerBoard:
 
     def for_worker(self, index: int) -> WorkerBoard:
         """The same board, as worker ``index`` sees it (pass it to that worker at spawn)."""
-        view = WorkerBoard.__new__(WorkerBoard)
-        view._counts, view._ended, view._cores, view._index = self._counts, self._ended, self._cores, index
+        view = copy.copy(self)  # the same shared arrays
+        view._index = index
         return view
 
     def started(self) -> None:

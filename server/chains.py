@@ -148,13 +148,11 @@ def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[st
     try:
         whole = runtime.Graph(chain.blocks[0].path, options, prepared=composed.compose(
             [graph.optimized for graph in chain.graphs(0, len(chain.blocks))]))
-        began = time.perf_counter()
-        got = whole.run(feeds)
-        first_s = time.perf_counter() - began
+        got, first_s = _timed_run(whole, feeds)
         same = got.keys() == want.keys() and all(np.array_equal(array, got[name]) for name, array in want.items())
         refused = "" if same else "its answer differs from the blocks' on the probe input"
         # The faster of two runs: one preempted run on a busy machine does not decide it.
-        run_s = min(first_s, _run_seconds(whole, feeds)) if same else 0.0
+        run_s = min(first_s, _timed_run(whole, feeds)[1]) if same else 0.0
     except Exception as error:  # noqa: BLE001 - a graph this cannot join, or ONNX Runtime refusing it
         refused = _reason(error)
     if refused:
@@ -169,11 +167,11 @@ def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[st
     return replace(chain, whole=whole, bound=BoundChains())
 
 
-def _run_seconds(graph: runtime.Graph, feeds: dict[str, np.ndarray]) -> float:
-    """How long ``graph`` takes on ``feeds``, run once more."""
+def _timed_run(graph: runtime.Graph, feeds: dict[str, np.ndarray]) -> tuple[Outputs, float]:
+    """``graph``'s outputs on ``feeds`` and the seconds the run took."""
     began = time.perf_counter()
-    graph.run(feeds)
-    return time.perf_counter() - began
+    outputs = graph.run(feeds)
+    return outputs, time.perf_counter() - began
 
 
 def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,

@@ -20,13 +20,12 @@ only when its answers on the probe input are bit-identical to the plain chain's.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from google.protobuf import message
 
-from .onnx_fields import Model
+from .onnx_fields import Model, save
 
 _SUBGRAPH_ATTRIBUTES = {5, 10}  # AttributeProto.GRAPH, GRAPHS: their bodies name outer tensors
 _PREFIX = "layerserve.block"
@@ -72,9 +71,7 @@ def compose(graphs: Sequence[Path]) -> Path:
     composed.ClearField("opset_import")
     for domain, version in sorted(versions.items()):
         composed.opset_import.add(domain=domain, version=version)
-    own = target.with_name(f"{target.stem}.{os.getpid()}.partial")
-    own.write_bytes(composed.SerializeToString())
-    os.replace(own, target)
+    save(composed, target)
     return target
 
 
@@ -111,7 +108,8 @@ def _append(graph: message.Message, own: message.Message, index: int, file: str,
         for name in added.output:
             if name and name in produced:
                 raise ValueError(f"{file}: tensor {name!r} is produced by an earlier block too")
-            produced.update([name] if name else [])
+            if name:
+                produced.add(name)
     for tensor in own.initializer:
         graph.initializer.add().CopyFrom(tensor)
         graph.initializer[-1].name = private(tensor.name)

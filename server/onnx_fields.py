@@ -5,13 +5,15 @@ copies of its graphs in three ways: pointing identical weights at one place
 (server/shared_weights.py), removing layout conversions at the seams between blocks
 (server/seams.py) and composing a chain's blocks into one graph (server/composed.py). This
 module builds a message class from a descriptor of just the fields those need, numbered as in
-onnx.proto. Protocol buffers keep every other field as unknown fields and write them back
+onnx.proto, and writes the results (``save``). Protocol buffers keep every other field as unknown fields and write them back
 unchanged, so a graph read and written here loses nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
@@ -67,3 +69,11 @@ def _model_class() -> type[message.Message]:
 
 
 Model = _model_class()
+
+
+def save(model: message.Message, target: Path) -> None:
+    """Write ``model`` to ``target`` through a file named with this process's pid, then a rename: the
+    workers share these files, and another worker never reads half of one."""
+    own = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    own.write_bytes(model.SerializeToString())
+    os.replace(own, target)

@@ -17,14 +17,13 @@ outputs still use the plain copy (NCHW in and out); server/chains.py picks per b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import message
 
-from .onnx_fields import Model
+from .onnx_fields import Model, save
 
 _NCHWC = "com.microsoft.nchwc"
 
@@ -133,7 +132,5 @@ def variant(copy: Path, native_in: bool, native_out: bool, channels: Mapping[str
             raise ValueError(f"{Path(copy).name} does not end with a ReorderOutput of its output")
         node = next(node for node in graph.node if found.output in node.output)
         _drop(graph, node, node.input[0], found.output, channels.get(found.output))
-    own = target.with_name(f"{target.stem}.{os.getpid()}.partial")
-    own.write_bytes(model.SerializeToString())
-    os.replace(own, target)
+    save(model, target)
     return target

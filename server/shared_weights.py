@@ -13,10 +13,9 @@ The graphs are read through server/onnx_fields.py (the serving install has no ``
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from .onnx_fields import EXTERNAL, Model
+from .onnx_fields import EXTERNAL, Model, save
 
 
 def share_identical(graphs: list[Path]) -> int:
@@ -49,7 +48,5 @@ def share_identical(graphs: list[Path]) -> int:
             changed = True
             shared += length
         if changed:
-            partial = graph.with_name(f"{graph.name}.{os.getpid()}.partial")
-            partial.write_bytes(model.SerializeToString())
-            os.replace(partial, graph)
+            save(model, graph)
     return shared
