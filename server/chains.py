@@ -16,14 +16,13 @@ server/seams.py pass but should not) the chain runs the plain graphs, with one l
 
 The chain of every block with nothing kept (what ``<model>.chain`` serves) then runs as one
 session: the graphs above composed into one (server/composed.py), used only when it answers the
-probe bit for bit as the plain chain does, and its runs are short enough for the calls it saves to
-matter (COMPOSED_PER_BLOCK_S). Other ranges, and chains that keep a block, run block by block.
+probe bit for bit as the plain chain does, and the weights its session would pack for itself stay
+under COMPOSED_PACKABLE_MAX. Other ranges, and chains that keep a block, run block by block.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -38,13 +37,13 @@ from .errors import bounded
 log = logging.getLogger(__name__)
 
 PROBE_BATCH = 2
-# The chain of every block is composed (server/composed.py) only where the Run calls that saves are worth
-# a session: a call costs ~20 us served (docs/BENCHMARKS.md, "Issue 12, seventh pass"), so where the
-# composed chain runs the probe batch in under this much per block, the saving is 1 % of a run or more.
-# Past it the session costs more than it saves at small batches: ResNet-50's added 11 MiB per worker (PSS; the
-# weights themselves are mapped, not copied) for a chain that ran as fast block by block. At large batches it
-# may still pay (ResNet-18 at batch 64: docs/BENCHMARKS.md, "Issue 12: the chain of every block as one session").
-COMPOSED_PER_BLOCK_S = 0.002
+# The chain of every block is composed (server/composed.py) unless its session could pack more than this of
+# weights into a copy of its own, in every worker (composed.packable_bytes): a VGG-style classifier would cost
+# 276 MiB per worker, ResNet-50's costs 8.7. Composing pays at batch 1 where Run calls are a large part of a
+# run (digits_cnn's chain extra compute 62-79 -> 12-18 us) and at large batches, where one session plans the
+# seams' tensors (ResNet-18's chain at batch 64, 1.08 -> 1.03x the full graph): docs/BENCHMARKS.md,
+# "Issue 12: which chains to compose".
+COMPOSED_PACKABLE_MAX = 16 << 20
 
 Outputs = dict[str, np.ndarray]
 
@@ -143,35 +142,28 @@ def _joined(plain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str,
 def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str, np.ndarray],
               want: Outputs) -> BlockChain:
     """``chain`` with its blocks composed into one session (server/composed.py) for the chain of every
-    block with nothing kept, when that session answers the probe bit for bit as the plain chain did and
-    runs it in under COMPOSED_PER_BLOCK_S per block."""
+    block with nothing kept, when the weights that session could pack stay under COMPOSED_PACKABLE_MAX
+    and it answers the probe bit for bit as the plain chain did."""
+    name = chain.blocks[0].path.name
     try:
-        whole = runtime.Graph(chain.blocks[0].path, options, prepared=composed.compose(
-            [graph.optimized for graph in chain.graphs(0, len(chain.blocks))]))
-        got, first_s = _timed_run(whole, feeds)
-        same = got.keys() == want.keys() and all(np.array_equal(array, got[name]) for name, array in want.items())
+        path = composed.compose([graph.optimized for graph in chain.graphs(0, len(chain.blocks))])
+        packable = composed.packable_bytes(path)
+        if packable > COMPOSED_PACKABLE_MAX:
+            log.info("chain runs block by block: one session more would pack a copy of its weights in every worker",
+                     extra={"fields": {"graph": name, "packable_mib": round(packable / 2**20, 1)}})
+            return chain
+        whole = runtime.Graph(chain.blocks[0].path, options, prepared=path)
+        got = whole.run(feeds)
+        same = got.keys() == want.keys() and all(np.array_equal(array, got[key]) for key, array in want.items())
         refused = "" if same else "its answer differs from the blocks' on the probe input"
-        # The faster of two runs: one preempted run on a busy machine does not decide it.
-        run_s = min(first_s, _timed_run(whole, feeds)[1]) if same else 0.0
     except Exception as error:  # noqa: BLE001 - a graph this cannot join, or ONNX Runtime refusing it
         refused = _reason(error)
     if refused:
         log.warning("chain runs block by block: the composed graph was refused",
-                    extra={"fields": {"graph": chain.blocks[0].path.name, "reason": refused}})
-        return chain
-    if run_s >= COMPOSED_PER_BLOCK_S * len(chain.blocks):
-        log.info("chain runs block by block: its runs are long enough that one session more would only cost memory",
-                 extra={"fields": {"graph": chain.blocks[0].path.name, "run_ms": round(run_s * 1e3, 1)}})
+                    extra={"fields": {"graph": name, "reason": refused}})
         return chain
     # Bound chains are cached by range: a fresh cache, so none of the probe's per-block ones answers for it.
     return replace(chain, whole=whole, bound=BoundChains())
-
-
-def _timed_run(graph: runtime.Graph, feeds: dict[str, np.ndarray]) -> tuple[Outputs, float]:
-    """``graph``'s outputs on ``feeds`` and the seconds the run took."""
-    began = time.perf_counter()
-    outputs = graph.run(feeds)
-    return outputs, time.perf_counter() - began
 
 
 def _variants(blocks: list[runtime.Graph], joined: frozenset[int], options: runtime.RuntimeOptions,

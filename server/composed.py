@@ -13,6 +13,13 @@ block: ONNX Runtime names what its optimizer adds per graph, so two blocks may b
 ``reorder_token_3``. Weights stay external and point at the copies' own files, so a composed graph
 adds a session, not weights: its initializers map the pages the blocks' sessions map.
 
+A composed graph maps the blocks' weights, but one more session is not free: ONNX Runtime's CPU
+kernels for fully connected layers (Gemm, MatMul) and quantized ones pack their constant weights
+into a copy of their own, per session. ``packable_bytes`` estimates that copy from the graph alone, so
+every worker comes to the same answer: ResNet-50's classifier, 7.8 MiB counted and 8.7 MiB measured;
+a VGG-style classifier, 276 MiB counted and 274 MiB measured (docs/BENCHMARKS.md, "Issue 12: which
+chains to compose").
+
 server/chains.py composes the chain of every block, with nothing kept, once at load, and uses it
 only when its answers on the probe input are bit-identical to the plain chain's.
 """
@@ -29,6 +36,13 @@ from .onnx_fields import Model, save
 
 _SUBGRAPH_ATTRIBUTES = {5, 10}  # AttributeProto.GRAPH, GRAPHS: their bodies name outer tensors
 _PREFIX = "layerserve.block"
+# Kernels that read their weights in place, as the optimized copy stores them (already reordered to
+# ONNX Runtime's blocked layout): the convolutions of a CNN, on CPUs where that layout is used.
+_IN_PLACE_DOMAINS = frozenset({"com.microsoft.nchwc"})
+# Bytes per element of ONNX's tensor element types (TensorProto.DataType); 4-bit types rounded up to a
+# byte, and a type not listed counted as 8 (the bound stays a bound).
+_ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16,
+                  16: 2, 17: 1, 18: 1, 19: 1, 20: 1, 21: 1, 22: 1, 23: 1}
 
 
 def composed_path(graphs: Sequence[Path]) -> Path:
@@ -73,6 +87,24 @@ def compose(graphs: Sequence[Path]) -> Path:
         composed.opset_import.add(domain=domain, version=version)
     save(composed, target)
     return target
+
+
+def packable_bytes(graph: Path) -> int:
+    """The bytes of the weights ``graph``'s nodes read outside the in-place kernels: what a session of it
+    may pack into a copy of its own, counted once per weight. An estimate: ONNX Runtime packs the weights
+    of some kernels only, decides which as it builds the session, and may pad what it packs."""
+    model = Model.FromString(Path(graph).read_bytes())
+    sizes = {tensor.name: _tensor_bytes(tensor) for tensor in model.graph.initializer}
+    read = {name for node in model.graph.node if node.domain not in _IN_PLACE_DOMAINS
+            for name in node.input if name in sizes}
+    return sum(sizes[name] for name in read)
+
+
+def _tensor_bytes(tensor: message.Message) -> int:
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return count * _ELEMENT_BYTES.get(int(tensor.data_type), 8)
 
 
 def _append(graph: message.Message, own: message.Message, index: int, file: str, produced: set[str],

@@ -1,9 +1,10 @@
-"""The few fields of ONNX's ``ModelProto`` the server rewrites, without the ``onnx`` package.
+"""The few fields of ONNX's ``ModelProto`` the server rewrites or reads, without the ``onnx`` package.
 
 The serving install has no ``onnx`` package, and the server edits ONNX Runtime's optimized
 copies of its graphs in three ways: pointing identical weights at one place
 (server/shared_weights.py), removing layout conversions at the seams between blocks
-(server/seams.py) and composing a chain's blocks into one graph (server/composed.py). This
+(server/seams.py) and composing a chain's blocks into one graph (server/composed.py), whose
+weights' sizes it also reads (the memory a composed session would pack). This
 module builds a message class from a descriptor of just the fields those need, numbered as in
 onnx.proto, and writes the results (``save``). Protocol buffers keep every other field as unknown fields and write them back
 unchanged, so a graph read and written here loses nothing.
@@ -27,7 +28,8 @@ _STRING, _INT32, _INT64, _MESSAGE = _Field.TYPE_STRING, _Field.TYPE_INT32, _Fiel
 # message name -> (field name, number, type, label, message type name or "")
 _MESSAGES: dict[str, list[tuple[str, int, int, int, str]]] = {
     "StringStringEntryProto": [("key", 1, _STRING, _OPTIONAL, ""), ("value", 2, _STRING, _OPTIONAL, "")],
-    "TensorProto": [("name", 8, _STRING, _OPTIONAL, ""),
+    "TensorProto": [("dims", 1, _INT64, _REPEATED, ""), ("data_type", 2, _INT32, _OPTIONAL, ""),
+                    ("name", 8, _STRING, _OPTIONAL, ""),
                     ("external_data", 13, _MESSAGE, _REPEATED, "StringStringEntryProto"),
                     ("data_location", 14, _INT32, _OPTIONAL, "")],
     "AttributeProto": [("name", 1, _STRING, _OPTIONAL, ""), ("i", 3, _INT64, _OPTIONAL, ""),

@@ -1,5 +1,6 @@
 """Composing graphs into one (server/composed.py): each graph's own names stay apart, the seams join by
-name, old IR versions and unnamed nodes compose, and a node holding a subgraph is refused."""
+name, old IR versions and unnamed nodes compose, a node holding a subgraph is refused, and the weights a
+session of it could pack are counted."""
 
 from __future__ import annotations
 
@@ -99,3 +100,18 @@ def test_graphs_all_at_ir_version_3_keep_their_weights_listed_as_inputs(tmp_path
     x = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32)
     want = _run(second, {"x": x, **_run(old, {"x": x})})
     assert np.array_equal(_run(made, {"x": x})["out"], want["out"])
+
+
+def test_packable_bytes_counts_each_weight_read_outside_the_in_place_kernels_once(tmp_path: Path) -> None:
+    weights = [numpy_helper.from_array(np.zeros((4, 3), np.float32), "fc"),  # 48 bytes, read twice
+               numpy_helper.from_array(np.zeros((5, 2), np.int8), "quantized"),  # 10 bytes
+               numpy_helper.from_array(np.zeros((64, 8, 3, 3), np.float32), "blocked"),  # in place: not counted
+               numpy_helper.from_array(np.zeros((7,), np.float16), "unread")]  # read by no node
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "blocked"], ["c"], domain="com.microsoft.nchwc"),
+         helper.make_node("MatMul", ["c", "fc"], ["m"]), helper.make_node("Add", ["m", "fc"], ["a"]),
+         helper.make_node("MatMulInteger", ["a", "quantized"], ["out"])],
+        "counted", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.INT32, None)], weights)
+    path = _save(helper.make_model(graph), tmp_path / "counted.onnx")
+    assert composed.packable_bytes(path) == 48 + 10

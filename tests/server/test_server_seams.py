@@ -115,13 +115,17 @@ def test_the_chain_of_every_block_runs_as_one_session_composed_of_the_blocks_gra
     # Off, the chain keeps its native seams and runs block by block.
     off = _load(DIGITS, tmp_path, composed_chain=False).block_chain
     assert off.whole is None and off.native == {0, 1, 2}
-    # Where the chain's runs are long, the calls composing saves are not worth a session.
-    monkeypatch.setattr(chains, "COMPOSED_PER_BLOCK_S", 0.0)
+    # Where one session more would pack a copy of the chain's weights past the bound, the chain runs block by block.
+    packable = chains.composed.packable_bytes(chain.whole.optimized)
+    assert packable > 0
+    monkeypatch.setattr(chains, "COMPOSED_PACKABLE_MAX", packable - 1)
     with caplog.at_level(logging.INFO, logger="layerserve.server.chains"):
-        long = _load(DIGITS, tmp_path).block_chain
-    assert long.whole is None and long.native == {0, 1, 2}
-    [said] = [record for record in caplog.records if "long enough" in record.getMessage()]
-    assert said.levelno == logging.INFO and said.fields["run_ms"] >= 0
+        heavy = _load(DIGITS, tmp_path).block_chain
+    assert heavy.whole is None and heavy.native == {0, 1, 2}
+    [said] = [record for record in caplog.records if "pack a copy" in record.getMessage()]
+    assert said.levelno == logging.INFO and said.fields["packable_mib"] == round(packable / 2**20, 1)
+    monkeypatch.setattr(chains, "COMPOSED_PACKABLE_MAX", packable)
+    assert _load(DIGITS, tmp_path).block_chain.whole is not None
 
 
 def test_a_composed_graph_that_disagrees_is_refused_and_the_chain_runs_block_by_block(
