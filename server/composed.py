@@ -40,7 +40,7 @@ _PREFIX = "layerserve.block"
 # ONNX Runtime's blocked layout): the convolutions of a CNN, on CPUs where that layout is used.
 _IN_PLACE_DOMAINS = frozenset({"com.microsoft.nchwc"})
 # Bytes per element of ONNX's tensor element types (TensorProto.DataType); 4-bit types rounded up to a
-# byte, and a type not listed counted as 8 (the bound stays a bound).
+# byte, and a type not listed counted as 8 (counted high rather than low).
 _ELEMENT_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16,
                   16: 2, 17: 1, 18: 1, 19: 1, 20: 1, 21: 1, 22: 1, 23: 1}
 
