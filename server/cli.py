@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--native-seams", type=_bool, metavar="BOOL", help="chains pass ONNX Runtime's blocked tensors between "
         "blocks where they can, checked against plain blocks at load (default true)")
     add("--composed-chain", type=_bool, metavar="BOOL", help="the chain of every block runs as one session "
-        "composed from the blocks' graphs, checked against plain blocks at load (default true)")
+        "composed from the blocks' graphs, checked against plain blocks at load, unless that session would pack over "
+        "16 MiB of weights (default true)")
     add("--instances", type=_count_or_auto, metavar="N|auto", help="runs one model may have at once per process, on "
         "worker threads; 0 runs them on the event loop; auto: one while its runs are short, up to the usable "
         "cores while they are long (default auto)")

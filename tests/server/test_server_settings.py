@@ -143,6 +143,15 @@ def test_each_flag_and_its_variable_give_the_same_setting(field, text, expected,
     assert from_flag == from_environment
 
 
+def test_the_composed_chain_flag_states_the_bound_the_server_applies(capsys: pytest.CaptureFixture[str]) -> None:
+    from layerserve.server import chains
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"unless that session would pack over {chains.COMPOSED_PACKABLE_MAX >> 20} MiB of weights" in shown
+
+
 def test_device_auto_serves_as_a_process(tiny_repository: Path) -> None:
     """``--device auto`` used to crash with KeyError: 'device' (the variable form worked)."""
     with ServerProcess(tiny_repository, ["--device", "auto", "--workers", "1", "--metrics-port", "-1"]) as server, \
