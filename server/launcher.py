@@ -8,6 +8,7 @@ and stopping is SIGTERM first (the graceful drain) and SIGKILL only after a time
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,13 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+# A port reported free can be taken before the server binds it: outgoing connections draw their local
+# ports from the same ephemeral range. The server then exits at once saying so (server/ports.py), and is
+# started again on ports picked afresh, this many times at most.
+PORT_RETRIES = 3
+_PORT_IN_USE = re.compile(r"port (\d+) is in use by")
 
 
 class ServerProcess:
@@ -55,17 +63,20 @@ class ServerProcess:
         self.models = Path(models)
         self.extra_args = list(extra_args)
         self.host = host
-        self.port = free_port(host)
-        self.metrics_port = free_port(host)
-        self.http_port = free_port(host)
+        self._pick_ports()
         self.ready_timeout = ready_timeout
         self.env = env
-        self.address = f"{host}:{self.port}"
         self.log_path = log_path
         self.credentials = credentials
         self.metadata = tuple(metadata)
         self.process: subprocess.Popen[bytes] | None = None
         self._own_log: Path | None = None
+
+    def _pick_ports(self) -> None:
+        self.port = free_port(self.host)
+        self.metrics_port = free_port(self.host)
+        self.http_port = free_port(self.host)
+        self.address = f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         """The command line that starts the server (subclasses start peers the same way)."""
@@ -85,20 +96,37 @@ class ServerProcess:
         return f"http://{self.host}:{self.http_port}"
 
     def start(self) -> ServerProcess:
-        """Start the process and wait until it is ready."""
+        """Start the process and wait until it is ready; again on fresh ports (``address`` changes) if one
+        it was given was taken before it could bind it (PORT_RETRIES)."""
         if self.log_path is None:  # a log of its own, removed when the ``with`` block ends (2,594 were left in /tmp)
             handle, name = tempfile.mkstemp(prefix="layerserve-", suffix=".log")
             os.close(handle)
             self.log_path = self._own_log = Path(name)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
-            )
-        self.wait_ready()
-        return self
+        retries = PORT_RETRIES
+        while True:
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})},
+                )
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                if not retries or not self._lost_a_picked_port():
+                    raise
+                retries -= 1
+                self._pick_ports()
+
+    def _lost_a_picked_port(self) -> bool:
+        """Whether the process exited because a port this picked (not one the caller gave) was taken."""
+        if self.process is None or self.process.poll() is None:
+            return False
+        taken = _PORT_IN_USE.search(self.log_tail())
+        return (taken is not None and int(taken[1]) in (self.port, self.metrics_port, self.http_port)
+                and taken[1] not in self.extra_args)
 
     def wait_ready(self) -> None:
         """Poll ServerReady until it says yes; RuntimeError (with the log) on exit or timeout."""

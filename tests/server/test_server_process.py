@@ -22,7 +22,7 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from layerserve.server.launcher import free_port
+from layerserve.server.launcher import ServerProcess, free_port
 
 
 def start_server(repository: Path, *flags: str, new_session: bool = False) -> tuple[subprocess.Popen, int]:
@@ -278,6 +278,24 @@ def test_an_http_port_in_use_is_refused_naming_who_holds_it(tiny_repository: Pat
                                 "--http-port", str(http_port), "--workers", workers)
     assert code == 1
     assert f"cannot serve: HTTP port {http_port} is in use by pid {os.getpid()}" in _one_line(output)
+
+
+@pytest.mark.parametrize("taken", ["metrics_port", "http_port"])
+def test_the_launcher_starts_again_on_fresh_ports_when_one_it_picked_is_taken_first(
+    tiny_repository: Path, taken: str
+) -> None:
+    """A port reported free can be taken before the server binds it (the suite's grid test once failed on
+    'metrics port 33867 is in use by another process'): the launcher picks fresh ports and starts again."""
+    server = ServerProcess(tiny_repository, ["--workers", "1"])
+    lost = getattr(server, taken)
+    with socket.create_server(("127.0.0.1", lost)), server:
+        assert getattr(server, taken) != lost
+        assert one_request(server.port).shape == (1, 10)
+    # A port the caller gave is not the launcher's to change: taken, the start fails as before.
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        given = str(other.getsockname()[1])
+        with pytest.raises(RuntimeError, match=f"port {given} is in use"):
+            ServerProcess(tiny_repository, ["--workers", "1", "--http-port", given]).start()
 
 
 def test_start_up_errors_are_one_line_with_workers(tiny_repository: Path, tmp_path: Path) -> None:
