@@ -28,7 +28,10 @@ average away. Cells, on the full graph unless said:
 Extra layerserve configurations (``--variant LABEL=FLAGS``) join the same interleaving, to compare a
 flag against the defaults. So does the transport's floor (bench/peers/bare_grpc.py, unless ``--no-floor``):
 grpc.aio processes that only decode, run the full graph and encode, what any Python gRPC server
-spends whatever else it does. Results: ``--out`` JSON, and a Markdown table on stdout.
+spends whatever else it does. So does the transport alone (the same processes answering a repeated
+request from a cache, unless ``--no-transport``): the client and gRPC with no compute, which bounds what
+any server can reach of in-process throughput here (``transport_ceilings``). Results: ``--out`` JSON,
+and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ CELLS = ("b1_c1", "b1_c16", "b64_c4", "one_process_8_threads")
 # refuses gRPC messages over 8 MiB (batch 16 is 9.6 MB), so its large batch is 8.
 BATCH_LARGE = {"digits_cnn": 64, "digits_resnet": 64, "resnet50_shaped": 8}
 FLOOR = "bare grpc.aio + ONNX Runtime (floor)"
+TRANSPORT = "bare grpc.aio, cached answers (transport alone)"
 INPROCESS = "in process"
 
 
@@ -115,7 +119,7 @@ def triton_threads(address: str, model: str, input_name: str, x: np.ndarray, thr
 
 
 def _servers(root: Path, model: str, model_file: Path, variants: dict[str, list[str]],
-             kserve: bool, floor: bool) -> dict[str, Callable[[], object]]:
+             kserve: bool, floor: bool, transport: bool) -> dict[str, Callable[[], object]]:
     servers: dict[str, Callable[[], object]] = {"layerserve (defaults)": layerserve(root)}
     for label, flags in variants.items():
         servers[f"layerserve ({label})"] = layerserve(root, *flags)
@@ -123,11 +127,13 @@ def _servers(root: Path, model: str, model_file: Path, variants: dict[str, list[
         servers["KServe tuned"] = lambda: KServePeer(model_file, model, tuned=True)
     if floor:
         servers[FLOOR] = lambda: BareGrpcPeer(model_file)
+    if transport:
+        servers[TRANSPORT] = lambda: BareGrpcPeer(model_file, cached=True)
     return servers
 
 
 def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[str]], kserve: bool,
-            floor: bool = True) -> dict:
+            floor: bool = True, transport: bool = True) -> dict:
     """model -> {"cells": label -> cell -> [values], "inprocess": ..., "chain_over_full": label -> batch -> [values]}."""
     root = model_root(model)
     folder, spec = manifest(root, model)
@@ -143,7 +149,7 @@ def measure(model: str, repeats: int, seconds: float, variants: dict[str, list[s
     def add(label: str, cell: str, value: float) -> None:
         cells.setdefault(label, {}).setdefault(cell, []).append(value)
 
-    factories = _servers(root, model, model_file, variants, kserve, floor)
+    factories = _servers(root, model, model_file, variants, kserve, floor, transport)
     for repeat in range(repeats):
         for key, x in (("b1", x1), (f"b{large}", xl)):
             ticks = cpu_ticks()
@@ -194,6 +200,46 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def transport_ceilings(found: dict) -> dict[str, list[float]]:
+    """Per repeat, how much of in-process throughput the transport alone leaves any server here.
+
+    * ``one_process_8_threads``: the transport alone's rate over in-process batch 1: the client and gRPC
+      with no compute at all, so a served rate above it is not possible on this machine;
+    * ``b{large}_c4``: T / (T + P) for the transport alone's rate T and in-process rate P, both of which
+      fill the same cores: if a served image costs the transport's CPU plus in-process compute, that is
+      the most of P it can reach. An estimate, not a bound: a server may compute more cheaply than
+      in-process ONNX Runtime's two spinning threads do.
+    """
+    cells = found["cells"].get(TRANSPORT)
+    if not cells:
+        return {}
+    large = found["batch_large"]
+    alone_large, alone_threads = cells["b64_c4"], cells["one_process_8_threads"]
+    return {
+        "one_process_8_threads": [t / p for t, p in zip(alone_threads, found["inprocess"]["b1"], strict=True)],
+        f"b{large}_c4": [t / (t + p) for t, p in zip(alone_large, found["inprocess"][f"b{large}"], strict=True)],
+    }
+
+
+def _transport_ceilings(found: dict) -> list[str]:
+    ceilings = transport_ceilings(found)
+    if not ceilings:
+        return []
+    served = found["cells"].get("layerserve (defaults)", {})
+    large = found["batch_large"]
+    reached = {
+        "one_process_8_threads": [s / p for s, p in zip(served.get("one_process_8_threads", []),
+                                                        found["inprocess"]["b1"], strict=False)],
+        f"b{large}_c4": [s / p for s, p in zip(served.get("b64_c4", []), found["inprocess"][f"b{large}"],
+                                               strict=False)],
+    }
+    return ["What the transport alone leaves of in-process throughput, per repeat (bench.grid.transport_ceilings), "
+            "and layerserve's share of in process: "
+            + "; ".join(f"{cell} " + "/".join(f"{c:.2f}" for c in values)
+                        + (" (layerserve " + "/".join(f"{r:.2f}" for r in reached[cell]) + ")" if reached[cell] else "")
+                        for cell, values in ceilings.items())]
+
+
 def markdown(results: dict) -> str:
     """One table per model: each server's cells (median, min-max) and the ratios the goals name."""
     lines = []
@@ -208,6 +254,7 @@ def markdown(results: dict) -> str:
         floors = {k: _summary(v) for k, v in found["inprocess"].items()}
         lines += ["", "in-process ONNX Runtime (default options): "
                   + ", ".join(f"{k} {v['median']:.1f} img/s ({v['min']:.1f}-{v['max']:.1f})" for k, v in floors.items())]
+        lines += _transport_ceilings(found)
         if found.get("stolen"):
             lines.append("CPU time the hypervisor took from this VM during each cell, per repeat: " + "; ".join(
                 f"{label}: " + ", ".join(f"{cell} " + "/".join(f"{share:.0%}" for share in shares)
@@ -230,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another layerserve configuration to interleave, e.g. 'intra 2=--intra-op-threads 2'")
     parser.add_argument("--no-kserve", action="store_true")
     parser.add_argument("--no-floor", action="store_true", help="leave out the bare grpc.aio floor")
+    parser.add_argument("--no-transport", action="store_true",
+                        help="leave out the transport alone (the bare server answering from a cache)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "grid.json")
     args = parser.parse_args(argv)
     variants = {label: shlex.split(flags) for label, _, flags in (v.partition("=") for v in args.variant)}
@@ -237,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                "models": {}}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
         results["models"][model] = measure(model, args.repeats, args.seconds, variants, not args.no_kserve,
-                                           not args.no_floor)
+                                           not args.no_floor, not args.no_transport)
     results["machine"]["load_average_1m_end"] = machine_info()["load_average_1m"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")

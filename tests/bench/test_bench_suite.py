@@ -122,7 +122,7 @@ def test_foreign_bench_splits_both_exports_and_compares_served_with_in_process(t
 
 @pytest.mark.slow
 def test_grid_measures_every_cell_with_fresh_servers_each_repeat_in_alternating_order(monkeypatch) -> None:
-    """Every cell for the defaults, a variant and the floor. A repeat samples a server start too: new
+    """Every cell for the defaults, a variant, the floor and the transport alone. A repeat samples a server start too: new
     processes every repeat, measured in the opposite order every other repeat (so none always goes first)."""
     from bench import grid
 
@@ -138,10 +138,10 @@ def test_grid_measures_every_cell_with_fresh_servers_each_repeat_in_alternating_
     monkeypatch.setattr(grid, "log", lambda line: order.append(line.split(" b1 c1 ")[0].strip())
                         if " b1 c1 p50 " in line else None)
     found = grid.measure("digits_cnn", 2, 0.2, {"one instance": ["--instances", "1"]}, kserve=False)
-    labels = ["layerserve (defaults)", "layerserve (one instance)", grid.FLOOR]
+    labels = ["layerserve (defaults)", "layerserve (one instance)", grid.FLOOR, grid.TRANSPORT]
     assert order == labels + labels[::-1]
     starts = pids[::3]  # each server's three cells share its pid: c1, c16, b64
-    assert len(starts) == 6 and len(set(starts)) == 6, pids
+    assert len(starts) == 8 and len(set(starts)) == 8, pids
     assert set(found["cells"]) == set(labels)
     for cells in found["cells"].values():
         assert set(cells) == set(grid.CELLS) and all(len(values) == 2 and min(values) > 0 for values in cells.values())
@@ -153,8 +153,13 @@ def test_grid_measures_every_cell_with_fresh_servers_each_repeat_in_alternating_
     assert all(set(found["stolen"][label]) == set(grid.CELLS) for label in labels)
     assert all(len(shares) == 2 and all(0 <= share <= 1 for share in shares)
                for by_cell in found["stolen"].values() for shares in by_cell.values())
+    ceilings = grid.transport_ceilings(found)
+    assert set(ceilings) == {"one_process_8_threads", "b64_c4"}
+    assert all(len(values) == 2 and min(values) > 0 for values in ceilings.values())
+    assert max(ceilings["b64_c4"]) < 1  # T / (T + P)
     text = grid.markdown({"models": {"digits_cnn": found}})
     assert "| layerserve (defaults) |" in text and "CPU time the hypervisor took" in text
+    assert "What the transport alone leaves of in-process throughput" in text
 
 
 @pytest.mark.slow
