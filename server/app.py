@@ -95,11 +95,13 @@ def _reflection_pool() -> object:
     return _pool.POOL
 
 
-def load(settings: Settings, optimized_dir: Path | None = None, board: WorkerBoard | None = None) -> DataPlane:
+def load(settings: Settings, optimized_dir: Path | None = None, board: WorkerBoard | None = None,
+         stats_folder: Path | None = None) -> DataPlane:
     """Load the repository and build the core; DeviceUnavailable when the device cannot be used.
 
     ``optimized_dir``: where the graphs' optimized copies are shared (server/optimized.py); ``board``: this
-    worker's view of the runs in flight per worker (server/busy_workers.py), None when serving alone.
+    worker's view of the runs in flight per worker (server/busy_workers.py), None when serving alone;
+    ``stats_folder``: where the workers' statistics are summed (server/statistics.py), None when alone.
     """
     options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning,
                                      optimized_dir, settings.provider_options, settings.native_seams,
@@ -120,12 +122,12 @@ def load(settings: Settings, optimized_dir: Path | None = None, board: WorkerBoa
     # request (9 memory-mapped writes with --workers; docs/BENCHMARKS.md, "Issue 12, second pass").
     observer = metrics.PrometheusObserver(repository.served_names()) if settings.metrics_port >= 0 else Silent()
     return DataPlane(repository, settings.instances, settings.max_queue_size, max_message_bytes, observer,
-                     settings.max_batch_bytes, cores=settings.instance_count, board=board)
+                     settings.max_batch_bytes, cores=settings.instance_count, board=board, stats_folder=stats_folder)
 
 
 async def start(
     settings: Settings, reuse_port: bool = False, serve_metrics: bool = True, optimized_dir: Path | None = None,
-    board: WorkerBoard | None = None,
+    board: WorkerBoard | None = None, stats_folder: Path | None = None,
 ) -> Running:
     """Load models and start serving; returns once the port is bound.
 
@@ -135,7 +137,7 @@ async def start(
     tokens = security.load_tokens(settings)
     credentials = security.server_credentials(settings)
     security.warn_if_exposed(settings, tokens)
-    dataplane = load(settings, optimized_dir, board)
+    dataplane = load(settings, optimized_dir, board, stats_folder)
     interceptors = [security.TokenAuth(tokens, settings.auth_health, dataplane.observer)] if tokens else []
     server = grpc.aio.server(
         interceptors=interceptors,

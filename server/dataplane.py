@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from .observer import Observer, Silent
 from .repository import READY, ModelVersion, Repository
 from .runtime import CUDA
 from .slots import RunSlots
-from .statistics import Stats
+from .statistics import Stats, StatsTable
 
 # What ModelMetadata calls the backend of every served name.
 PLATFORM = "onnxruntime_onnx"
@@ -146,7 +146,8 @@ class DataPlane:
 
     def __init__(self, repository: Repository, instances: int | None = 1, max_queue_size: int = 1024,
                  max_message_bytes: int = 64 << 20, observer: Observer | None = None,
-                 max_batch_bytes: int = 64 << 20, cores: int = 1, board: WorkerBoard | None = None) -> None:
+                 max_batch_bytes: int = 64 << 20, cores: int = 1, board: WorkerBoard | None = None,
+                 stats_folder: Path | None = None) -> None:
         self.repository = repository
         self.instances = instances
         self._most_runs = max(1, cores if instances is None else instances)
@@ -161,7 +162,10 @@ class DataPlane:
         self.board = board
         self._batchers: dict[tuple[str, str], Batcher] = {}
         self._slots: dict[tuple[str, str], RunSlots] = {}
-        self.stats: dict[tuple[str, str], Stats] = defaultdict(Stats)
+        # Triton's statistics of every served name and version: this process's, in a file of
+        # ``stats_folder`` that every worker reads (server/statistics.py); in memory when serving alone.
+        self.stats = StatsTable(((served, model.version) for model in repository.versions() for served in model.endpoints),
+                                stats_folder)
         # Set on SIGTERM: readiness turns false while in-flight requests finish.
         self.draining = False
         # Every RPC passes it (rpc.handled); closed on SIGTERM so new ones get UNAVAILABLE.
@@ -213,12 +217,13 @@ class DataPlane:
         if name:
             self.repository.endpoint(name, version)  # NOT_FOUND for unknown names
         found = []
+        totals = self.stats.read()
         for model in self.repository.versions():
             if version and model.version != version:
                 continue
             for served in model.endpoints:
                 if name in ("", served):
-                    found.append(EndpointStatistics(served, model.version, self.stats.get((served, model.version)) or Stats()))
+                    found.append(EndpointStatistics(served, model.version, totals.get((served, model.version)) or Stats()))
         return found
 
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
@@ -289,7 +294,7 @@ class DataPlane:
             await slots.release(seconds)
 
     def _record(self, endpoint: Endpoint, report: BatchReport) -> None:
-        self.stats[(endpoint.name, endpoint.version)].record_run(
+        self.stats.entry(endpoint.name, endpoint.version).record_run(
             report.rows, report.requests, report.compute_s, report.queue_s
         )
         self.observer.run(endpoint, report)
@@ -355,19 +360,18 @@ class DataPlane:
     @contextmanager
     def _accounted(self, endpoint: Endpoint) -> Iterator[None]:
         """Count the request as a success or a failure of ``endpoint`` (Triton's success/fail durations)."""
-        stats = self.stats[(endpoint.name, endpoint.version)]
+        stats = self.stats.entry(endpoint.name, endpoint.version)
         start = time.perf_counter()
         self._in_flight += 1
         try:
             yield
         except BaseException:  # cancellation included: the request failed for its caller
-            stats.fail.add(time.perf_counter() - start)
+            stats.failed(time.perf_counter() - start)
             raise
         finally:
             self._in_flight -= 1
             self._last_active = time.monotonic()
-        stats.success.add(time.perf_counter() - start)
-        stats.last_inference_ms = int(time.time() * 1000)
+        stats.succeeded(time.perf_counter() - start, int(time.time() * 1000))
 
     def idle_seconds(self) -> float:
         """Seconds since the last inference or chain ended; 0 while one runs (the memory janitor asks)."""

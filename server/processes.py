@@ -51,9 +51,10 @@ async def serve(
     signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
     optimized_dir: Path | None = None,
     board: WorkerBoard | None = None,
+    stats_folder: Path | None = None,
 ) -> None:
     """Serve until one of ``signals``, then drain."""
-    running = await app.start(settings, reuse_port, serve_metrics, optimized_dir, board)
+    running = await app.start(settings, reuse_port, serve_metrics, optimized_dir, board, stats_folder)
     allocator.start_janitor(limits.heap_budget(running.dataplane.max_message_bytes),
                             idle_s=running.dataplane.idle_seconds)
     stop = asyncio.Event()
@@ -130,7 +131,7 @@ def _die_with_parent() -> None:
 
 
 def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQueue, optimized_dir: Path,
-            board: WorkerBoard | None) -> None:
+            board: WorkerBoard | None, stats_folder: Path) -> None:
     """One worker process: serve on the shared port until the parent's SIGTERM.
 
     A start-up failure is put on ``failures`` for the parent to log once, not logged here.
@@ -145,7 +146,7 @@ def _worker(settings: Settings, parent: int, failures: multiprocessing.SimpleQue
     allocator.retain_freed_memory()
     try:
         loops.run(serve(settings, reuse_port=True, serve_metrics=False, signals=(signal.SIGTERM,),
-                        optimized_dir=optimized_dir, board=board), settings.loop)
+                        optimized_dir=optimized_dir, board=board, stats_folder=stats_folder), settings.loop)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # drained: a late second SIGTERM must not kill it
     except _Stopped:
         return
@@ -210,6 +211,7 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
         held += held_http
     metrics_dir = tempfile.mkdtemp(prefix="layerserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # children inherit it before importing prometheus
+    stats_folder = Path(tempfile.mkdtemp(prefix="layerserve-stats-"))  # ModelStatistics summed over the workers
     context = multiprocessing.get_context("spawn")  # ONNX Runtime and gRPC are not fork-safe
     failures = context.SimpleQueue()
     child = settings.replace(port=port, http_port=http_port, workers=1)
@@ -223,7 +225,8 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
     board = (WorkerBoard(settings.worker_count, usable_cores(), context)
              if settings.instances is None and runtime.resolve_device(settings.device).name == "cpu" else None)
     workers = [context.Process(target=_worker, name=f"worker-{i}",
-                               args=(child, os.getpid(), failures, optimized_dir, board and board.for_worker(i)))
+                               args=(child, os.getpid(), failures, optimized_dir, board and board.for_worker(i),
+                                     stats_folder))
                for i in range(settings.worker_count)]
     stopping = False
     told: set[int] = set()
@@ -264,6 +267,7 @@ def _run_workers(settings: Settings, optimized_dir: Path) -> int:
         for sock in held:
             sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(stats_folder, ignore_errors=True)
     codes = [process.exitcode for process in workers]
     reasons: dict[tuple[str, str], int] = {}
     while not failures.empty():

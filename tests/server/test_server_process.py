@@ -163,7 +163,25 @@ def test_rest_requests_drain_like_rpcs(tiny_repository: Path) -> None:
                                     "restarted)"})
 
 
+def _statistics_on_fresh_connections(port: int, http_port: int, connections: int) -> list[tuple[int, int, int]]:
+    """tiny_cnn's (successes, rows, runs) over every version, as ModelStatistics answers on each of
+    ``connections`` fresh gRPC connections and as many HTTP ones: whichever worker takes each."""
+    answers = []
+    for _ in range(connections):
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as connection:
+            grpc_stats = connection.get_inference_statistics("tiny_cnn", as_json=True)["model_stats"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/tiny_cnn/stats", timeout=10) as reply:
+            http_stats = json.loads(reply.read())["model_stats"]
+        for entries in (grpc_stats, http_stats):
+            answers.append((sum(int(e["inference_stats"]["success"].get("count", 0)) for e in entries),
+                            sum(int(e.get("inference_count", 0)) for e in entries),
+                            sum(int(e.get("execution_count", 0)) for e in entries)))
+    return answers
+
+
 def test_workers_share_the_port_and_sum_metrics(tiny_repository: Path) -> None:
+    """Requests on fresh connections spread over both workers; the metrics port and ModelStatistics, on
+    any connection, count them all (Triton's tools read ModelStatistics as the server's own account)."""
     metrics_port, http_port = free_port(), free_port()
     process, port = start_server(tiny_repository, "--workers", "2", "--metrics-port", str(metrics_port),
                                  "--http-port", str(http_port))
@@ -178,6 +196,7 @@ def test_workers_share_the_port_and_sum_metrics(tiny_repository: Path) -> None:
             ok = [line for line in text.splitlines()
                   if line.startswith(f'layerserve_requests_total{{code="OK",model="tiny_cnn",rpc="{rpc}"}}')]
             assert ok and float(ok[0].rsplit(" ", 1)[1]) == 6, rpc
+        assert set(_statistics_on_fresh_connections(port, http_port, 6)) == {(12, 2 * 21, 12)}
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
