@@ -105,7 +105,7 @@ def load(settings: Settings, optimized_dir: Path | None = None, board: WorkerBoa
     """
     options = runtime.RuntimeOptions(settings.device, settings.intra_op_threads, settings.allow_spinning,
                                      optimized_dir, settings.provider_options, settings.native_seams,
-                                     settings.composed_chain)
+                                     settings.composed_chain, settings.every_core_threads)
     overrides = BatchingOverrides(settings.dynamic_batching, settings.max_batch_size, settings.max_queue_delay_us)
     repository = Repository.load(settings.models, options, overrides, verify=settings.verify)
     allocator.give_back()  # what loading freed (the chains' probes ran at batch 2): not the idle size

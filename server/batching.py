@@ -121,9 +121,12 @@ class Batcher:
         label: str = "",
         on_drop: Callable[[str], None] | None = None,
         alone: Callable[[], bool] | None = None,
+        spread: Callable[[RunFn], RunFn] | None = None,
     ) -> None:
         self._run = run
         self._alone = alone
+        # Gives a lone request's run every core where the server says so (DataPlane._spread); None: never.
+        self._spread = spread
         self._executor = executor
         # 0 means "no limit" in the manifest; a merged run still needs a bound.
         self.max_batch_size = max_batch_size or 1 << 31
@@ -259,7 +262,8 @@ class Batcher:
                 else:
                     merged = {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}
                 executor = None if self._slots.run_here() else self._executor
-                outputs, compute_s = await call_timed(executor, self._run, merged)
+                run = self._run if executor is None or self._spread is None else self._spread(self._run)
+                outputs, compute_s = await call_timed(executor, run, merged)
             except Exception as error:  # noqa: BLE001 - every request of the batch gets the error
                 for pending in batch:
                     if not pending.future.done():

@@ -55,6 +55,12 @@ class WorkerBoard:
         self._counts[self._index] -= 1
         self._ended[self._index] = time.monotonic()
 
+    def others_idle(self) -> bool:
+        """Whether no other worker is running, or was a moment ago: a run here may take every core."""
+        recent = time.monotonic() - BUSY_AFTER_S
+        return not any(index != self._index and (count > 0 or self._ended[index] > recent)
+                       for index, count in enumerate(self._counts))
+
     def cores_taken(self) -> bool:
         """Whether the other workers, running now or a moment ago, hold every core but this worker's."""
         if self._cores < 2:

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the largest input or output of any served model at its max_batch_size, plus headroom (default auto)")
     add("--max-concurrent-streams", type=int, help="RPCs in flight per client connection "
         f"(default {defaults.max_concurrent_streams})")
-    add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads})")
+    add("--intra-op-threads", type=int, help=f"ONNX Runtime threads per session (default {defaults.intra_op_threads}; "
+        "with 1 and --instances auto, a long run alone in the server takes a second session on every core)")
     add("--provider-options", metavar="KEY=VALUE[,...]", help="options for the device's execution provider, "
         "ONNX Runtime's names, e.g. cudnn_conv_algo_search=HEURISTIC")
     add("--allow-spinning", type=_bool, metavar="BOOL", help="let ONNX Runtime threads spin (default false)")

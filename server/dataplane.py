@@ -27,6 +27,7 @@ from layerserve.proto.model_config_pb2 import ModelConfig
 from layerserve.proto.repository_pb2 import ModelManifest
 from layerserve.proto.tensors import TensorSpec
 
+from . import runtime
 from .batching import Batcher, BatchReport, call_timed
 from .busy_workers import WorkerBoard
 from .classification import classified, encoded_bytes
@@ -260,6 +261,7 @@ class DataPlane:
                 label=endpoint.name,
                 on_drop=lambda reason: self._dropped(endpoint, reason),
                 alone=self._alone if self.executor is not None else None,
+                spread=lambda run: self._spread(endpoint, run),
             )
             self._batchers[key] = batcher
         return batcher
@@ -277,6 +279,16 @@ class DataPlane:
         nothing can merge with it, and a short run may go on the event loop instead of a thread."""
         return self._in_flight == 1 and time.monotonic() - self._last_active >= QUIET_S
 
+    def _spread(self, endpoint: Endpoint, fn: Callable) -> Callable:
+        """``fn``, made to run on every core (runtime.on_every_core) when its request is the only one in this
+        worker, the endpoint's runs are long (slots.EVERY_CORE_RUN_S) and no other worker is running: a lone ResNet-50 client
+        otherwise gets one core of the machine (1 intra-op thread per session, which serves many small
+        requests best)."""
+        if (self._in_flight == 1 and self._run_slots(endpoint).worth_every_core
+                and (self.board is None or self.board.others_idle())):
+            return functools.partial(runtime.on_every_core, fn)
+        return fn
+
     async def _run(self, endpoint: Endpoint, fn: Callable, *args: object) -> tuple[object, float]:
         """``fn(*args)`` on a worker thread within the endpoint's slots (on the event loop when the request
         is alone and the runs short, RunSlots.take_for_loop, or the other workers hold every core,
@@ -288,7 +300,8 @@ class DataPlane:
             here = slots.run_here()
         seconds: float | None = None
         try:
-            result, seconds = await call_timed(None if here else self.executor, fn, *args)
+            result, seconds = await call_timed(None if here else self.executor,
+                                               fn if here else self._spread(endpoint, fn), *args)
             return result, seconds
         finally:
             await slots.release(seconds)

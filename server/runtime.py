@@ -9,9 +9,11 @@ asking for CUDA proves nothing until a session reports it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -23,6 +25,7 @@ from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device, parse_pro
 from .errors import DeviceUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["AUTO", "CPU", "CUDA", "DEVICES", "DEVICE_CHOICES", "Device", "Graph", "RuntimeOptions", "chain"]
 
@@ -42,6 +45,9 @@ class RuntimeOptions:
     provider_options: str = ""  # "KEY=VALUE[,...]" for the device's own provider (devices.parse_provider_options)
     native_seams: bool = True  # chains may join blocks in ONNX Runtime's blocked layout (server/chains.py)
     composed_chain: bool = True  # the chain of every block may run as one composed session (server/composed.py)
+    # Intra-op threads of a CPU graph's second session, for a run the server gives every core (``every_core``);
+    # 0: none. Made in the background the first time such a run asks for it.
+    every_core_threads: int = 0
 
 
 def provider_list(device: Device, provider_options: str = "") -> list[tuple[str, dict[str, str]]]:
@@ -104,6 +110,19 @@ def session_options(options: RuntimeOptions) -> ort.SessionOptions:
     return so
 
 
+_this_thread = threading.local()
+
+
+def on_every_core(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)``, with every Graph it runs on this thread using its every-core session where it has one
+    ready (``RuntimeOptions.every_core_threads``): for a long run the server has no other work for."""
+    _this_thread.every_core = True
+    try:
+        return fn(*args)
+    finally:
+        _this_thread.every_core = False
+
+
 class Graph:
     """One ONNX file as a runnable session.
 
@@ -136,6 +155,12 @@ class Graph:
             providers=[name for name, _ in providers],
             provider_options=[values for _, values in providers],
         )
+        # The same graph on every core, for runs on_every_core marks: made once, on first ask, on a thread.
+        self._every_core: ort.InferenceSession | None = None
+        self._every_core_threads = options.every_core_threads if device.name == "cpu" else 0
+        self._every_core_source = (str(load_from), replace(options, intra_op_threads=options.every_core_threads),
+                                   so.graph_optimization_level)
+        self._every_core_asked = threading.Lock()
         self.providers: list[str] = list(self.session.get_providers())
         if options.device != AUTO and device.required not in self.providers:
             raise DeviceUnavailable(
@@ -150,8 +175,27 @@ class Graph:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on host arrays; returns every output as a host array."""
-        results = self.session.run(self._output_names, dict(feeds))
+        session = self._every_core_session() if getattr(_this_thread, "every_core", False) else self.session
+        results = session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, results, strict=True))
+
+    def _every_core_session(self) -> ort.InferenceSession:
+        """The every-core session once made, else this graph's own (and the first ask starts making it)."""
+        if self._every_core is not None or not self._every_core_threads:
+            return self._every_core or self.session
+        if self._every_core_asked.acquire(blocking=False):  # never released: one attempt per graph
+            threading.Thread(target=self._make_every_core, name="every-core session", daemon=True).start()
+        return self.session
+
+    def _make_every_core(self) -> None:
+        path, options, level = self._every_core_source
+        so = session_options(options)
+        so.graph_optimization_level = level  # as this graph's own session: an optimized copy loads as it is
+        try:
+            self._every_core = ort.InferenceSession(path, so, providers=[CPU])
+        except Exception as error:  # noqa: BLE001 - runs keep this graph's own session
+            log.warning("every-core session not made; long lone runs keep one thread",
+                        extra={"fields": {"graph": self.path.name, "error": str(error)[:200]}})
 
     def run_on_device(self, feeds: Mapping[str, ort.OrtValue]) -> dict[str, ort.OrtValue]:
         """Run with inputs and outputs bound as CUDA OrtValues (no host copies)."""

@@ -114,6 +114,14 @@ class Settings:
             return self.instances
         return usable_cores()
 
+    @property
+    def every_core_threads(self) -> int:
+        """Intra-op threads of the session a long run alone in the server takes (runtime.on_every_core): the
+        usable cores with ``--instances auto`` and one thread per session; 0 (none) when either is set
+        otherwise, or with one core."""
+        cores = usable_cores()
+        return cores if self.instances is None and self.intra_op_threads == 1 and cores > 1 else 0
+
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)

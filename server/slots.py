@@ -30,6 +30,12 @@ LOOP_RUN_S = 0.001
 # The longest mean run that may go on the event loop while the other workers hold every core: the loop
 # (health checks, other requests of this worker) then waits about this long at most.
 LOOP_STALL_S = 0.02
+# A run this long (mean over recent runs) takes every core when it is alone in the server
+# (DataPlane._spread). In process on these 2 cores, two intra-op threads against one ran ResNet-18 and
+# ResNet-50 at batch 1 (49 and 109 ms) 1.44 and 1.41x faster, the 1.3-20 ms graphs of the foreign
+# repository 0.81-1.25x, shorter ones as low as 0.4x (docs/BENCHMARKS.md, "Issue 12: what the
+# transport alone allows, statistics over workers, a long run alone on every core").
+EVERY_CORE_RUN_S = 0.025
 # Weight of the newest run in the running mean.
 _SMOOTHING = 0.2
 
@@ -57,6 +63,12 @@ class RunSlots:
         if self._mean_s < self._long_run_s or (self._board is not None and self._board.cores_taken()):
             return 1  # short runs gain nothing from a second thread; with every core taken, neither do long ones
         return self._most
+
+    @property
+    def worth_every_core(self) -> bool:
+        """Whether the count follows the runs (auto) and they are long enough (EVERY_CORE_RUN_S) that a lone
+        one gains from every core."""
+        return self._fixed is None and self._mean_s >= EVERY_CORE_RUN_S
 
     def locked(self) -> bool:
         """Whether a run would have to wait for a slot now."""
