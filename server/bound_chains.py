@@ -73,6 +73,8 @@ class BoundChains:
     def run(self, key: tuple, graphs: Sequence[runtime.Graph], feeds: Mapping[str, np.ndarray],
             keep: Sequence[int]) -> tuple[Outputs, dict[int, Outputs]]:
         """The chain of ``graphs`` on ``feeds``; ``key`` names the graphs (the same key, the same graphs)."""
+        if runtime.on_every_core_now():  # a long run given every core: the graphs' own runs pick that session
+            return runtime.chain(graphs, feeds, keep)
         cache: OrderedDict | None = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = OrderedDict()

@@ -17,7 +17,7 @@ server/seams.py pass but should not) the chain runs the plain graphs, with one l
 The chain of every block with nothing kept (what ``<model>.chain`` serves) then runs as one
 session: the graphs above composed into one (server/composed.py), used only when it answers the
 probe bit for bit as the plain chain does, and the weights its session would pack for itself stay
-under COMPOSED_PACKABLE_MAX. Other ranges, and chains that keep a block, run block by block.
+under composed.PACKABLE_MAX. Other ranges, and chains that keep a block, run block by block.
 """
 
 from __future__ import annotations
@@ -37,13 +37,11 @@ from .errors import bounded
 log = logging.getLogger(__name__)
 
 PROBE_BATCH = 2
-# The chain of every block is composed (server/composed.py) unless its session could pack more than this of
-# weights into a copy of its own, in every worker (composed.packable_bytes): a VGG-style classifier would cost
-# 276 MiB per worker, ResNet-50's costs 8.7. Composing pays at batch 1 where Run calls are a large part of a
-# run (digits_cnn's chain extra compute 62-79 -> 12-18 us) and at large batches, where one session plans the
-# seams' tensors (ResNet-18's chain at batch 64, 1.08 -> 1.03x the full graph): docs/BENCHMARKS.md,
-# "Issue 12: which chains to compose".
-COMPOSED_PACKABLE_MAX = 16 << 20
+# The chain of every block is composed (server/composed.py) unless its session could pack more than
+# composed.PACKABLE_MAX of weights into a copy of its own. Composing pays at batch 1 where Run calls are a
+# large part of a run (digits_cnn's chain extra compute 62-79 -> 12-18 us) and at large batches, where one
+# session plans the seams' tensors (ResNet-18's chain at batch 64, 1.08 -> 1.03x the full graph):
+# docs/BENCHMARKS.md, "Issue 12: which chains to compose".
 
 Outputs = dict[str, np.ndarray]
 
@@ -142,13 +140,13 @@ def _joined(plain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str,
 def _composed(chain: BlockChain, options: runtime.RuntimeOptions, feeds: dict[str, np.ndarray],
               want: Outputs) -> BlockChain:
     """``chain`` with its blocks composed into one session (server/composed.py) for the chain of every
-    block with nothing kept, when the weights that session could pack stay under COMPOSED_PACKABLE_MAX
+    block with nothing kept, when the weights that session could pack stay under composed.PACKABLE_MAX
     and it answers the probe bit for bit as the plain chain did."""
     name = chain.blocks[0].path.name
     try:
         path = composed.compose([graph.optimized for graph in chain.graphs(0, len(chain.blocks))])
         packable = composed.packable_bytes(path)
-        if packable > COMPOSED_PACKABLE_MAX:
+        if packable > composed.PACKABLE_MAX:
             log.info("chain runs block by block: one session more would pack a copy of its weights in every worker",
                      extra={"fields": {"graph": name, "packable_mib": round(packable / 2**20, 1)}})
             return chain

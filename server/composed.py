@@ -34,6 +34,12 @@ from google.protobuf import message
 
 from .onnx_fields import Model, save
 
+# The most a session beside a graph's own may pack of weights (packable_bytes), in every worker: the
+# composed chain (server/chains.py) and a graph's session on every core (server/runtime.py) are made only
+# under it. A VGG-style classifier would cost 276 MiB per worker, ResNet-50's costs 8.7. docs/BENCHMARKS.md,
+# "Issue 12: which chains to compose".
+PACKABLE_MAX = 16 << 20
+
 _SUBGRAPH_ATTRIBUTES = {5, 10}  # AttributeProto.GRAPH, GRAPHS: their bodies name outer tensors
 _PREFIX = "layerserve.block"
 # Kernels that read their weights in place, as the optimized copy stores them (already reordered to

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from layerserve.proto.tensors import ORT_TYPES, TensorSpec
 
-from . import optimized
+from . import composed, optimized
 from .devices import AUTO, CPU, CUDA, DEVICE_CHOICES, DEVICES, Device, parse_provider_options
 from .errors import DeviceUnavailable
 
@@ -123,6 +123,11 @@ def on_every_core(fn: Callable[..., T], *args: object) -> T:
         _this_thread.every_core = False
 
 
+def on_every_core_now() -> bool:
+    """Whether the run on this thread was given every core (``on_every_core``)."""
+    return getattr(_this_thread, "every_core", False)
+
+
 class Graph:
     """One ONNX file as a runnable session.
 
@@ -161,6 +166,7 @@ class Graph:
         self._every_core_source = (str(load_from), replace(options, intra_op_threads=options.every_core_threads),
                                    so.graph_optimization_level)
         self._every_core_asked = threading.Lock()
+        self._every_core_thread: threading.Thread | None = None
         self.providers: list[str] = list(self.session.get_providers())
         if options.device != AUTO and device.required not in self.providers:
             raise DeviceUnavailable(
@@ -175,7 +181,7 @@ class Graph:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run on host arrays; returns every output as a host array."""
-        session = self._every_core_session() if getattr(_this_thread, "every_core", False) else self.session
+        session = self._every_core_session() if on_every_core_now() else self.session
         results = session.run(self._output_names, dict(feeds))
         return dict(zip(self._output_names, results, strict=True))
 
@@ -184,11 +190,23 @@ class Graph:
         if self._every_core is not None or not self._every_core_threads:
             return self._every_core or self.session
         if self._every_core_asked.acquire(blocking=False):  # never released: one attempt per graph
-            threading.Thread(target=self._make_every_core, name="every-core session", daemon=True).start()
+            self._every_core_thread = threading.Thread(target=self._make_every_core, name="every-core session",
+                                                       daemon=True)
+            self._every_core_thread.start()
         return self.session
 
     def _make_every_core(self) -> None:
         path, options, level = self._every_core_source
+        try:
+            packable = composed.packable_bytes(Path(path))
+        except (OSError, ValueError) as error:
+            packable, reason = None, str(error)[:200]
+        if packable is None or packable > composed.PACKABLE_MAX:
+            log.info("lone long runs keep one thread: a session on every core would pack a copy of its weights "
+                     "in every worker", extra={"fields": {
+                         "graph": self.path.name,
+                         **({"packable_mib": round(packable / 2**20, 1)} if packable is not None else {"error": reason})}})
+            return
         so = session_options(options)
         so.graph_optimization_level = level  # as this graph's own session: an optimized copy loads as it is
         try:

@@ -60,7 +60,7 @@ class Settings:
     native_seams: bool = True
     # The chain of every block, nothing kept, runs as one session composed from the blocks' graphs, checked
     # against the plain chain at load (server/composed.py), unless that session would pack over
-    # chains.COMPOSED_PACKABLE_MAX of weights; false runs it block by block.
+    # composed.PACKABLE_MAX of weights; false runs it block by block.
     composed_chain: bool = True
     # Options for the device's execution provider, ONNX Runtime's names, "KEY=VALUE[,KEY=VALUE]": e.g.
     # cudnn_conv_algo_search=HEURISTIC for CUDA (docs/server.md, "Execution providers").

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing
 import time
 from pathlib import Path
@@ -20,9 +21,9 @@ import onnx
 import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
-from server_harness import ServerThread
+from server_harness import REPO_ROOT, ServerThread
 
-from layerserve.server import runtime, slots
+from layerserve.server import composed, runtime, slots
 from layerserve.server.busy_workers import WorkerBoard
 from layerserve.server.settings import Settings, usable_cores
 
@@ -103,6 +104,42 @@ def test_a_lone_client_of_a_long_model_gets_every_core_with_the_same_answers(
         np.testing.assert_array_equal(answer, first)  # one thread or every core: the same bits
 
 
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_graph_whose_session_on_every_core_would_pack_too_much_keeps_one_thread(
+    long_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for the composed chain: one more session must not pack over composed.PACKABLE_MAX of weights in
+    every worker (a VGG classifier: 276 MiB). Here the bound is set under the test model's classifier."""
+    monkeypatch.setattr(slots, "EVERY_CORE_RUN_S", LONG_RUN_S)
+    monkeypatch.setattr(composed, "PACKABLE_MAX", 1024)
+    kept, logger = _Kept(), logging.getLogger("layerserve.server.runtime")
+    logger.addHandler(kept)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    x = np.random.default_rng(2).standard_normal((1, 3, 112, 112)).astype(np.float32)
+    try:
+        with ServerThread(Settings(models=long_repository, port=0, metrics_port=-1, workers=1)) as server, \
+                triton.InferenceServerClient(server.address) as client:
+            graph = server.running.dataplane.repository.models["long_cnn"]["1"].full
+            first = _infer(client, x)
+            np.testing.assert_array_equal(_infer(client, x), first)  # spread: asks for the session
+            assert graph._every_core_thread is not None
+            graph._every_core_thread.join(60)
+            np.testing.assert_array_equal(_infer(client, x), first)
+            assert graph._every_core is None
+    finally:
+        logger.removeHandler(kept)
+    [said] = [record for record in kept.records if "would pack a copy" in record.getMessage()]
+    assert said.fields["graph"] == "model.onnx" and said.fields["packable_mib"] >= 0
+
+
 def test_only_a_lone_long_run_with_every_other_worker_idle_is_spread(
     long_repository: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -166,3 +203,28 @@ def test_every_core_is_off_when_threads_or_instances_are_set() -> None:
     assert Settings().every_core_threads == usable_cores()
     assert Settings(intra_op_threads=2).every_core_threads == 0
     assert Settings(instances=1).every_core_threads == 0
+
+
+def test_a_chain_given_every_core_runs_on_the_graphs_every_core_sessions(tmp_path: Path) -> None:
+    """Small-batch chains run through bound chains (IO binding on each graph's own session); a chain run
+    given every core must not, or the composed chain of a ResNet-50 kept one thread (served p50 1.6-1.7x
+    the full graph's, which got every core)."""
+    from layerserve.server import repository
+
+    options = runtime.RuntimeOptions(optimized_dir=tmp_path, every_core_threads=2)
+    model = repository.load_version("digits_cnn", REPO_ROOT / "models" / "digits_cnn" / "1", options)
+    whole = model.block_chain.whole
+    assert whole is not None
+    spec = whole.inputs[0]
+    shape = [1 if dim < 0 else dim for dim in spec.shape]
+    x = {spec.name: np.random.default_rng(3).standard_normal(shape).astype(np.float32)}
+    plain = model.run_chain(x)
+    assert whole._every_core_thread is None  # a plain run never asks for it
+    spread = runtime.on_every_core(model.run_chain, x)
+    whole._every_core_thread.join(60)
+    again = runtime.on_every_core(model.run_chain, x)
+    assert whole._every_core is not None
+    for answer in (spread, again):
+        assert answer.keys() == plain.keys()
+        for name, array in plain.items():
+            np.testing.assert_array_equal(answer[name], array)

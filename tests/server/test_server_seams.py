@@ -18,7 +18,7 @@ import pytest
 from layerserve.proto import layerserve_pb2 as lpb
 from layerserve.proto import layerserve_pb2_grpc as lpb_grpc
 from layerserve.proto import tensors
-from layerserve.server import chains, repository, runtime, seams
+from layerserve.server import chains, composed, repository, runtime, seams
 from layerserve.server.endpoints import TensorSpec
 from layerserve.server.launcher import ServerProcess
 
@@ -118,13 +118,13 @@ def test_the_chain_of_every_block_runs_as_one_session_composed_of_the_blocks_gra
     # Where one session more would pack a copy of the chain's weights past the bound, the chain runs block by block.
     packable = chains.composed.packable_bytes(chain.whole.optimized)
     assert packable > 0
-    monkeypatch.setattr(chains, "COMPOSED_PACKABLE_MAX", packable - 1)
+    monkeypatch.setattr(composed, "PACKABLE_MAX", packable - 1)
     with caplog.at_level(logging.INFO, logger="layerserve.server.chains"):
         heavy = _load(DIGITS, tmp_path).block_chain
     assert heavy.whole is None and heavy.native == {0, 1, 2}
     [said] = [record for record in caplog.records if "pack a copy" in record.getMessage()]
     assert said.levelno == logging.INFO and said.fields["packable_mib"] == round(packable / 2**20, 1)
-    monkeypatch.setattr(chains, "COMPOSED_PACKABLE_MAX", packable)
+    monkeypatch.setattr(composed, "PACKABLE_MAX", packable)
     assert _load(DIGITS, tmp_path).block_chain.whole is not None
 
 

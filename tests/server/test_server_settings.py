@@ -144,12 +144,12 @@ def test_each_flag_and_its_variable_give_the_same_setting(field, text, expected,
 
 
 def test_the_composed_chain_flag_states_the_bound_the_server_applies(capsys: pytest.CaptureFixture[str]) -> None:
-    from layerserve.server import chains
+    from layerserve.server import composed
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert f"unless that session would pack over {chains.COMPOSED_PACKABLE_MAX >> 20} MiB of weights" in shown
+    assert f"unless that session would pack over {composed.PACKABLE_MAX >> 20} MiB of weights" in shown
 
 
 def test_device_auto_serves_as_a_process(tiny_repository: Path) -> None:
