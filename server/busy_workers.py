@@ -55,17 +55,16 @@ class WorkerBoard:
         self._counts[self._index] -= 1
         self._ended[self._index] = time.monotonic()
 
+    def _others_busy(self) -> int:
+        """Other workers running now or a moment ago (BUSY_AFTER_S)."""
+        recent = time.monotonic() - BUSY_AFTER_S
+        return sum(1 for index, count in enumerate(self._counts)
+                   if index != self._index and (count > 0 or self._ended[index] > recent))
+
     def others_idle(self) -> bool:
         """Whether no other worker is running, or was a moment ago: a run here may take every core."""
-        recent = time.monotonic() - BUSY_AFTER_S
-        return not any(index != self._index and (count > 0 or self._ended[index] > recent)
-                       for index, count in enumerate(self._counts))
+        return self._others_busy() == 0
 
     def cores_taken(self) -> bool:
         """Whether the other workers, running now or a moment ago, hold every core but this worker's."""
-        if self._cores < 2:
-            return False
-        recent = time.monotonic() - BUSY_AFTER_S
-        busy = sum(1 for index, count in enumerate(self._counts)
-                   if index != self._index and (count > 0 or self._ended[index] > recent))
-        return busy >= self._cores - 1
+        return self._cores >= 2 and self._others_busy() >= self._cores - 1

@@ -199,17 +199,13 @@ class Graph:
         path, options, level = self._every_core_source
         try:
             packable = composed.packable_bytes(Path(path))
-        except (OSError, ValueError) as error:
-            packable, reason = None, str(error)[:200]
-        if packable is None or packable > composed.PACKABLE_MAX:
-            log.info("lone long runs keep one thread: a session on every core would pack a copy of its weights "
-                     "in every worker", extra={"fields": {
-                         "graph": self.path.name,
-                         **({"packable_mib": round(packable / 2**20, 1)} if packable is not None else {"error": reason})}})
-            return
-        so = session_options(options)
-        so.graph_optimization_level = level  # as this graph's own session: an optimized copy loads as it is
-        try:
+            if packable > composed.PACKABLE_MAX:
+                log.info("lone long runs keep one thread: a session on every core would pack a copy of its weights "
+                         "in every worker",
+                         extra={"fields": {"graph": self.path.name, "packable_mib": round(packable / 2**20, 1)}})
+                return
+            so = session_options(options)
+            so.graph_optimization_level = level  # as this graph's own session: an optimized copy loads as it is
             self._every_core = ort.InferenceSession(path, so, providers=[CPU])
         except Exception as error:  # noqa: BLE001 - runs keep this graph's own session
             log.warning("every-core session not made; long lone runs keep one thread",
